@@ -1,0 +1,80 @@
+"""The errors knightctl raises on purpose, each carrying the exit code the CLI maps it to.
+
+Exit codes (see FAULTS.md): 0 success, 1 a check or the run failed, 2 bad input (spec, options,
+plugin), 130 / 143 interrupted by SIGINT / SIGTERM.
+"""
+
+from __future__ import annotations
+
+
+class KnightctlError(Exception):
+    """Base class: a problem knightctl explains in words, never with a traceback."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class SpecError(KnightctlError):
+    """The experiment spec (or an override of it) is invalid; `problems` lists every error."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{source}: {count} {noun}\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+class PluginError(KnightctlError):
+    """A plugin failed to load, registered something invalid, or raised inside a hook."""
+
+    exit_code = 2
+
+
+class DeviceError(KnightctlError):
+    """The requested device does not exist here (never silently replaced by another)."""
+
+    exit_code = 2
+
+
+class DataError(KnightctlError):
+    """The dataset is empty, missing, unreadable, or does not fit the model or loss."""
+
+    exit_code = 2
+
+
+class ModelShapeError(KnightctlError):
+    """The dry forward found layers whose shapes do not fit together."""
+
+    exit_code = 2
+
+
+class TrackingError(KnightctlError):
+    """MLflow could not be reached or refused what knightctl sent."""
+
+    exit_code = 1
+
+
+class RunFailed(KnightctlError):
+    """Training started but failed (non-finite loss, an exception inside the loop)."""
+
+    exit_code = 1
+
+
+class Interrupted(KnightctlError):
+    """The run was stopped by SIGINT (exit 130) or SIGTERM (exit 143)."""
+
+    def __init__(self, message: str, *, signal_name: str = "SIGINT", run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+        self.run_id = run_id
+        self.exit_code = 143 if signal_name == "SIGTERM" else 130

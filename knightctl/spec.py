@@ -1,0 +1,296 @@
+"""Experiment specs: frozen pydantic models, `load_spec` with `--set` overrides, every error at once.
+
+A spec is resolved in two passes over the same plain data: the structure (sections, types,
+ranges) by the models below, and each component (layer, loss, optimizer, scheduler, dataset) by
+the params model its plugin registered. Both passes report every problem with its field path, and
+the file's line and column, before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError, model_serializer, model_validator
+
+from knightctl.errors import SpecError
+from knightctl.problems import Problem, dotted, format_problem, problems_from_validation
+from knightctl.registry import Registry
+from knightctl.specfile import Location, SpecDocument, parse_yaml_value, read_spec_file
+
+__all__ = ["ExperimentSpec", "load_spec"]
+
+
+class SpecModel(BaseModel):
+    """Frozen, strict (no "10" for 10), unknown fields refused, no NaN or infinity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class _Component(SpecModel):
+    """A registry component: its own fields, plus `params`, the options its plugin validates.
+
+    In YAML the options sit beside the name (`{type: linear, in_features: 2}`); they are gathered
+    into `params` on the way in and spread out again on the way out.
+    """
+
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        own = set(cls.model_fields) - {"params"}
+        return {key: data[key] for key in data if key in own} | {"params": {k: v for k, v in data.items() if k not in own}}
+
+    @model_serializer(mode="wrap")
+    def _spread_params(self, handler: Any) -> dict[str, Any]:
+        out = handler(self)
+        return {**{k: v for k, v in out.items() if k != "params"}, **out.get("params", {})}
+
+
+class LayerSpec(_Component):
+    type: str = Field(min_length=1)
+
+
+class LossSpec(_Component):
+    name: str = Field(min_length=1)
+
+
+class SchedulerSpec(_Component):
+    name: str = Field(min_length=1)
+
+
+class OptimizerSpec(_Component):
+    name: str = Field(min_length=1)
+    lr: float = Field(gt=0.0, description="learning rate")
+    scheduler: SchedulerSpec | None = None
+
+
+class DataSpec(_Component):
+    name: str = Field(min_length=1)
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of rows held out for validation")
+
+
+def _batch_size(value: Any) -> int | str:
+    if value == "full" or (type(value) is int and value > 0):
+        return value
+    raise ValueError("must be a positive integer or 'full'")
+
+
+def _every(value: Any) -> int | str:
+    if value == "auto" or (type(value) is int and value > 0):
+        return value
+    raise ValueError("must be a positive integer or 'auto'")
+
+
+def _device(value: Any) -> str:
+    text = value if isinstance(value, str) else ""
+    if text in ("auto", "cpu", "mps", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+
+
+class TrainSpec(SpecModel):
+    epochs: int = Field(gt=0)
+    batch_size: Annotated[int | Literal["full"], PlainValidator(_batch_size)] = 64
+    device: Annotated[str, PlainValidator(_device)] = "auto"
+    log_every_n_steps: int = Field(10, gt=0, description="steps per logged training-metric point")
+    eval_every_n_epochs: Annotated[int | Literal["auto"], PlainValidator(_every)] = "auto"
+    grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm to this")
+    deterministic: bool = False
+
+
+class TrackingSpec(SpecModel):
+    experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the spec's name")
+    uri: str | None = Field(None, min_length=1, description="MLflow tracking URI")
+    run_name: str | None = Field(None, min_length=1)
+    log_model: bool = True
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """Where a spec came from: its file, text, folder (data paths start there) and overrides."""
+
+    path: str
+    text: str
+    base_dir: Path
+    overrides: tuple[str, ...] = ()
+
+
+class ExperimentSpec(SpecModel):
+    """A whole experiment: data, model layers, loss, optimizer, training and tracking settings."""
+
+    name: str = Field(min_length=1, max_length=250)
+    description: str = ""
+    seed: int | None = Field(None, ge=0, lt=2**32)
+    data: DataSpec
+    model: list[LayerSpec] = Field(min_length=1)
+    loss: LossSpec
+    optimizer: OptimizerSpec
+    train: TrainSpec
+    tracking: TrackingSpec = TrackingSpec()
+
+    _source: SpecSource | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> SpecSource | None:
+        return self._source
+
+    def to_data(self) -> dict[str, Any]:
+        """The resolved spec as plain YAML-ready data, every default filled in."""
+        return self.model_dump(mode="json")
+
+    def digest(self) -> str:
+        """SHA-256 of the resolved spec: equal digests, equal experiments."""
+        return hashlib.sha256(json.dumps(self.to_data(), sort_keys=True).encode()).hexdigest()
+
+    def with_seed(self, seed: int) -> ExperimentSpec:
+        """A copy with `seed` filled in (the same source)."""
+        copied = self.model_copy(update={"seed": seed})
+        copied._source = self._source
+        return copied
+
+
+_COMPONENTS: tuple[tuple[str, type[_Component], str], ...] = (
+    ("layer", LayerSpec, "type"),
+    ("loss", LossSpec, "name"),
+    ("optimizer", OptimizerSpec, "name"),
+    ("scheduler", SchedulerSpec, "name"),
+    ("dataset", DataSpec, "name"),
+)
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, registry: Registry | None = None) -> ExperimentSpec:
+    """Read, override and validate a spec; raise SpecError listing every problem.
+
+    `overrides` are `PATH=VALUE` strings (`optimizer.lr=0.01`, `model.0.out_features=8`); values
+    are parsed as YAML, so types are kept. `registry` defaults to the loaded plugins' registry.
+    """
+    if registry is None:
+        from knightctl.plugins import load
+
+        registry = load().registry
+    document = read_spec_file(path)
+    raw = _normalise(copy.deepcopy(document.data))
+    override_locs = _apply_overrides(raw, overrides, document.path)
+    raw = _normalise(raw)
+    base_dir = Path(document.path).resolve().parent
+    problems, resolved = _resolve_components(raw, registry, {"base_dir": base_dir})
+    try:
+        spec = ExperimentSpec.model_validate(resolved)
+    except ValidationError as exc:
+        problems = problems_from_validation(exc, ExperimentSpec) + problems
+        spec = None
+    if spec is not None and not problems:
+        from knightctl.shapes import static_width_problems
+
+        problems = static_width_problems(spec, registry, base_dir)
+    if problems or spec is None:
+        raise SpecError(document.path, [format_problem(p, document, override_locs) for p in _ordered(problems, document)])
+    spec._source = SpecSource(document.path, document.text, base_dir, tuple(overrides))
+    return spec
+
+
+def _ordered(problems: list[Problem], document: SpecDocument) -> list[Problem]:
+    return sorted(problems, key=lambda p: document.position_of(p.loc) or (10**9, 0))
+
+
+def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Expand shorthands: `- relu` -> `- {type: relu}`, `loss: mse` -> `loss: {name: mse}`."""
+    if isinstance(raw.get("model"), list):
+        raw["model"] = [{"type": item} if isinstance(item, str) else item for item in raw["model"]]
+    for section in ("loss", "data", "optimizer"):
+        if isinstance(raw.get(section), str):
+            raw[section] = {"name": raw[section]}
+    optimizer = raw.get("optimizer")
+    if isinstance(optimizer, dict) and isinstance(optimizer.get("scheduler"), str):
+        optimizer["scheduler"] = {"name": optimizer["scheduler"]}
+    return raw
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], spec_path: str) -> dict[Location, str]:
+    """Apply each `PATH=VALUE` in place; return the field path of each (for error messages)."""
+    applied: dict[Location, str] = {}
+    errors: list[str] = []
+    for item in overrides:
+        path_text, sep, value_text = item.partition("=")
+        segments = [s.strip() for s in path_text.split(".")]
+        if not sep or not all(segments):
+            errors.append(f"--set {item}: expected PATH=VALUE, for example optimizer.lr=0.01")
+            continue
+        value = parse_yaml_value(value_text, f"--set {item}")
+        container: Any = _normalise(raw)
+        loc: list[str | int] = []
+        for depth, segment in enumerate(segments):
+            last = depth == len(segments) - 1
+            if isinstance(container, list):
+                if not (segment.isdigit() and int(segment) < len(container)):
+                    errors.append(f"--set {item}: {dotted(tuple(loc))} has {len(container)} items; {segment!r} is not an index 0..{len(container) - 1}")
+                    break
+                key: str | int = int(segment)
+            elif isinstance(container, dict):
+                key = segment
+                if not last and not isinstance(container.get(key), (dict, list)):
+                    if key in container:
+                        errors.append(f"--set {item}: {dotted((*loc, key))} is a value, not a section")
+                        break
+                    container[key] = {}
+            else:
+                errors.append(f"--set {item}: {dotted(tuple(loc))} is a value, not a section")
+                break
+            loc.append(key)
+            if last:
+                container[key] = value
+                applied[tuple(loc)] = item
+            else:
+                container = container[key]
+    if errors:
+        raise SpecError(spec_path, errors)
+    return applied
+
+
+def _resolve_components(raw: dict[str, Any], registry: Registry, context: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:
+    """Check every component's name and options against the registry; fill in their defaults."""
+    problems: list[Problem] = []
+    resolved = copy.deepcopy(raw)
+    places: list[tuple[str, Location]] = [("dataset", ("data",)), ("loss", ("loss",)), ("optimizer", ("optimizer",)), ("scheduler", ("optimizer", "scheduler"))]
+    if isinstance(raw.get("model"), list):
+        places += [("layer", ("model", i)) for i in range(len(raw["model"]))]
+    for kind, loc in places:
+        parent: Any = resolved
+        for part in loc[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        try:
+            current = parent[loc[-1]]
+        except (KeyError, IndexError, TypeError):
+            continue  # an absent section: the structural pass reports it
+        done = _resolve_one(kind, current, loc, registry, context, problems)
+        if done is not None:
+            parent[loc[-1]] = done
+    return problems, resolved
+
+
+def _resolve_one(kind: str, raw: Any, loc: Location, registry: Registry, context: dict[str, Any], problems: list[Problem]) -> dict[str, Any] | None:
+    _, model, key = next(entry for entry in _COMPONENTS if entry[0] == kind)
+    if not isinstance(raw, dict) or not isinstance(raw.get(key), str):
+        return None  # the structural pass reports it
+    definition = registry.get(kind, raw[key])
+    if definition is None:
+        problems.append(Problem((*loc, key), registry.unknown_name_message(kind, raw[key])))
+        return None
+    own = set(model.model_fields) - {"params"}
+    options = {k: v for k, v in raw.items() if k not in own}
+    try:
+        params = definition.params.model_validate(options, context=context)
+    except ValidationError as exc:
+        for problem in problems_from_validation(exc, definition.params, loc, also_allowed=own):
+            problems.append(Problem(problem.loc, f"{problem.message} [{kind} {raw[key]!r}]"))
+        return None
+    return {**{k: raw[k] for k in own if k in raw}, **params.model_dump(mode="json")}
+

@@ -1,0 +1,211 @@
+"""The MLflow adapter: it owns a run's lifecycle and keeps MLflow off the training hot path.
+
+A run is opened with the flattened spec as params, tags, and the spec as artifacts; metrics are
+queued in memory and written in batches by a background thread; the run always ends FINISHED,
+FAILED (an exception) or KILLED (Ctrl-C), with every queued metric written first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from knightctl.errors import Interrupted, TrackingError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from knightctl.spec import ExperimentSpec
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_BATCH_LIMIT = 1000  # metrics per log_batch call, MLflow's own limit
+_PARAM_BATCH = 100  # params per log_batch call, MLflow's own limit
+
+
+def resolve_tracking_uri(cli_uri: str | None, spec: ExperimentSpec) -> tuple[str, str]:
+    """The URI and where it came from: --tracking-uri, then MLFLOW_TRACKING_URI, the spec, the default."""
+    if cli_uri:
+        return cli_uri, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    if spec.tracking.uri:
+        return spec.tracking.uri, "spec tracking.uri"
+    return DEFAULT_TRACKING_URI, "default"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """{"optimizer": {"lr": 0.1}} -> {"optimizer.lr": "0.1"}; lists index as model.0.type."""
+    if isinstance(data, dict):
+        items = data.items()
+    elif isinstance(data, list):
+        items = ((str(i), v) for i, v in enumerate(data))
+    else:
+        return {prefix: str(data)}
+    out: dict[str, str] = {}
+    for key, value in items:
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def git_commit(cwd: Path) -> tuple[str, bool] | None:
+    """(commit, dirty) of the repository around `cwd`, or None outside one."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit, bool(status.strip())
+
+
+class MetricWriter:
+    """Queues metrics from the training thread; a background thread writes them with log_batch."""
+
+    def __init__(self, client: Any, run_id: str, interval_s: float = 1.0) -> None:
+        from mlflow.entities import Metric
+
+        self._metric = Metric
+        self._client = client
+        self._run_id = run_id
+        self._interval_s = interval_s
+        self._queue: list[Any] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="knightctl-metrics", daemon=True)
+        self._thread.start()
+
+    def add(self, step: int, values: Mapping[str, float]) -> None:
+        """Queue one point per metric at `step` (cheap: no I/O on the caller's thread)."""
+        timestamp = int(time.time() * 1000)
+        entries = [self._metric(key, float(value), timestamp, step) for key, value in values.items()]
+        with self._lock:
+            self._queue.extend(entries)
+
+    def close(self) -> None:
+        """Write everything still queued and stop the thread."""
+        self._closed = True
+        self._wake.set()
+        self._thread.join()
+        self._write_queued()  # anything added after the thread's last pass
+        if self.error is not None:
+            raise TrackingError(f"MLflow refused metrics for run {self._run_id}: {self.error}")
+
+    def _work(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            try:
+                self._write_queued()
+            except Exception as exc:  # kept and raised on close: a lost metric must not pass silently
+                self.error = exc
+                return
+
+    def _write_queued(self) -> None:
+        with self._lock:
+            pending, self._queue = self._queue, []
+        for start in range(0, len(pending), _BATCH_LIMIT):
+            self._client.log_batch(self._run_id, metrics=pending[start : start + _BATCH_LIMIT], synchronous=True)
+
+
+@dataclass
+class MlflowRun:
+    """An open MLflow run: where it is, and the writer that takes its metrics."""
+
+    client: Any
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    writer: MetricWriter
+
+    def log_metrics(self, step: int, values: Mapping[str, float]) -> None:
+        self.writer.add(step, values)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+
+    def log_model(self, model: torch.nn.Module, example: np.ndarray) -> str:
+        """Log `model` (a CPU copy) in MLflow's pt2 format with signature and input example."""
+        import mlflow
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            prediction = model(torch.from_numpy(example)).numpy()
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, prediction),
+            input_example=example,
+            serialization_format="pt2",
+            # Naming the requirement skips MLflow's inference, which reloads the model in a
+            # subprocess (about 7 s here). The local suffix (+cpu, +cu124) is not installable.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        return info.model_uri
+
+
+@contextmanager
+def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]) -> Iterator[MlflowRun]:
+    """Create the run, log params, tags and spec; close it with the status the block earned."""
+    import mlflow
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = _experiment_id(client, spec.tracking.experiment or spec.name)
+    created = client.create_run(experiment_id, run_name=spec.tracking.run_name or spec.name, tags=dict(tags))
+    run_id = created.info.run_id
+    params = [Param(key, value[:6000]) for key, value in flatten(spec.to_data()).items()]
+    for start in range(0, len(params), _PARAM_BATCH):
+        client.log_batch(run_id, params=params[start : start + _PARAM_BATCH], synchronous=True)
+    if spec.source is not None:
+        client.log_text(run_id, spec.source.text, f"spec/{Path(spec.source.path).name}")
+    import yaml
+
+    client.log_text(run_id, yaml.safe_dump(spec.to_data(), sort_keys=False), "spec/resolved.yaml")
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model
+    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(client, run_id))
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except (KeyboardInterrupt, Interrupted):
+        status = "KILLED"
+        raise
+    finally:
+        try:
+            run.writer.close()
+        finally:
+            mlflow.end_run(status=status)
+            mlflow.set_tracking_uri(previous_uri)
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        experiment = client.get_experiment_by_name(name)  # created by a concurrent run meanwhile
+        if experiment is not None:
+            return experiment.experiment_id
+        raise TrackingError(f"cannot open MLflow experiment {name!r}: {exc}") from None

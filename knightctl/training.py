@@ -1,0 +1,243 @@
+"""`train(spec)`: decide the device and seed once, build, dry-run, then one loop, top to bottom."""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from knightctl._version import __version__
+from knightctl.build import Components, build_components, dry_forward
+from knightctl.data import epoch_batches, steps_per_epoch
+from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
+from knightctl.errors import Interrupted
+from knightctl.metrics import StepMetrics, evaluate
+from knightctl.plugins import load as load_plugins
+from knightctl.spec import ExperimentSpec, TrainSpec, load_spec
+from knightctl.tracking import git_commit, open_run, resolve_tracking_uri
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run is about to do; observers receive it before the first step."""
+
+    spec_name: str
+    device: str
+    device_reason: str
+    seed: int
+    epochs: int
+    steps_per_epoch: int
+    n_train: int
+    n_val: int
+    tracking_uri: str | None
+    run_id: str | None
+    experiment_id: str | None
+
+
+@dataclass
+class RunResult:
+    """What a finished run did: final metrics, every logged point, timings and the model."""
+
+    info: RunInfo
+    final_metrics: dict[str, float]
+    history: list[tuple[int, dict[str, float]]]
+    steps: int
+    seconds: float
+    loop_seconds: float
+    model: nn.Module
+    model_uri: str | None = None
+    tracking_uri_source: str = ""
+
+    @property
+    def run_id(self) -> str | None:
+        return self.info.run_id
+
+
+class Observer(Protocol):
+    """Watches a run; the console's progress bar is one. Called on the training thread."""
+
+    def run_started(self, info: RunInfo) -> None: ...
+
+    def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None: ...
+
+    def run_finished(self, result: RunResult) -> None: ...
+
+
+@dataclass
+class _Position:
+    epoch: int = 0
+    step: int = 0
+    latest: dict[str, float] = field(default_factory=dict)
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+
+class _NoRun:
+    """Stands in for an MLflow run under --no-track."""
+
+    run_id = experiment_id = tracking_uri = None
+
+    def log_metrics(self, step: int, values: Mapping[str, float]) -> None:
+        pass
+
+
+def train(
+    spec: ExperimentSpec | str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    deterministic: bool | None = None,
+    observers: Sequence[Observer] = (),
+) -> RunResult:
+    """Train the experiment `spec` (a spec or a path to one) and track it in MLflow.
+
+    Raises SpecError, DeviceError, DataError, ModelShapeError or PluginError before any MLflow run
+    exists, RunFailed if training fails, Interrupted (run marked KILLED) on Ctrl-C.
+    """
+    started = time.perf_counter()
+    registry = load_plugins().registry
+    if not isinstance(spec, ExperimentSpec):
+        spec = load_spec(spec, overrides, registry=registry)
+    spec = spec.with_seed(spec.seed if spec.seed is not None else new_seed())
+    assert spec.seed is not None
+    choice = resolve_device(device or spec.train.device)
+    set_deterministic(spec.train.deterministic if deterministic is None else deterministic)
+    seed_everything(spec.seed)
+    parts = build_components(spec, registry, choice.device, spec.seed)
+    dry_forward(parts, spec)
+    uri, uri_source = resolve_tracking_uri(tracking_uri, spec) if track else (None, "--no-track")
+    position = _Position()
+    run_context = open_run(spec, tracking_uri=uri, tags=_tags(spec, choice)) if uri else nullcontext(_NoRun())
+    with _interruptible(position) as run_holder, run_context as run:
+        run_holder.append(run.run_id)
+        info = _run_info(spec, choice, parts, run)
+        for observer in observers:
+            observer.run_started(info)
+        loop_seconds = _loop(spec, parts, run, observers, position)
+        model_uri = run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts)) if uri and spec.tracking.log_model else None
+    result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model, model_uri, uri_source)
+    for observer in observers:
+        observer.run_finished(result)
+    return result
+
+
+def _loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position) -> float:
+    """The training loop, as the chapter writes it, plus cheap bookkeeping. Returns its seconds."""
+    config = spec.train
+    batch_size = None if config.batch_size == "full" else config.batch_size
+    eval_every = _eval_interval(config, steps_per_epoch(parts.data.n_train, batch_size))
+    model, loss_fn, optimizer = parts.model, parts.loss_fn, parts.optimizer
+    data_order = torch.Generator().manual_seed(spec.seed or 0)
+    metrics = StepMetrics()
+    loop_started = since = time.perf_counter()
+    samples = 0
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        position.epoch = epoch
+        for inputs, targets in epoch_batches(parts.data.train_x, parts.data.train_y, batch_size, data_order):
+            optimizer.zero_grad()
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip else None
+            optimizer.step()
+            position.step += 1
+            samples += inputs.shape[0]
+            metrics.add_loss(loss)
+            if position.step % config.log_every_n_steps == 0:
+                metrics.close_window(position.step, model, optimizer, grad_norm)
+        if parts.scheduler is not None:
+            parts.scheduler.step()
+        evaluated = None
+        if epoch % eval_every == 0 or epoch == config.epochs:
+            if epoch == config.epochs:
+                metrics.close_window(position.step, model, optimizer, None)
+            if parts.data.val_x is not None:
+                metrics.add_point(position.step, evaluate(model, loss_fn, parts.data.val_x, parts.data.val_y, parts.loss_def.target))
+            points = metrics.collect()  # the one device synchronisation per evaluation
+            now = time.perf_counter()
+            points.append((position.step, {"epoch": float(epoch), "train/samples_per_s": samples / max(now - since, 1e-9)}))
+            since, samples = now, 0
+            for step, values in points:
+                run.log_metrics(step, values)
+                position.history.append((step, values))
+                position.latest.update(values)
+            evaluated = dict(position.latest)
+        for observer in observers:
+            observer.epoch_completed(epoch, position.step, evaluated)
+    return time.perf_counter() - loop_started
+
+
+def _eval_interval(config: TrainSpec, steps_in_epoch: int) -> int:
+    """Epochs between evaluations: as set, or (auto) about one per `log_every_n_steps` steps."""
+    if config.eval_every_n_epochs != "auto":
+        return int(config.eval_every_n_epochs)
+    return max(1, math.ceil(config.log_every_n_steps / steps_in_epoch))
+
+
+@contextmanager
+def _interruptible(position: _Position) -> Iterator[list[str | None]]:
+    """Turn Ctrl-C into Interrupted, after the run has been closed as KILLED."""
+    run_ids: list[str | None] = []
+    try:
+        yield run_ids
+    except KeyboardInterrupt:
+        run_id = run_ids[0] if run_ids else None
+        where = f"epoch {position.epoch} (step {position.step})"
+        message = f"interrupted at {where}" + (f"; MLflow run {run_id} marked KILLED" if run_id else "")
+        raise Interrupted(message, signal_name="SIGINT", run_id=run_id) from None
+
+
+def _tags(spec: ExperimentSpec, choice: DeviceChoice) -> dict[str, str]:
+    import mlflow
+
+    tags = {
+        "knightctl.version": __version__,
+        "torch.version": torch.__version__,
+        "mlflow.version": mlflow.__version__,
+        "python.version": platform.python_version(),
+        "device": choice.description,
+        "device.reason": choice.reason,
+        "seed": str(spec.seed),
+        "spec.name": spec.name,
+        "spec.digest": spec.digest(),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": spec.source.path if spec.source else spec.name,
+    }
+    if spec.description:
+        tags["mlflow.note.content"] = spec.description
+    repository = git_commit(Path.cwd())
+    if repository is not None:
+        tags["mlflow.source.git.commit"], dirty = repository[0], repository[1]
+        tags["git.dirty"] = str(dirty).lower()
+    return tags
+
+
+def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any) -> RunInfo:
+    batch_size = None if spec.train.batch_size == "full" else spec.train.batch_size
+    return RunInfo(
+        spec_name=spec.name,
+        device=choice.description,
+        device_reason=choice.reason,
+        seed=spec.seed or 0,
+        epochs=spec.train.epochs,
+        steps_per_epoch=steps_per_epoch(parts.data.n_train, batch_size),
+        n_train=parts.data.n_train,
+        n_val=parts.data.n_val,
+        tracking_uri=run.tracking_uri,
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
+    )
+
+
+def _example(parts: Components) -> Any:
+    """A few real input rows, as float32 NumPy, for the model's signature and input example."""
+    return parts.data.train_x[:5].detach().cpu().numpy()
