@@ -14,12 +14,12 @@ from knightctl.errors import KnightctlError
 from knightctl.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from knightctl.devices import DeviceChoice, resolve_device
-    from knightctl.plugins import PluginSystem
-    from knightctl.plugins import load as load_plugins
-    from knightctl.registry import DatasetDef, LayerDef, LossDef, OptimizerDef, Params, SchedulerDef
-    from knightctl.spec import ExperimentSpec, load_spec
-    from knightctl.training import RunInfo, RunResult, train
+    from knightctl.devices import DeviceChoice, resolve_device  # noqa: F401
+    from knightctl.plugins import PluginSystem  # noqa: F401
+    from knightctl.plugins import load as load_plugins  # noqa: F401
+    from knightctl.registry import DatasetDef, LayerDef, LossDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
+    from knightctl.spec import ExperimentSpec, load_spec  # noqa: F401
+    from knightctl.training import RunInfo, RunResult, train  # noqa: F401
 
 _LAZY: dict[str, tuple[str, str]] = {
     "load_spec": ("knightctl.spec", "load_spec"),

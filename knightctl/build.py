@@ -38,20 +38,20 @@ def build_components(spec: ExperimentSpec, registry: Registry, device: torch.dev
     loss_def = _definition(registry, "loss", spec.loss.name)
     assert isinstance(loss_def, LossDef)
     dataset_def = _definition(registry, "dataset", spec.data.name)
-    tabular = _call(dataset_def, _params(dataset_def, spec.data.params, base_dir), base_dir, seed)
+    tabular = _call(dataset_def, _params(dataset_def, spec.data.options(), base_dir), base_dir, seed)
     data = split_data(tabular, val_fraction=spec.data.val_fraction, seed=seed, target=loss_def.target, dataset_name=spec.data.name, device=device)
     layers = []
     for layer in spec.model:
         definition = _definition(registry, "layer", layer.type)
-        layers.append(_call(definition, _params(definition, layer.params, base_dir)))
+        layers.append(_call(definition, _params(definition, layer.options(), base_dir)))
     model = nn.Sequential(*layers).to(device)
-    loss_fn = _call(loss_def, _params(loss_def, spec.loss.params, base_dir)).to(device)
+    loss_fn = _call(loss_def, _params(loss_def, spec.loss.options(), base_dir)).to(device)
     optimizer_def = _definition(registry, "optimizer", spec.optimizer.name)
-    optimizer = _call(optimizer_def, model.parameters(), spec.optimizer.lr, _params(optimizer_def, spec.optimizer.params, base_dir))
+    optimizer = _call(optimizer_def, model.parameters(), spec.optimizer.lr, _params(optimizer_def, spec.optimizer.options(), base_dir))
     scheduler = None
     if spec.optimizer.scheduler is not None:
         scheduler_def = _definition(registry, "scheduler", spec.optimizer.scheduler.name)
-        scheduler = _call(scheduler_def, optimizer, _params(scheduler_def, spec.optimizer.scheduler.params, base_dir), spec.train.epochs)
+        scheduler = _call(scheduler_def, optimizer, _params(scheduler_def, spec.optimizer.scheduler.options(), base_dir), spec.train.epochs)
     return Components(model, loss_fn, loss_def, optimizer, scheduler, data)
 
 

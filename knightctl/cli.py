@@ -6,13 +6,14 @@ stays instant.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any, Callable, NoReturn
 
 import click
 
 from knightctl._version import __version__
-from knightctl.errors import KnightctlError
+from knightctl.errors import KnightctlError, Terminated
 
 _SET_HELP = "Override a spec value, PATH=VALUE (e.g. optimizer.lr=0.01, model.0.out_features=8); repeatable."
 
@@ -24,14 +25,22 @@ def _fail(error: BaseException, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def _run(action: Callable[[], Any]) -> Any:
-    """Call the library; a KnightctlError becomes its message and exit code, never a traceback."""
+    """Call the library; a KnightctlError becomes its message and exit code, never a traceback.
+
+    SIGTERM is raised as `Terminated` (a KeyboardInterrupt) so that it closes a run like Ctrl-C.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return action()
     except KnightctlError as error:
         _fail(error, error.exit_code)
-    except KeyboardInterrupt:
-        _fail(KnightctlError("interrupted"), 130)
+    except KeyboardInterrupt as interrupt:
+        _fail(KnightctlError("interrupted"), 143 if isinstance(interrupt, Terminated) else 130)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -123,8 +123,11 @@ def render_spec(console: Console, spec: ExperimentSpec) -> None:
     import yaml
 
     text = yaml.safe_dump(spec.to_data(), sort_keys=False)
-    console.print(f"# {spec.source.path if spec.source else spec.name}: valid; resolved with defaults:")
-    console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default") if console.is_terminal else text.rstrip())
+    console.print(f"# {spec.source.path if spec.source else spec.name}: valid; resolved with defaults:", markup=False, soft_wrap=True)
+    if console.is_terminal:
+        console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
+    else:  # exactly the YAML, for pipes and files: no markup, no re-wrapping
+        console.print(text.rstrip(), markup=False, highlight=False, soft_wrap=True)
 
 
 def render_error(console: Console, error: BaseException) -> None:

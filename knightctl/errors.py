@@ -78,3 +78,7 @@ class Interrupted(KnightctlError):
         self.signal_name = signal_name
         self.run_id = run_id
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM delivered as an exception, so that it unwinds a run exactly like Ctrl-C does."""

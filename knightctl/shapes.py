@@ -22,7 +22,7 @@ def static_width_problems(spec: ExperimentSpec, registry: Registry, base_dir: Pa
     context = {"base_dir": base_dir}
     dataset = registry.get("dataset", spec.data.name)
     assert isinstance(dataset, DatasetDef)
-    width = dataset.n_features(dataset.params.model_validate(spec.data.params, context=context), base_dir) if dataset.n_features else None
+    width = dataset.n_features(dataset.params.model_validate(spec.data.options(), context=context), base_dir) if dataset.n_features else None
     for index, layer in enumerate(spec.model):
         if width is None:
             return []
@@ -33,7 +33,7 @@ def static_width_problems(spec: ExperimentSpec, registry: Registry, base_dir: Pa
         if definition.out_features is None:
             return []
         try:
-            width = definition.out_features(definition.params.model_validate(layer.params, context=context), width)
+            width = definition.out_features(definition.params.model_validate(layer.options(), context=context), width)
         except ValueError as exc:
             return [Problem(("model", index), f"layer {index} ({layer.type}) {exc}")]
     loss = registry.get("loss", spec.loss.name)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError, model_serializer, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError, model_serializer, model_validator
 
 from knightctl.errors import SpecError
 from knightctl.problems import Problem, dotted, format_problem, problems_from_validation
@@ -31,6 +31,43 @@ class SpecModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses changes: a validated spec must not drift from its digest."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a validated spec cannot be changed; use --set or model_copy(update=...)")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return FrozenDict({key: _freeze(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
+
+
 class _Component(SpecModel):
     """A registry component: its own fields, plus `params`, the options its plugin validates.
 
@@ -38,7 +75,11 @@ class _Component(SpecModel):
     into `params` on the way in and spread out again on the way out.
     """
 
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: Annotated[dict[str, Any], AfterValidator(_freeze)] = Field(default_factory=FrozenDict)
+
+    def options(self) -> dict[str, Any]:
+        """The component's options as a fresh, mutable dict (YAML lists as lists), for its plugin."""
+        return _thaw(self.params)
 
     @model_validator(mode="before")
     @classmethod
@@ -130,7 +171,7 @@ class ExperimentSpec(SpecModel):
     description: str = ""
     seed: int | None = Field(None, ge=0, lt=2**32)
     data: DataSpec
-    model: list[LayerSpec] = Field(min_length=1)
+    model: tuple[LayerSpec, ...] = Field(min_length=1, strict=False)  # YAML gives a list
     loss: LossSpec
     optimizer: OptimizerSpec
     train: TrainSpec

@@ -27,6 +27,10 @@ class _SpecLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges; keys written beside it may override the merged ones
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(None, None, "keys must be plain names, not lists or mappings", key_node.start_mark)
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in first_line:
@@ -109,9 +113,10 @@ def _record_positions(node: yaml.Node, loc: Location, out: dict[Location, tuple[
 def _describe_yaml_error(exc: yaml.YAMLError, path: str | None = None) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)
-    tag = re.search(r"tag '(tag:yaml\.org,2002:)?([^']+)'", problem)
+    tag = re.search(r"tag '([^']+)'", problem)
     if tag and "constructor" in problem:
-        problem = f"the tag !!{tag.group(2)} is not allowed: specs are plain data and never run code"
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        problem = f"the tag {shown} is not allowed: specs are plain data and never run code"
     context = getattr(exc, "context", None)
     if context and "duplicate" not in problem and "tag" not in problem:
         problem = f"{problem} ({context})"

@@ -188,12 +188,26 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
         raise
+    except BaseException as exc:
+        _log_failure(client, run_id, exc)
+        raise
     finally:
         try:
             run.writer.close()
         finally:
             mlflow.end_run(status=status)
             mlflow.set_tracking_uri(previous_uri)
+
+
+def _log_failure(client: Any, run_id: str, exc: BaseException) -> None:
+    """Keep the whole story of a failure with the run: message and traceback, chained causes too."""
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    try:
+        client.log_text(run_id, text, "error/traceback.txt")
+    except Exception:  # the run still ends FAILED; the terminal shows the error either way
+        pass
 
 
 def _experiment_id(client: Any, name: str) -> str:

@@ -18,7 +18,7 @@ from knightctl._version import __version__
 from knightctl.build import Components, build_components, dry_forward
 from knightctl.data import epoch_batches, steps_per_epoch
 from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
-from knightctl.errors import Interrupted
+from knightctl.errors import Interrupted, KnightctlError, RunFailed, Terminated
 from knightctl.metrics import StepMetrics, evaluate
 from knightctl.plugins import load as load_plugins
 from knightctl.spec import ExperimentSpec, TrainSpec, load_spec
@@ -122,12 +122,25 @@ def train(
         info = _run_info(spec, choice, parts, run)
         for observer in observers:
             observer.run_started(info)
-        loop_seconds = _loop(spec, parts, run, observers, position)
+        loop_seconds = _guarded_loop(spec, parts, run, observers, position)
         model_uri = run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts)) if uri and spec.tracking.log_model else None
     result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model, model_uri, uri_source)
     for observer in observers:
         observer.run_finished(result)
     return result
+
+
+def _guarded_loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position) -> float:
+    """The loop, with any unexpected exception turned into RunFailed naming where it happened."""
+    try:
+        return _loop(spec, parts, run, observers, position)
+    except KnightctlError:
+        raise
+    except Exception as exc:
+        raise RunFailed(
+            f"training failed at epoch {position.epoch} (step {position.step}): {type(exc).__name__}: {exc}",
+            hint="the full traceback is stored with the MLflow run as error/traceback.txt" if run.run_id else None,
+        ) from exc
 
 
 def _loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position) -> float:
@@ -189,11 +202,12 @@ def _interruptible(position: _Position) -> Iterator[list[str | None]]:
     run_ids: list[str | None] = []
     try:
         yield run_ids
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         run_id = run_ids[0] if run_ids else None
+        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
         where = f"epoch {position.epoch} (step {position.step})"
-        message = f"interrupted at {where}" + (f"; MLflow run {run_id} marked KILLED" if run_id else "")
-        raise Interrupted(message, signal_name="SIGINT", run_id=run_id) from None
+        message = f"{signal_name}: interrupted at {where}" + (f"; MLflow run {run_id} marked KILLED" if run_id else "")
+        raise Interrupted(message, signal_name=signal_name, run_id=run_id) from None
 
 
 def _tags(spec: ExperimentSpec, choice: DeviceChoice) -> dict[str, str]:
