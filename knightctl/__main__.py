@@ -2,4 +2,5 @@
 
 from knightctl.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned process imports this module as __mp_main__
+    main()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from knightctl.training import RunInfo, RunResult
 
 _REFRESH_S = 0.1  # at most ten progress updates a second, whatever the step rate
+_PLAIN_LINE_S = 10.0  # without a terminal: a line every tenth of the run, or this often
 _SHOWN = ("train/loss", "val/loss", "val/accuracy", "train/samples_per_s")
 
 
@@ -78,9 +79,10 @@ class ProgressObserver:
             if final or now - self._last_update >= _REFRESH_S:
                 self._progress.update(self._task, completed=epoch, metrics=_metric_text(self._metrics))
                 self._last_update = now
-        elif metrics and (final or epoch - self._last_line_epoch >= max(1, self._epochs // 10)):
+        elif metrics and (final or epoch - self._last_line_epoch >= max(1, self._epochs // 10) or now - self._last_update >= _PLAIN_LINE_S):
             self.console.print(f"epoch {epoch}/{self._epochs}  step {step}  {_metric_text(metrics)}", soft_wrap=True)
             self._last_line_epoch = epoch
+            self._last_update = now
 
     def run_finished(self, result: RunResult) -> None:
         self.close()

@@ -1,22 +1,23 @@
 """The MLflow adapter: it owns a run's lifecycle and keeps MLflow off the training hot path.
 
 A run is opened with the flattened spec as params, tags, and the spec as artifacts; metrics are
-queued in memory and written in batches by a background thread; the run always ends FINISHED,
-FAILED (an exception) or KILLED (Ctrl-C), with every queued metric written first.
+buffered in memory and written in batches by a writer process (see metricwriter.py); the run
+always ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C), with every queued metric written
+first.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import threading
-import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from knightctl.errors import Interrupted, TrackingError
+from knightctl.metricwriter import MetricWriter
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     from knightctl.spec import ExperimentSpec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-_BATCH_LIMIT = 1000  # metrics per log_batch call, MLflow's own limit
 _PARAM_BATCH = 100  # params per log_batch call, MLflow's own limit
 
 
@@ -64,57 +64,6 @@ def git_commit(cwd: Path) -> tuple[str, bool] | None:
     return commit, bool(status.strip())
 
 
-class MetricWriter:
-    """Queues metrics from the training thread; a background thread writes them with log_batch."""
-
-    def __init__(self, client: Any, run_id: str, interval_s: float = 1.0) -> None:
-        from mlflow.entities import Metric
-
-        self._metric = Metric
-        self._client = client
-        self._run_id = run_id
-        self._interval_s = interval_s
-        self._queue: list[Any] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="knightctl-metrics", daemon=True)
-        self._thread.start()
-
-    def add(self, step: int, values: Mapping[str, float]) -> None:
-        """Queue one point per metric at `step` (cheap: no I/O on the caller's thread)."""
-        timestamp = int(time.time() * 1000)
-        entries = [self._metric(key, float(value), timestamp, step) for key, value in values.items()]
-        with self._lock:
-            self._queue.extend(entries)
-
-    def close(self) -> None:
-        """Write everything still queued and stop the thread."""
-        self._closed = True
-        self._wake.set()
-        self._thread.join()
-        self._write_queued()  # anything added after the thread's last pass
-        if self.error is not None:
-            raise TrackingError(f"MLflow refused metrics for run {self._run_id}: {self.error}")
-
-    def _work(self) -> None:
-        while not self._closed:
-            self._wake.wait(self._interval_s)
-            self._wake.clear()
-            try:
-                self._write_queued()
-            except Exception as exc:  # kept and raised on close: a lost metric must not pass silently
-                self.error = exc
-                return
-
-    def _write_queued(self) -> None:
-        with self._lock:
-            pending, self._queue = self._queue, []
-        for start in range(0, len(pending), _BATCH_LIMIT):
-            self._client.log_batch(self._run_id, metrics=pending[start : start + _BATCH_LIMIT], synchronous=True)
-
-
 @dataclass
 class MlflowRun:
     """An open MLflow run: where it is, and the writer that takes its metrics."""
@@ -125,8 +74,15 @@ class MlflowRun:
     tracking_uri: str
     writer: MetricWriter
 
-    def log_metrics(self, step: int, values: Mapping[str, float]) -> None:
-        self.writer.add(step, values)
+    def log_metrics(self, points: list[tuple[int, Mapping[str, float]]]) -> None:
+        """Queue (step, values) points; the writer process stores them while training goes on."""
+        for step, values in points:
+            self.writer.add(step, values)
+        self.writer.flush()
+
+    def close_metrics(self) -> None:
+        """Wait until every queued metric is stored (before the model is logged, and at the end)."""
+        self.writer.close()
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.client.log_text(self.run_id, text, artifact_file)
@@ -180,10 +136,11 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model
-    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(client, run_id))
+    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(tracking_uri, run_id))
     status = "FAILED"
     try:
         yield run
+        run.close_metrics()  # a metric that could not be stored fails the run
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted):
         status = "KILLED"
@@ -193,7 +150,10 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         raise
     finally:
         try:
-            run.writer.close()
+            if not run.writer.closed:  # the error path: store what was queued before closing the run
+                run.close_metrics()
+        except TrackingError as lost:  # the error already propagating is the one to report
+            warnings.warn(str(lost), stacklevel=1)
         finally:
             mlflow.end_run(status=status)
             mlflow.set_tracking_uri(previous_uri)

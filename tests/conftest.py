@@ -3,10 +3,27 @@
 One OpenMP thread for torch, here and in every subprocess a test starts: the models under test
 are tiny, and on a two-core machine with anything else running, a second intra-op thread spins
 and waits, making a 300-step run 10-80x slower. Users keep torch's own default.
+
+Tests marked `cuda` or `mps` need that device and are skipped, never faked, where it is absent.
 """
 
 from __future__ import annotations
 
 import os
 
+import pytest
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    present = {
+        "cuda": torch.cuda.is_available(),
+        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    }
+    for item in items:
+        for device, available in present.items():
+            if device in item.keywords and not available:
+                item.add_marker(pytest.mark.skip(reason=f"needs a {device.upper()} device; none here"))

@@ -82,9 +82,10 @@ def test_a_signal_mid_run_marks_the_run_killed(tmp_path: Path, sig: signal.Signa
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 120
-    for line in process.stdout:  # the first progress line means the loop is running
-        if line.startswith("epoch ") or time.monotonic() > deadline:
+    for line in process.stdout:  # printed just before the first step
+        if line.startswith("MLflow run") or time.monotonic() > deadline:
             break
+    time.sleep(1.0)  # well inside the loop: a million epochs take minutes
     process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == code, stderr
