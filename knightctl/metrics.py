@@ -23,7 +23,8 @@ Point = tuple[int, dict[str, float]]
 class StepMetrics:
     """Per-step losses, logging windows over them, and evaluation points, until collected."""
 
-    first_step: int = 1
+    first_step: int = 1  # the step of carried[0], or of losses[0] when nothing is carried
+    carried: list[float] = field(default_factory=list)  # read back, but after the last window
     losses: list[torch.Tensor] = field(default_factory=list)
     windows: list[tuple[int, float, torch.Tensor | None]] = field(default_factory=list)
     points: list[tuple[int, dict[str, torch.Tensor | float]]] = field(default_factory=list)
@@ -44,8 +45,9 @@ class StepMetrics:
         tensors += [norm for _, _, norm in self.windows if norm is not None]
         tensors += [v for _, values in self.points for v in values.values() if isinstance(v, torch.Tensor)]
         floats = torch.stack([t.reshape(()).float() for t in tensors]).tolist() if tensors else []
-        losses, rest = floats[: len(self.losses)], iter(floats[len(self.losses) :])
-        _check_finite(losses, self.first_step)
+        fresh, rest = floats[: len(self.losses)], iter(floats[len(self.losses) :])
+        _check_finite(fresh, self.first_step + len(self.carried))
+        losses = self.carried + fresh
         collected: list[Point] = []
         start = self.first_step
         for end, lr, norm in self.windows:
@@ -57,7 +59,8 @@ class StepMetrics:
             start = end + 1
         for step, raw in self.points:
             collected.append((step, {k: (next(rest) if isinstance(v, torch.Tensor) else v) for k, v in raw.items()}))
-        self.first_step += len(self.losses)
+        self.carried = losses[start - self.first_step :]  # steps still waiting for their window
+        self.first_step = start
         self.losses, self.windows, self.points = [], [], []
         return sorted(collected, key=lambda point: point[0])
 

@@ -60,15 +60,20 @@ class MetricWriter:
         self.flush()
         self._queue.put(None)
         self._process.join(_CLOSE_TIMEOUT_S)
-        if self._process.is_alive():
-            self._process.terminate()
-            raise TrackingError(f"the MLflow metric writer for run {self.run_id} did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
-        if self._process.exitcode != 0:
-            try:
-                reason = self._errors.get(timeout=1.0)
-            except queue.Empty:
-                reason = f"the writer process exited with code {self._process.exitcode}"
-            raise TrackingError(f"metrics of run {self.run_id} were not all written: {reason}")
+        try:
+            if self._process.is_alive():
+                self._process.terminate()
+                raise TrackingError(f"the MLflow metric writer for run {self.run_id} did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
+            if self._process.exitcode != 0:
+                try:
+                    reason = self._errors.get(timeout=1.0)
+                except queue.Empty:
+                    reason = f"the writer process exited with code {self._process.exitcode}"
+                raise TrackingError(f"metrics of run {self.run_id} were not all written: {reason}")
+        finally:
+            for channel in (self._queue, self._errors):  # release their pipes and semaphores now
+                channel.close()
+                channel.join_thread()
 
 
 def _write_metrics(tracking_uri: str, run_id: str, inbox: Any, errors: Any) -> None:

@@ -118,27 +118,23 @@ class MlflowRun:
 def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]) -> Iterator[MlflowRun]:
     """Create the run, log params, tags and spec; close it with the status the block earned."""
     import mlflow
-    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    experiment_id = _experiment_id(client, spec.tracking.experiment or spec.name)
-    created = client.create_run(experiment_id, run_name=spec.tracking.run_name or spec.name, tags=dict(tags))
-    run_id = created.info.run_id
-    params = [Param(key, value[:6000]) for key, value in flatten(spec.to_data()).items()]
-    for start in range(0, len(params), _PARAM_BATCH):
-        client.log_batch(run_id, params=params[start : start + _PARAM_BATCH], synchronous=True)
-    if spec.source is not None:
-        client.log_text(run_id, spec.source.text, f"spec/{Path(spec.source.path).name}")
-    import yaml
-
-    client.log_text(run_id, yaml.safe_dump(spec.to_data(), sort_keys=False), "spec/resolved.yaml")
+    try:
+        client = MlflowClient(tracking_uri)
+        experiment_id = _experiment_id(client, spec.tracking.experiment or spec.name)
+        run_id = client.create_run(experiment_id, run_name=spec.tracking.run_name or spec.name, tags=dict(tags)).info.run_id
+    except TrackingError:
+        raise
+    except Exception as exc:  # a bad URI, a store MLflow cannot open: say which, not a traceback
+        raise TrackingError(f"cannot start an MLflow run on {tracking_uri}: {type(exc).__name__}: {exc}") from None
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model
     run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(tracking_uri, run_id))
     status = "FAILED"
     try:
+        _log_spec(client, run_id, spec)
         yield run
         run.close_metrics()  # a metric that could not be stored fails the run
         status = "FINISHED"
@@ -157,6 +153,19 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         finally:
             mlflow.end_run(status=status)
             mlflow.set_tracking_uri(previous_uri)
+
+
+def _log_spec(client: Any, run_id: str, spec: ExperimentSpec) -> None:
+    """The flattened resolved spec as params; the spec as written and resolved as artifacts."""
+    import yaml
+    from mlflow.entities import Param
+
+    params = [Param(key, value[:6000]) for key, value in flatten(spec.to_data()).items()]
+    for start in range(0, len(params), _PARAM_BATCH):
+        client.log_batch(run_id, params=params[start : start + _PARAM_BATCH], synchronous=True)
+    if spec.source is not None:
+        client.log_text(run_id, spec.source.text, f"spec/{Path(spec.source.path).name}")
+    client.log_text(run_id, yaml.safe_dump(spec.to_data(), sort_keys=False), "spec/resolved.yaml")
 
 
 def _log_failure(client: Any, run_id: str, exc: BaseException) -> None:

@@ -113,7 +113,8 @@ def train(
     spec = spec.with_seed(spec.seed if spec.seed is not None else new_seed())
     assert spec.seed is not None
     choice = resolve_device(device or spec.train.device)
-    set_deterministic(spec.train.deterministic if deterministic is None else deterministic)
+    if spec.train.deterministic if deterministic is None else deterministic:
+        set_deterministic(True)  # never switched off here: a caller may have switched it on
     seed_everything(spec.seed)
     parts = build_components(spec, registry, choice.device, spec.seed)
     dry_forward(parts, spec)
@@ -234,6 +235,7 @@ def _tags(spec: ExperimentSpec, choice: DeviceChoice) -> dict[str, str]:
         "device": choice.description,
         "device.reason": choice.reason,
         "seed": str(spec.seed),
+        "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
         "spec.name": spec.name,
         "spec.digest": spec.digest(),
         "mlflow.source.type": "LOCAL",

@@ -94,3 +94,10 @@ def test_a_signal_mid_run_marks_the_run_killed(tmp_path: Path, sig: signal.Signa
     (run,) = client.search_runs([client.get_experiment_by_name("round_table").experiment_id])
     assert run.info.status == "KILLED"
     assert client.get_metric_history(run.info.run_id, "train/loss")  # metrics written before closing
+
+
+def test_a_tracking_uri_mlflow_cannot_use_is_named_without_a_traceback(tmp_path: Path) -> None:
+    done = knightctl("train", str(ROUND_TABLE), "--tracking-uri", "bogus://nowhere", "--set", "train.epochs=2", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "cannot start an MLflow run on bogus://nowhere" in done.stderr
+    assert "Traceback" not in done.stderr

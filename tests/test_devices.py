@@ -98,7 +98,10 @@ def test_round_table_trains_on_cuda() -> None:
 
 @pytest.mark.cuda
 def test_mini_batches_on_cuda_are_reproducible() -> None:
-    runs = [train(ROUND_TABLE, overrides=["train.batch_size=64", "train.epochs=5"], device="cuda", track=False, deterministic=True) for _ in range(2)]
+    try:
+        runs = [train(ROUND_TABLE, overrides=["train.batch_size=64", "train.epochs=5"], device="cuda", track=False, deterministic=True) for _ in range(2)]
+    finally:
+        set_deterministic(False)  # train() leaves it on, as a caller who asked for it would want
     for name, value in runs[0].model.state_dict().items():
         assert torch.equal(runs[1].model.state_dict()[name], value), name
 

@@ -63,6 +63,7 @@ def test_run_tags_name_versions_device_seed_and_commit(tracked) -> None:
     assert tags["knightctl.version"]
     assert tags["device"] == "cpu"
     assert tags["seed"] == "42"
+    assert tags["deterministic"] == "false"
     assert len(tags["spec.digest"]) == 64
     # the run was started from a temporary folder outside any repository: no commit to record
     assert "mlflow.source.git.commit" not in tags

@@ -1,0 +1,68 @@
+"""Metric bookkeeping: window means, the step a loss went non-finite, and the writer process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from knightctl.errors import RunFailed, TrackingError
+from knightctl.metrics import StepMetrics, gradient_norm
+from knightctl.metricwriter import MetricWriter
+
+
+def test_windows_average_their_own_steps_across_collections() -> None:
+    metrics = StepMetrics()
+    for step in range(1, 8):
+        metrics.add_loss(torch.tensor(float(step)))
+        if step % 3 == 0:
+            metrics.close_window(step, lr=0.1)
+    first = metrics.collect()
+    assert first == [(3, {"train/loss": 2.0, "train/lr": 0.1}), (6, {"train/loss": 5.0, "train/lr": 0.1})]
+    for step in range(8, 10):
+        metrics.add_loss(torch.tensor(float(step)))
+    metrics.close_window(9, lr=0.05)
+    metrics.add_point(9, {"val/loss": torch.tensor(0.5), "epoch": 3.0})
+    assert metrics.collect() == [(9, {"train/loss": 8.0, "train/lr": 0.05}), (9, {"val/loss": 0.5, "epoch": 3.0})]
+
+
+def test_the_first_non_finite_loss_is_named_by_its_step() -> None:
+    metrics = StepMetrics()
+    for value in (0.5, 0.4, math.inf, math.nan):
+        metrics.add_loss(torch.tensor(value))
+    with pytest.raises(RunFailed, match="became inf at step 3"):
+        metrics.collect()
+
+
+def test_gradient_norm_is_the_norm_of_all_gradients_together() -> None:
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(4, 3)).sum().backward()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    assert torch.allclose(gradient_norm(model), expected)
+
+
+def test_the_writer_process_stores_every_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("writer")).info.run_id
+    writer = MetricWriter(uri, run_id)
+    for step in range(1, 2501):  # more than one log_batch call (1000 metrics each)
+        writer.add(step, {"a": step / 10})
+        if step % 700 == 0:
+            writer.flush()
+    writer.close()
+    history = client.get_metric_history(run_id, "a")
+    assert sorted(m.step for m in history) == list(range(1, 2501))
+    assert {m.step: m.value for m in history}[2500] == 250.0
+
+
+def test_a_writer_that_cannot_store_says_so_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    writer = MetricWriter(f"sqlite:///{tmp_path}/mlflow.db", "no-such-run")
+    writer.add(1, {"a": 1.0})
+    with pytest.raises(TrackingError, match="no-such-run were not all written"):
+        writer.close()
