@@ -6,6 +6,9 @@ GIL and slow the loop by several percent even at sparse logging; from its own pr
 another core. The training side only appends tuples to a list and, at each flush, hands the list
 to a multiprocessing queue.
 
+Starting the writer costs its own import of MLflow (about 2 s of CPU here). `wait_ready()` lets the
+caller finish that before the first training step, so it never competes with the loop for a core.
+
 The writer process ignores SIGINT and SIGTERM: a Ctrl-C in a terminal reaches the whole process
 group, and the writer must outlive the trainer's clean-up to write what was queued. It stops on
 the sentinel `None`, or when its parent has died.
@@ -32,14 +35,30 @@ class MetricWriter:
     def __init__(self, tracking_uri: str, run_id: str) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and open sqlite handles
         self._queue: Any = context.Queue()
-        self._errors: Any = context.Queue()
+        self._status: Any = context.Queue()  # "ready" once, or an error message
         self._buffer: list[MetricTuple] = []
         self._process = context.Process(
-            target=_write_metrics, args=(tracking_uri, run_id, self._queue, self._errors), name="knightctl-metrics", daemon=True
+            target=_write_metrics, args=(tracking_uri, run_id, self._queue, self._status), name="knightctl-metrics", daemon=True
         )
         self._process.start()
         self.run_id = run_id
         self.closed = False
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until the writer process has imported MLflow and found the run."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                message = self._status.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if not self._process.is_alive() or time.monotonic() > deadline:
+                    message = f"the writer process did not start (exit code {self._process.exitcode})"
+                    break
+        if message != "ready":
+            self.closed = True
+            self._process.join(5.0)
+            raise TrackingError(f"cannot write metrics to MLflow run {self.run_id}: {message}")
 
     def add(self, step: int, values: Mapping[str, float]) -> None:
         """Buffer one point per metric at `step`: no I/O, no pickling."""
@@ -66,17 +85,17 @@ class MetricWriter:
                 raise TrackingError(f"the MLflow metric writer for run {self.run_id} did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
             if self._process.exitcode != 0:
                 try:
-                    reason = self._errors.get(timeout=1.0)
+                    reason = self._status.get(timeout=1.0)
                 except queue.Empty:
                     reason = f"the writer process exited with code {self._process.exitcode}"
                 raise TrackingError(f"metrics of run {self.run_id} were not all written: {reason}")
         finally:
-            for channel in (self._queue, self._errors):  # release their pipes and semaphores now
+            for channel in (self._queue, self._status):  # release their pipes and semaphores now
                 channel.close()
                 channel.join_thread()
 
 
-def _write_metrics(tracking_uri: str, run_id: str, inbox: Any, errors: Any) -> None:
+def _write_metrics(tracking_uri: str, run_id: str, inbox: Any, status: Any) -> None:
     """The writer process: drain the inbox into MlflowClient.log_batch until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -85,6 +104,8 @@ def _write_metrics(tracking_uri: str, run_id: str, inbox: Any, errors: Any) -> N
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri)
+        client.get_run(run_id)  # opens the store and proves the run exists, before training starts
+        status.put("ready")
         parent = multiprocessing.parent_process()
         stop = False
         while not stop:
@@ -94,7 +115,7 @@ def _write_metrics(tracking_uri: str, run_id: str, inbox: Any, errors: Any) -> N
                 chunk = [Metric(*entry) for entry in batch[start : start + _BATCH_LIMIT]]
                 client.log_batch(run_id, metrics=chunk, synchronous=True)
     except BaseException as exc:  # reported to the parent, which raises it as a TrackingError
-        errors.put(f"{type(exc).__name__}: {exc}")
+        status.put(f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
 
 

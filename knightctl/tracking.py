@@ -128,13 +128,14 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         raise
     except Exception as exc:  # a bad URI, a store MLflow cannot open: say which, not a traceback
         raise TrackingError(f"cannot start an MLflow run on {tracking_uri}: {type(exc).__name__}: {exc}") from None
+    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(tracking_uri, run_id))
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model
-    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(tracking_uri, run_id))
     status = "FAILED"
     try:
-        _log_spec(client, run_id, spec)
+        _log_spec(client, run_id, spec)  # while the writer process starts
+        run.writer.wait_ready()
         yield run
         run.close_metrics()  # a metric that could not be stored fails the run
         status = "FINISHED"

@@ -50,6 +50,7 @@ def test_the_writer_process_stores_every_metric(tmp_path: Path, monkeypatch: pyt
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("writer")).info.run_id
     writer = MetricWriter(uri, run_id)
+    writer.wait_ready()
     for step in range(1, 2501):  # more than one log_batch call (1000 metrics each)
         writer.add(step, {"a": step / 10})
         if step % 700 == 0:
@@ -63,6 +64,18 @@ def test_the_writer_process_stores_every_metric(tmp_path: Path, monkeypatch: pyt
 def test_a_writer_that_cannot_store_says_so_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     writer = MetricWriter(f"sqlite:///{tmp_path}/mlflow.db", "no-such-run")
+    with pytest.raises(TrackingError, match="cannot write metrics to MLflow run no-such-run: .*not found"):
+        writer.wait_ready()
+
+
+def test_metrics_the_store_refuses_fail_loudly_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("refused")).info.run_id
+    writer = MetricWriter(uri, run_id)
+    writer.wait_ready()
+    client.delete_run(run_id)  # MLflow refuses metrics for a deleted run
     writer.add(1, {"a": 1.0})
-    with pytest.raises(TrackingError, match="no-such-run were not all written"):
+    with pytest.raises(TrackingError, match=f"metrics of run {run_id} were not all written"):
         writer.close()

@@ -203,3 +203,22 @@ def test_an_exception_inside_the_loop_fails_the_run_naming_the_step(tmp_path: Pa
     (run,) = client.search_runs([client.get_experiment_by_name("overflow").experiment_id])
     assert run.info.status == "FAILED"
     assert "RuntimeError" in Path(client.download_artifacts(run.info.run_id, "error/traceback.txt")).read_text()
+
+
+def test_a_run_inside_a_git_repository_records_its_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "notes.txt").write_text("the round table\n")
+    git("add", "notes.txt")
+    git("-c", "user.name=Merlin", "-c", "user.email=merlin@camelot.invalid", "commit", "-qm", "first")
+    (tmp_path / "notes.txt").write_text("the round table, revised\n")  # an uncommitted change
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = train(ROUND_TABLE, overrides=["train.epochs=2", "tracking.log_model=false"], tracking_uri=uri, device="cpu")
+    tags = MlflowClient(uri).get_run(result.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
+    assert tags["git.dirty"] == "true"
