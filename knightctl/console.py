@@ -36,6 +36,14 @@ def _metric_text(metrics: Mapping[str, float]) -> str:
     return "  ".join(parts)
 
 
+def _compact_text(metrics: Mapping[str, float]) -> str:
+    """The progress bar's short form: loss, validation loss and accuracy, throughput."""
+    parts = [f"{label} {metrics[key]:.4f}" for key, label in (("train/loss", "loss"), ("val/loss", "val_loss"), ("val/accuracy", "val_acc")) if key in metrics]
+    if "train/samples_per_s" in metrics:
+        parts.append(f"{metrics['train/samples_per_s']:,.0f} samples/s")
+    return "  ".join(parts)
+
+
 class ProgressObserver:
     """Shows training progress: an animated bar on a terminal, plain lines elsewhere."""
 
@@ -60,10 +68,10 @@ class ProgressObserver:
         if self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[metrics]}"),
                 TimeElapsedColumn(),
+                TextColumn("{task.fields[metrics]}", markup=False),
                 console=self.console,
                 refresh_per_second=1 / _REFRESH_S,
             )
@@ -77,7 +85,7 @@ class ProgressObserver:
         final = epoch == self._epochs
         if self._progress is not None:
             if final or now - self._last_update >= _REFRESH_S:
-                self._progress.update(self._task, completed=epoch, metrics=_metric_text(self._metrics))
+                self._progress.update(self._task, completed=epoch, metrics=_compact_text(self._metrics))
                 self._last_update = now
         elif metrics and (final or epoch - self._last_line_epoch >= max(1, self._epochs // 10) or now - self._last_update >= _PLAIN_LINE_S):
             self.console.print(f"epoch {epoch}/{self._epochs}  step {step}  {_metric_text(metrics)}", soft_wrap=True)
