@@ -18,9 +18,10 @@ from typing import Annotated, Any, Literal, Sequence
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError, model_serializer, model_validator
 
 from knightctl.errors import SpecError
-from knightctl.problems import Problem, dotted, format_problem, problems_from_validation
+from knightctl.problems import Problem, format_problem, problems_from_validation
 from knightctl.registry import Registry
-from knightctl.specfile import Location, SpecDocument, parse_yaml_value, read_spec_file
+from knightctl.overrides import apply_overrides, normalise
+from knightctl.specfile import Location, SpecDocument, read_spec_file
 
 __all__ = ["ExperimentSpec", "load_spec"]
 
@@ -218,9 +219,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, registry: Regi
 
         registry = load().registry
     document = read_spec_file(path)
-    raw = _normalise(copy.deepcopy(document.data))
-    override_locs = _apply_overrides(raw, overrides, document.path)
-    raw = _normalise(raw)
+    raw = normalise(copy.deepcopy(document.data))
+    override_locs = apply_overrides(raw, overrides, document.path)
+    raw = normalise(raw)
     base_dir = Path(document.path).resolve().parent
     problems, resolved = _resolve_components(raw, registry, {"base_dir": base_dir})
     try:
@@ -240,60 +241,6 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, registry: Regi
 
 def _ordered(problems: list[Problem], document: SpecDocument) -> list[Problem]:
     return sorted(problems, key=lambda p: document.position_of(p.loc) or (10**9, 0))
-
-
-def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
-    """Expand shorthands: `- relu` -> `- {type: relu}`, `loss: mse` -> `loss: {name: mse}`."""
-    if isinstance(raw.get("model"), list):
-        raw["model"] = [{"type": item} if isinstance(item, str) else item for item in raw["model"]]
-    for section in ("loss", "data", "optimizer"):
-        if isinstance(raw.get(section), str):
-            raw[section] = {"name": raw[section]}
-    optimizer = raw.get("optimizer")
-    if isinstance(optimizer, dict) and isinstance(optimizer.get("scheduler"), str):
-        optimizer["scheduler"] = {"name": optimizer["scheduler"]}
-    return raw
-
-
-def _apply_overrides(raw: dict[str, Any], overrides: Sequence[str], spec_path: str) -> dict[Location, str]:
-    """Apply each `PATH=VALUE` in place; return the field path of each (for error messages)."""
-    applied: dict[Location, str] = {}
-    errors: list[str] = []
-    for item in overrides:
-        path_text, sep, value_text = item.partition("=")
-        segments = [s.strip() for s in path_text.split(".")]
-        if not sep or not all(segments):
-            errors.append(f"--set {item}: expected PATH=VALUE, for example optimizer.lr=0.01")
-            continue
-        value = parse_yaml_value(value_text, f"--set {item}")
-        container: Any = _normalise(raw)
-        loc: list[str | int] = []
-        for depth, segment in enumerate(segments):
-            last = depth == len(segments) - 1
-            if isinstance(container, list):
-                if not (segment.isdigit() and int(segment) < len(container)):
-                    errors.append(f"--set {item}: {dotted(tuple(loc))} has {len(container)} items; {segment!r} is not an index 0..{len(container) - 1}")
-                    break
-                key: str | int = int(segment)
-            elif isinstance(container, dict):
-                key = segment
-                if not last and not isinstance(container.get(key), (dict, list)):
-                    if key in container:
-                        errors.append(f"--set {item}: {dotted((*loc, key))} is a value, not a section")
-                        break
-                    container[key] = {}
-            else:
-                errors.append(f"--set {item}: {dotted(tuple(loc))} is a value, not a section")
-                break
-            loc.append(key)
-            if last:
-                container[key] = value
-                applied[tuple(loc)] = item
-            else:
-                container = container[key]
-    if errors:
-        raise SpecError(spec_path, errors)
-    return applied
 
 
 def _resolve_components(raw: dict[str, Any], registry: Registry, context: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:
