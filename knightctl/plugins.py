@@ -8,7 +8,7 @@ and an error inside a hook names its plugin.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import pluggy
@@ -33,7 +33,6 @@ class PluginSystem:
 
     manager: pluggy.PluginManager
     registry: Registry
-    failures: dict[str, str] = field(default_factory=dict)
 
 
 _loaded: PluginSystem | None = None

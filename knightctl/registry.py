@@ -19,8 +19,6 @@ from knightctl.errors import PluginError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from knightctl.data import TabularData
-
 TargetKind = Literal["binary", "class", "real"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*(::[A-Za-z_][A-Za-z0-9_.-]*)?$")
@@ -99,8 +97,6 @@ class DatasetDef(ComponentDef):
     n_features: Callable[[Any, Path], int | None] | None = None
     kind = "dataset"
 
-
-DatasetBuilder = Callable[[Any, "Path", int], "TabularData"]
 
 KINDS: tuple[type[ComponentDef], ...] = (LayerDef, LossDef, OptimizerDef, SchedulerDef, DatasetDef)
 
