@@ -20,27 +20,26 @@ if TYPE_CHECKING:
 
 _REFRESH_S = 0.1  # at most ten progress updates a second, whatever the step rate
 _PLAIN_LINE_S = 10.0  # without a terminal: a line every tenth of the run, or this often
-_SHOWN = ("train/loss", "val/loss", "val/accuracy", "train/samples_per_s")
+# metric -> (label on a plain line, label on the progress bar)
+_SHOWN = {
+    "train/loss": ("train/loss", "loss"),
+    "val/loss": ("val/loss", "val_loss"),
+    "val/accuracy": ("val/accuracy", "val_acc"),
+    "train/samples_per_s": ("train/samples_per_s", "samples/s"),
+}
 
 
 def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
 
 
-def _metric_text(metrics: Mapping[str, float]) -> str:
+def _metric_text(metrics: Mapping[str, float], compact: bool = False) -> str:
+    """The shown metrics as `label value` pairs; `compact` uses the progress bar's short labels."""
     parts = []
-    for key in _SHOWN:
+    for key, labels in _SHOWN.items():
         if key in metrics:
             value = metrics[key]
-            parts.append(f"{key} {value:,.0f}" if key.endswith("per_s") else f"{key} {value:.4f}")
-    return "  ".join(parts)
-
-
-def _compact_text(metrics: Mapping[str, float]) -> str:
-    """The progress bar's short form: loss, validation loss and accuracy, throughput."""
-    parts = [f"{label} {metrics[key]:.4f}" for key, label in (("train/loss", "loss"), ("val/loss", "val_loss"), ("val/accuracy", "val_acc")) if key in metrics]
-    if "train/samples_per_s" in metrics:
-        parts.append(f"{metrics['train/samples_per_s']:,.0f} samples/s")
+            parts.append(f"{labels[compact]} {value:,.0f}" if key.endswith("per_s") else f"{labels[compact]} {value:.4f}")
     return "  ".join(parts)
 
 
@@ -85,7 +84,7 @@ class ProgressObserver:
         final = epoch == self._epochs
         if self._progress is not None:
             if final or now - self._last_update >= _REFRESH_S:
-                self._progress.update(self._task, completed=epoch, metrics=_compact_text(self._metrics))
+                self._progress.update(self._task, completed=epoch, metrics=_metric_text(self._metrics, compact=True))
                 self._last_update = now
         elif metrics and (final or epoch - self._last_line_epoch >= max(1, self._epochs // 10) or now - self._last_update >= _PLAIN_LINE_S):
             self.console.print(f"epoch {epoch}/{self._epochs}  step {step}  {_metric_text(metrics)}", soft_wrap=True)

@@ -58,6 +58,7 @@ class MetricWriter:
         if message != "ready":
             self.closed = True
             self._process.join(5.0)
+            self._release()
             raise TrackingError(f"cannot write metrics to MLflow run {self.run_id}: {message}")
 
     def add(self, step: int, values: Mapping[str, float]) -> None:
@@ -90,9 +91,12 @@ class MetricWriter:
                     reason = f"the writer process exited with code {self._process.exitcode}"
                 raise TrackingError(f"metrics of run {self.run_id} were not all written: {reason}")
         finally:
-            for channel in (self._queue, self._status):  # release their pipes and semaphores now
-                channel.close()
-                channel.join_thread()
+            self._release()
+
+    def _release(self) -> None:
+        for channel in (self._queue, self._status):  # their pipes and semaphores, now
+            channel.close()
+            channel.join_thread()
 
 
 def _write_metrics(tracking_uri: str, run_id: str, inbox: Any, status: Any) -> None:

@@ -44,11 +44,17 @@ def test_gradient_norm_is_the_norm_of_all_gradients_together() -> None:
     assert torch.allclose(gradient_norm(model), expected)
 
 
-def test_the_writer_process_stores_every_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def store_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[MlflowClient, str, str]:
+    """A fresh sqlite store (its ./mlruns in tmp) with one run: (client, uri, run id)."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("writer")).info.run_id
+    return client, uri, client.create_run(client.create_experiment("writer")).info.run_id
+
+
+def test_the_writer_process_stores_every_metric(store_run: tuple[MlflowClient, str, str]) -> None:
+    client, uri, run_id = store_run
     writer = MetricWriter(uri, run_id)
     writer.wait_ready()
     for step in range(1, 2501):  # more than one log_batch call (1000 metrics each)
@@ -61,18 +67,15 @@ def test_the_writer_process_stores_every_metric(tmp_path: Path, monkeypatch: pyt
     assert {m.step: m.value for m in history}[2500] == 250.0
 
 
-def test_a_writer_that_cannot_store_says_so_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_for_a_missing_run_says_so_before_training(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     writer = MetricWriter(f"sqlite:///{tmp_path}/mlflow.db", "no-such-run")
     with pytest.raises(TrackingError, match="cannot write metrics to MLflow run no-such-run: .*not found"):
         writer.wait_ready()
 
 
-def test_metrics_the_store_refuses_fail_loudly_at_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("refused")).info.run_id
+def test_metrics_the_store_refuses_fail_loudly_at_close(store_run: tuple[MlflowClient, str, str]) -> None:
+    client, uri, run_id = store_run
     writer = MetricWriter(uri, run_id)
     writer.wait_ready()
     client.delete_run(run_id)  # MLflow refuses metrics for a deleted run
