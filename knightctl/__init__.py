@@ -15,9 +15,9 @@ from knightctl.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from knightctl.devices import DeviceChoice, resolve_device  # noqa: F401
-    from knightctl.plugins import PluginSystem  # noqa: F401
+    from knightctl.plugins import PluginSettings, PluginSystem  # noqa: F401
     from knightctl.plugins import load as load_plugins  # noqa: F401
-    from knightctl.registry import DatasetDef, LayerDef, LossDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
+    from knightctl.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
     from knightctl.spec import ExperimentSpec, load_spec  # noqa: F401
     from knightctl.training import RunInfo, RunResult, train  # noqa: F401
 
@@ -31,12 +31,14 @@ _LAZY: dict[str, tuple[str, str]] = {
     "DeviceChoice": ("knightctl.devices", "DeviceChoice"),
     "load_plugins": ("knightctl.plugins", "load"),
     "PluginSystem": ("knightctl.plugins", "PluginSystem"),
+    "PluginSettings": ("knightctl.plugins", "PluginSettings"),
     "Params": ("knightctl.registry", "Params"),
     "LayerDef": ("knightctl.registry", "LayerDef"),
     "LossDef": ("knightctl.registry", "LossDef"),
     "OptimizerDef": ("knightctl.registry", "OptimizerDef"),
     "SchedulerDef": ("knightctl.registry", "SchedulerDef"),
     "DatasetDef": ("knightctl.registry", "DatasetDef"),
+    "OpDef": ("knightctl.registry", "OpDef"),
 }
 
 __all__ = ["__version__", "KnightctlError", "hookimpl", *_LAZY]

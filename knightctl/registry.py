@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -100,39 +101,124 @@ class DatasetDef(ComponentDef):
 
 KINDS: tuple[type[ComponentDef], ...] = (LayerDef, LossDef, OptimizerDef, SchedulerDef, DatasetDef)
 
+OpLayerKind = Literal["elementwise", "halves"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpDef:
+    """A differentiable op a plugin offers: checked by `knightctl gradcheck`, usable as a layer.
+
+    Required:
+    - `name`: "namespace::op", the name specs and reports use.
+    - `fn`: a callable on tensors: a `torch.library.custom_op`, an `autograd.Function`'s `apply`,
+      or a plain differentiable function.
+    - `sample_inputs(device, dtype)`: an iterable of argument tuples for `fn`; the floating-point
+      tensors among them are the inputs gradients are checked against. Keep them away from points
+      where the op is not differentiable.
+
+    Optional (None means "detect it" where detection is possible):
+    - `reference`: a pure-torch function computing the same forward, to compare against.
+    - `atol`, `rtol`: tolerances in float64 for gradient and reference comparisons.
+    - `max_order`: the highest derivative order the op supports (1: backward is not differentiable).
+    - `forward_mode`: whether forward-mode AD (jvp) works.
+    - `vmap`: whether `torch.vmap` batching works.
+    - `surrogate_gradient`: why the backward deliberately differs from the true derivative
+      (straight-through estimators, gradient reversal); numeric comparison is then not a verdict.
+    - `layer`: how a spec uses it as a layer: "elementwise" (`fn(x)`, the default), "halves" (the
+      input's last dimension split in two, `fn(a, b)`, width halved, GLU style) or None (not a layer).
+    - `params`: the keyword options a spec may give the layer; passed to `fn` as keyword arguments.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    sample_inputs: Callable[[Any, Any], Iterable[tuple[Any, ...]]]
+    reference: Callable[..., Any] | None = None
+    atol: float = 1e-5
+    rtol: float = 1e-3
+    max_order: int | None = None
+    forward_mode: bool | None = None
+    vmap: bool | None = None
+    surrogate_gradient: str | None = None
+    layer: OpLayerKind | None = "elementwise"
+    params: type[Params] = NoParams
+    description: str = ""
+    plugin: str = ""
+
+    kind = "op"
+
+
+def _halved_width(params: Any, in_features: int) -> int:
+    if in_features % 2:
+        raise ValueError(f"splits its input in two halves, so it needs an even width, not {in_features}")
+    return in_features // 2
+
+
+def _build_op_layer(op: OpDef, params: Params) -> Any:
+    from knightctl.oplayers import OpLayer
+
+    return OpLayer(op, params.model_dump())
+
+
+def op_layer(op: OpDef) -> LayerDef:
+    """The layer a spec gets by naming an op under `model:` (`op.layer` says how it is applied)."""
+    return LayerDef(
+        name=op.name,
+        build=partial(_build_op_layer, op),
+        params=op.params,
+        out_features=_halved_width if op.layer == "halves" else "same",
+        description=op.description or f"op {op.name}",
+        plugin=op.plugin,
+    )
+
+
+Definition = ComponentDef | OpDef
+_ALL_KINDS: tuple[type, ...] = (*KINDS, OpDef)
+
 
 class Registry:
     """Names -> definitions, per kind, remembering which plugin registered each."""
 
     def __init__(self) -> None:
-        self._defs: dict[str, dict[str, ComponentDef]] = {cls.kind: {} for cls in KINDS}
+        self._defs: dict[str, dict[str, Any]] = {cls.kind: {} for cls in _ALL_KINDS}
         self.plugins: list[str] = []
+        self.failed: list[str] = []  # "name (error)" for plugins that did not load
 
-    def add(self, definition: ComponentDef, *, plugin: str) -> None:
-        """Record `definition` as registered by `plugin`; refuse bad names and duplicates."""
-        if not isinstance(definition, KINDS):
-            raise PluginError(
-                f"plugin {plugin!r} registered {definition!r}, which is not one of "
-                + ", ".join(cls.__name__ for cls in KINDS)
-            )
-        if not _NAME.match(definition.name):
-            raise PluginError(
-                f"plugin {plugin!r} registered the {definition.kind} name {definition.name!r}; names are "
-                "letters, digits, '_', '.', '-', optionally as 'namespace::name'"
-            )
+    def check(self, definition: object, *, plugin: str) -> None:
+        """Refuse a definition that is not one, has a bad name, or lacks what its kind needs."""
+        if not isinstance(definition, _ALL_KINDS):
+            kinds = ", ".join(cls.__name__ for cls in _ALL_KINDS)
+            raise PluginError(f"plugin {plugin!r} registered {definition!r}, which is not one of {kinds}")
+        what = f"plugin {plugin!r}: {definition.kind} {definition.name!r}"
+        if not isinstance(definition.name, str) or not _NAME.match(definition.name):
+            raise PluginError(f"{what}: names are letters, digits, '_', '.', '-', optionally as 'namespace::name'")
         if not (isinstance(definition.params, type) and issubclass(definition.params, BaseModel)):
-            raise PluginError(f"plugin {plugin!r}: {definition.kind} {definition.name!r} has params that are not a pydantic model")
-        table = self._defs[definition.kind]
-        existing = table.get(definition.name)
-        if existing is not None:
-            raise PluginError(
-                f"the {definition.kind} {definition.name!r} is registered twice: "
-                f"by plugin {existing.plugin!r} and by plugin {plugin!r}",
-                hint="disable one of the two plugins or rename the component",
-            )
-        table[definition.name] = replace(definition, plugin=plugin)
+            raise PluginError(f"{what} has params that are not a pydantic model")
+        if isinstance(definition, OpDef):
+            if "::" not in definition.name:
+                raise PluginError(f"{what}: op names are 'namespace::name', e.g. 'mylab::{definition.name}'")
+            for field in ("fn", "sample_inputs"):
+                if not callable(getattr(definition, field)):
+                    raise PluginError(f"{what}: {field} is not callable")
+            if definition.layer not in ("elementwise", "halves", None):
+                raise PluginError(f"{what}: layer is {definition.layer!r}; use 'elementwise', 'halves' or None")
 
-    def get(self, kind: str, name: str) -> ComponentDef | None:
+    def add(self, definition: Definition, *, plugin: str) -> None:
+        """Record `definition` as registered by `plugin`; refuse bad ones and duplicates."""
+        self.check(definition, plugin=plugin)
+        definition = replace(definition, plugin=plugin)
+        derived = op_layer(definition) if isinstance(definition, OpDef) and definition.layer else None
+        for entry in (definition, derived):
+            existing = self._defs[entry.kind].get(entry.name) if entry else None
+            if existing is not None:
+                raise PluginError(
+                    f"the {entry.kind} {entry.name!r} is registered twice: by plugin {existing.plugin!r} and by plugin {plugin!r}",
+                    hint="disable one of the two plugins (--disable-plugin NAME) or rename the component",
+                )
+        for entry in (definition, derived):
+            if entry is not None:
+                self._defs[entry.kind][entry.name] = entry
+
+    def get(self, kind: str, name: str) -> Any:
         """The definition of `name`, or None."""
         return self._defs[kind].get(name)
 
@@ -140,10 +226,15 @@ class Registry:
         """Sorted names registered for `kind`."""
         return sorted(self._defs[kind])
 
+    def ops(self) -> list[OpDef]:
+        """Every registered op, by name."""
+        return [self._defs["op"][name] for name in self.names("op")]
+
     def unknown_name_message(self, kind: str, name: object) -> str:
-        """Explain an unknown name: a suggestion, what exists, and which plugins were loaded."""
+        """Explain an unknown name: a suggestion, what exists, and which plugins were loaded (or failed)."""
         names = self.names(kind)
         close = difflib.get_close_matches(str(name), names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         loaded = ", ".join(self.plugins) or "none"
-        return f"unknown {kind} {name!r}; {hint}available: {', '.join(names) or 'none'} (plugins loaded: {loaded})"
+        failed = f"; failed to load, so possibly the missing one: {'; '.join(self.failed)}" if self.failed else ""
+        return f"unknown {kind} {name!r}; {hint}available: {', '.join(names) or 'none'} (plugins loaded: {loaded}{failed})"
