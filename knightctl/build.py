@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from knightctl.data import Split, split_data
-from knightctl.errors import KnightctlError, ModelShapeError, PluginError
+from knightctl.errors import DeviceError, KnightctlError, ModelShapeError, PluginError
+from knightctl.oplayers import OpLayer
 from knightctl.registry import ComponentDef, LossDef, Registry
 from knightctl.spec import ExperimentSpec
 
@@ -92,13 +93,27 @@ def dry_forward(parts: Components, spec: ExperimentSpec, rows: int = 8) -> None:
             for index, layer in enumerate(parts.model):
                 try:
                     x = layer(x)
-                except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-                    raise ModelShapeError(
-                        f"model.{index} ({spec.model[index].type}) cannot take an input of shape {tuple(x.shape)}: {exc}"
-                    ) from None
+                except Exception as exc:
+                    raise _layer_error(exc, f"model.{index} ({spec.model[index].type})", layer, x) from None
             _check_outputs(x, y, parts, spec)
     finally:
         parts.model.train(was_training)
+
+
+def _layer_error(exc: Exception, where: str, layer: nn.Module, x: torch.Tensor) -> KnightctlError:
+    """A layer that fails the dry forward: a plugin op's own failure names the op and its plugin."""
+    if isinstance(layer, OpLayer):
+        if layer.halves and x.shape[-1] % 2:
+            return ModelShapeError(f"{where} splits its input in two halves and needs an even width, not {x.shape[-1]}")
+        if isinstance(exc, NotImplementedError):
+            return DeviceError(
+                f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) has no kernel for {x.device.type}: {exc}".strip(),
+                hint="run on a device the op supports (--device cpu), or register a kernel for this device in the plugin",
+            )
+        return PluginError(f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) raised on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}")
+    if isinstance(exc, (RuntimeError, ValueError, TypeError, IndexError)):
+        return ModelShapeError(f"{where} cannot take an input of shape {tuple(x.shape)}: {exc}")
+    return PluginError(f"{where} raised on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}")
 
 
 def _check_outputs(outputs: torch.Tensor, targets: torch.Tensor, parts: Components, spec: ExperimentSpec) -> None:

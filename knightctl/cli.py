@@ -45,8 +45,31 @@ def _run(action: Callable[[], Any]) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="knightctl")
-def main() -> None:
+@click.option("--plugins-dir", "plugins_dirs", multiple=True, metavar="DIR", help="Load every *.py in DIR as a plugin instead of ./plugins (default: KNIGHTCTL_PLUGINS_DIR); repeatable.")
+@click.option("--disable-plugin", "disabled", multiple=True, metavar="NAME", help="Do not load the plugin NAME (also KNIGHTCTL_DISABLE_PLUGINS=a,b); repeatable.")
+@click.option("--no-external-plugins", is_flag=True, help="Load only knightctl's own plugins: no entry points, plugin directories or spec plugins.")
+@click.option("--strict-plugins", is_flag=True, help="Make any plugin that fails to load an error (also KNIGHTCTL_STRICT_PLUGINS=1).")
+@click.pass_context
+def main(ctx: click.Context, plugins_dirs: tuple[str, ...], disabled: tuple[str, ...], no_external_plugins: bool, strict_plugins: bool) -> None:
     """knightctl: train experiments from YAML specs, with plugin autograd ops, tracked in MLflow."""
+    ctx.obj = {"dirs": plugins_dirs, "disable": disabled, "no_external": no_external_plugins, "strict": strict_plugins}
+
+
+def _plugin_settings() -> Any:
+    """The plugin settings: the environment's, with the command line's options on top."""
+    from knightctl.plugins import PluginSettings
+
+    return PluginSettings.from_env().override(**click.get_current_context().find_root().obj)
+
+
+def _load_plugins(settings: Any) -> Any:
+    """Load the plugins (idempotent) and warn about any that failed, before the command goes on."""
+    from knightctl.console import make_console, render_warnings
+    from knightctl.plugins import load
+
+    system = _run(lambda: load(settings))
+    render_warnings(make_console(stderr=True), system.warnings())
+    return system
 
 
 @main.command()
@@ -61,10 +84,17 @@ def train(spec: str, overrides: tuple[str, ...], device: str | None, tracking_ur
     from knightctl.console import ProgressObserver, make_console, render_summary
     from knightctl.training import train as train_experiment
 
+    settings = _plugin_settings()
+    _load_plugins(settings)
     console = make_console()
     progress = ProgressObserver(console)
     try:
-        result = _run(lambda: train_experiment(spec, overrides=overrides, device=device, tracking_uri=tracking_uri, track=not no_track, deterministic=deterministic, observers=[progress]))
+        result = _run(
+            lambda: train_experiment(
+                spec, overrides=overrides, device=device, tracking_uri=tracking_uri, track=not no_track,
+                deterministic=deterministic, observers=[progress], plugins=settings,
+            )
+        )
     finally:
         progress.close()
     render_summary(console, result)
@@ -78,7 +108,31 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
     from knightctl.console import make_console, render_spec
     from knightctl.spec import load_spec
 
-    render_spec(make_console(), _run(lambda: load_spec(spec, overrides)))
+    settings = _plugin_settings()
+    _load_plugins(settings)
+    render_spec(make_console(), _run(lambda: load_spec(spec, overrides, plugins=settings)))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def ops(as_json: bool) -> None:
+    """List the registered ops: plugin, where it came from, and what each supports."""
+    from knightctl.console import make_console, render_ops
+    from knightctl.opinfo import summarise_ops
+
+    system = _load_plugins(_plugin_settings())
+    render_ops(make_console(listing=True), summarise_ops(system), as_json=as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def plugins(as_json: bool) -> None:
+    """List the plugins in load order: version or file hash, source, hooks, and any that failed."""
+    from knightctl.console import make_console, render_plugins
+    from knightctl.plugins import load
+
+    system = _run(lambda: load(_plugin_settings()))
+    render_plugins(make_console(listing=True), system, as_json=as_json)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,31 @@
 """The plugin contract: hook markers and hook signatures, nothing else.
 
 A plugin is a module (or object) with functions marked `@hookimpl` whose names and arguments match
-the specs below. Registration hooks receive a `register` callback; call it once per component.
-Built-in layers, losses, optimizers, schedulers and datasets arrive through these same hooks.
+the specs below (an implementation may take fewer arguments, never others). Registration hooks
+receive a `register` callback; call it once per component. Built-in layers, losses, optimizers,
+schedulers and datasets arrive through these same hooks. Event hooks are named in the past tense
+and are called in plugin load order; an exception in one fails the run, naming the plugin.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import pluggy
 
 if TYPE_CHECKING:
-    from knightctl.registry import DatasetDef, LayerDef, LossDef, OptimizerDef, SchedulerDef
+    from knightctl.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, SchedulerDef
+    from knightctl.training import RunInfo, RunResult
 
 PROJECT_NAME = "knightctl"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def register_ops(register: Callable[[OpDef], None]) -> None:
+    """Register differentiable ops (an `OpDef` each): gradient-checked, and usable as layers."""
 
 
 @hookspec
@@ -43,3 +51,23 @@ def register_schedulers(register: Callable[[SchedulerDef], None]) -> None:
 @hookspec
 def register_datasets(register: Callable[[DatasetDef], None]) -> None:
     """Register datasets (a `DatasetDef` each) that specs name under `data:`."""
+
+
+@hookspec
+def train_started(info: RunInfo) -> None:
+    """A run has its device, seed, data and MLflow run, and is about to take its first step."""
+
+
+@hookspec
+def epoch_completed(epoch: int, step: int, metrics: Mapping[str, float] | None) -> None:
+    """An epoch ended; `metrics` holds the latest values if it was evaluated, else None."""
+
+
+@hookspec
+def train_finished(result: RunResult) -> None:
+    """A run finished and its MLflow run was closed as FINISHED."""
+
+
+@hookspec
+def gradcheck_completed(reports: Sequence[Any]) -> None:
+    """`knightctl gradcheck` checked its ops; `reports` holds one report per op."""

@@ -1,68 +1,168 @@
-"""The plugin manager: loads the default plugins and fills the component registry.
+"""Plugin settings and the loaded plugin system: what was loaded, from where, and who provides what.
 
-Loading is an explicit, idempotent call (`load()`), never an import side effect. Each
-registration hook is called plugin by plugin so that the registry can record who registered what
-and an error inside a hook names its plugin.
+Plugins load in this order: knightctl's default plugins; installed distributions with an entry
+point in the group "knightctl"; every `*.py` (not starting with "_") in the plugin directories
+(`./plugins` of the working directory unless `--plugins-dir` or KNIGHTCTL_PLUGINS_DIR says
+otherwise); then the files a spec lists under `plugins:`. `load()` is an explicit call, idempotent
+for the same settings and files; the work of loading each plugin in isolation is in pluginload.py.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
-from functools import partial
+import os
+import traceback
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
 
 import pluggy
 
-from knightctl import hookspecs
-from knightctl.builtin import DEFAULT_PLUGINS
 from knightctl.errors import KnightctlError, PluginError
 from knightctl.registry import Registry
 
-REGISTRATION_HOOKS: tuple[str, ...] = (
-    "register_layers",
-    "register_losses",
-    "register_optimizers",
-    "register_schedulers",
-    "register_datasets",
-)
+ENTRY_POINT_GROUP = "knightctl"
+ENV_DIRS = "KNIGHTCTL_PLUGINS_DIR"  # directories, separated like PATH
+ENV_DISABLE = "KNIGHTCTL_DISABLE_PLUGINS"  # plugin names, comma separated
+ENV_NO_EXTERNAL = "KNIGHTCTL_NO_EXTERNAL_PLUGINS"  # 1: only the default plugins
+ENV_STRICT = "KNIGHTCTL_STRICT_PLUGINS"  # 1: any plugin failure is an error
+
+Source = Literal["default", "entry point", "directory", "spec"]
+Status = Literal["loaded", "failed", "disabled"]
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """Where to look for plugins and what to leave out. `dirs=None` means `./plugins`."""
+
+    dirs: tuple[Path, ...] | None = None
+    disabled: frozenset[str] = frozenset()
+    external: bool = True
+    strict: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PluginSettings:
+        """Settings from KNIGHTCTL_PLUGINS_DIR, _DISABLE_PLUGINS, _NO_EXTERNAL_PLUGINS, _STRICT_PLUGINS."""
+        env = os.environ if environ is None else environ
+        dirs = tuple(Path(part) for part in env.get(ENV_DIRS, "").split(os.pathsep) if part)
+        disabled = frozenset(name.strip() for name in env.get(ENV_DISABLE, "").split(",") if name.strip())
+        return cls(dirs or None, disabled, not _flag(env.get(ENV_NO_EXTERNAL)), _flag(env.get(ENV_STRICT)))
+
+    def override(
+        self, *, dirs: Sequence[str | Path] = (), disable: Sequence[str] = (), no_external: bool = False, strict: bool = False
+    ) -> PluginSettings:
+        """These settings with command-line options on top: given dirs replace, the rest add up."""
+        return PluginSettings(
+            tuple(Path(d) for d in dirs) or self.dirs,
+            self.disabled | frozenset(disable),
+            self.external and not no_external,
+            self.strict or strict,
+        )
+
+    def plugin_dirs(self) -> tuple[Path, ...]:
+        """The directories to scan, as absolute paths (the default depends on the working directory)."""
+        return tuple(path.resolve() for path in (self.dirs if self.dirs is not None else (Path.cwd() / "plugins",)))
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One plugin: where it came from, whether it loaded, and what it provides."""
+
+    name: str
+    source: Source
+    origin: str  # the module, distribution or file it came from, in words
+    version: str | None = None  # a distribution's version (defaults: knightctl's)
+    digest: str | None = None  # SHA-256 of a local file
+    path: Path | None = None  # its code on disk: a file, or a package's folder
+    status: Status = "loaded"
+    error: str | None = None
+    hooks: tuple[str, ...] = ()
+    provides: tuple[tuple[str, str], ...] = ()  # (kind, name) pairs
+
+    @property
+    def identity(self) -> str:
+        """What MLflow records: `name==version`, or `name@sha256:<first 12>` for a local file."""
+        if self.digest:
+            return f"{self.name}@sha256:{self.digest[:12]}"
+        return f"{self.name}=={self.version}" if self.version else self.name
+
+    def describe_failure(self) -> str:
+        return f"{self.name} ({self.origin}): {self.error}"
 
 
 @dataclass
 class PluginSystem:
-    """The loaded plugin manager and the registry its plugins filled."""
+    """The loaded plugins, the registry they filled, and the manager that calls their event hooks."""
 
     manager: pluggy.PluginManager
     registry: Registry
+    settings: PluginSettings
+    plugins: tuple[PluginInfo, ...]
+    notes: tuple[str, ...] = field(default=())  # things worth a warning that are not failures
 
+    @property
+    def failures(self) -> list[PluginInfo]:
+        return [info for info in self.plugins if info.status == "failed"]
 
-_loaded: PluginSystem | None = None
+    def info(self, name: str) -> PluginInfo | None:
+        return next((info for info in self.plugins if info.name == name), None)
 
+    def info_for_file(self, path: Path) -> PluginInfo | None:
+        resolved = path.resolve()
+        return next((info for info in self.plugins if info.path == resolved), None)
 
-def load(*, reload: bool = False) -> PluginSystem:
-    """Load every plugin once and return the result; `reload=True` starts afresh."""
-    global _loaded
-    if _loaded is None or reload:
-        _loaded = _load_fresh()
-    return _loaded
+    def warnings(self) -> list[str]:
+        """One line per failed plugin and per note, for the CLI to show before it goes on."""
+        failed = [f"plugin {info.name!r} ({info.origin}) failed to load and was left out: {info.error}" for info in self.failures]
+        return failed + list(self.notes)
 
-
-def _load_fresh() -> PluginSystem:
-    manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
-    manager.add_hookspecs(hookspecs)
-    for module_name in DEFAULT_PLUGINS:
-        manager.register(importlib.import_module(module_name), name=module_name.removeprefix("knightctl."))
-    try:
-        manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin!r}: {exc}") from None
-    registry = Registry()
-    registry.plugins = [name for name, _ in manager.list_name_plugin()]
-    for hook_name in REGISTRATION_HOOKS:
-        for impl in getattr(manager.hook, hook_name).get_hookimpls():
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an event hook in every plugin, in load order; an exception names its plugin."""
+        for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
             try:
-                impl.function(register=partial(registry.add, plugin=impl.plugin_name))
+                impl.function(*(kwargs[arg] for arg in impl.argnames))
             except KnightctlError:
                 raise
-            except Exception as exc:  # a plugin's own bug: name it, never a bare traceback
+            except Exception as exc:
                 raise PluginError(f"plugin {impl.plugin_name!r} raised in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
-    return PluginSystem(manager=manager, registry=registry)
+
+    def blame(self, exc: BaseException) -> PluginInfo | None:
+        """The non-default plugin whose code raised `exc` (the innermost such frame), if any."""
+        located = [info for info in self.plugins if info.path is not None and info.source != "default" and info.status == "loaded"]
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            where = Path(frame.filename)
+            for info in located:
+                assert info.path is not None
+                if where == info.path or info.path in where.parents:
+                    return info
+        return None
+
+
+_systems: dict[tuple[PluginSettings, tuple[Path, ...]], PluginSystem] = {}
+
+
+def load(settings: PluginSettings | None = None, *, files: Sequence[str | Path] = (), reload: bool = False) -> PluginSystem:
+    """Load every plugin once for these settings and extra files; `reload=True` starts afresh.
+
+    Settings default to the environment (`PluginSettings.from_env()`). A plugin that fails is left
+    out and listed in `failures`; with `strict` any failure raises PluginError. Two plugins that
+    register one name raise PluginError naming both.
+    """
+    from knightctl.pluginload import load_plugins
+
+    settings = settings if settings is not None else PluginSettings.from_env()
+    settings = replace(settings, dirs=settings.plugin_dirs())
+    key = (settings, tuple(Path(file).resolve() for file in files))
+    if reload or key not in _systems:
+        system = load_plugins(settings, key[1])
+        if settings.strict and system.failures:
+            failed = "".join(f"\n  - {info.describe_failure()}" for info in system.failures)
+            raise PluginError(
+                f"strict plugin mode: {len(system.failures)} plugin(s) failed to load:{failed}",
+                hint="fix or disable the failing plugins (--disable-plugin NAME)",
+            )
+        _systems[key] = system
+    return _systems[key]

@@ -13,13 +13,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError, model_serializer, model_validator
 
 from knightctl.errors import SpecError
 from knightctl.problems import Problem, format_problem, problems_from_validation
 from knightctl.registry import Registry
+
+if TYPE_CHECKING:
+    from knightctl.plugins import PluginSettings
 from knightctl.overrides import apply_overrides, normalise
 from knightctl.specfile import Location, SpecDocument, read_spec_file
 
@@ -171,6 +174,7 @@ class ExperimentSpec(SpecModel):
     name: str = Field(min_length=1, max_length=250)
     description: str = ""
     seed: int | None = Field(None, ge=0, lt=2**32)
+    plugins: tuple[Annotated[str, Field(min_length=1)], ...] = Field((), strict=False, description="plugin files, relative to the spec")
     data: DataSpec
     model: tuple[LayerSpec, ...] = Field(min_length=1, strict=False)  # YAML gives a list
     loss: LossSpec
@@ -192,6 +196,11 @@ class ExperimentSpec(SpecModel):
         """SHA-256 of the resolved spec: equal digests, equal experiments."""
         return hashlib.sha256(json.dumps(self.to_data(), sort_keys=True).encode()).hexdigest()
 
+    def plugin_paths(self) -> list[Path]:
+        """The plugin files the spec lists, resolved against the spec's folder."""
+        base_dir = self._source.base_dir if self._source else Path.cwd()
+        return [(base_dir / entry).resolve() for entry in self.plugins]
+
     def with_seed(self, seed: int) -> ExperimentSpec:
         """A copy with `seed` filled in (the same source)."""
         copied = self.model_copy(update={"seed": seed})
@@ -208,22 +217,27 @@ _COMPONENTS: tuple[tuple[str, type[_Component], str], ...] = (
 )
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = (), *, registry: Registry | None = None) -> ExperimentSpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, plugins: PluginSettings | None = None) -> ExperimentSpec:
     """Read, override and validate a spec; raise SpecError listing every problem.
 
     `overrides` are `PATH=VALUE` strings (`optimizer.lr=0.01`, `model.0.out_features=8`); values
-    are parsed as YAML, so types are kept. `registry` defaults to the loaded plugins' registry.
+    are parsed as YAML, so types are kept. Names resolve against the plugins loaded with `plugins`
+    (default: from the environment) plus the plugin files the spec lists under `plugins:`.
     """
-    if registry is None:
-        from knightctl.plugins import load
+    from knightctl.plugins import load
+    from knightctl.specplugins import spec_plugin_files, spec_plugin_problems
 
-        registry = load().registry
     document = read_spec_file(path)
     raw = normalise(copy.deepcopy(document.data))
     override_locs = apply_overrides(raw, overrides, document.path)
     raw = normalise(raw)
     base_dir = Path(document.path).resolve().parent
-    problems, resolved = _resolve_components(raw, registry, {"base_dir": base_dir})
+    files, problems = spec_plugin_files(raw, base_dir)
+    system = load(plugins, files=[file for _, file in files])
+    problems += spec_plugin_problems(files, system)
+    component_problems, resolved = _resolve_components(raw, system.registry, {"base_dir": base_dir})
+    problems += component_problems
+    registry = system.registry
     try:
         spec = ExperimentSpec.model_validate(resolved)
     except ValidationError as exc:

@@ -20,7 +20,9 @@ from knightctl.data import epoch_batches, steps_per_epoch
 from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
 from knightctl.errors import Interrupted, KnightctlError, RunFailed, Terminated
 from knightctl.metrics import StepMetrics, evaluate, gradient_norm
+from knightctl.plugins import PluginSettings, PluginSystem
 from knightctl.plugins import load as load_plugins
+from knightctl.plugintags import plugin_tags
 from knightctl.spec import ExperimentSpec, TrainSpec, load_spec
 from knightctl.tracking import git_commit, open_run, resolve_tracking_uri
 
@@ -100,16 +102,21 @@ def train(
     track: bool = True,
     deterministic: bool | None = None,
     observers: Sequence[Observer] = (),
+    plugins: PluginSettings | None = None,
 ) -> RunResult:
     """Train the experiment `spec` (a spec or a path to one) and track it in MLflow.
 
     Raises SpecError, DeviceError, DataError, ModelShapeError or PluginError before any MLflow run
-    exists, RunFailed if training fails, Interrupted (run marked KILLED) on Ctrl-C.
+    exists, RunFailed if training fails, Interrupted (run marked KILLED) on Ctrl-C. Plugins load
+    with `plugins` settings (default: from the environment) plus the files the spec lists; their
+    event hooks see the run like `observers` do.
     """
     started = time.perf_counter()
-    registry = load_plugins().registry
     if not isinstance(spec, ExperimentSpec):
-        spec = load_spec(spec, overrides, registry=registry)
+        spec = load_spec(spec, overrides, plugins=plugins)
+    system = load_plugins(plugins, files=spec.plugin_paths())
+    registry = system.registry
+    observers = [*observers, _PluginEvents(system)]
     spec = spec.with_seed(spec.seed if spec.seed is not None else new_seed())
     assert spec.seed is not None
     choice = resolve_device(device or spec.train.device)
@@ -120,13 +127,13 @@ def train(
     dry_forward(parts, spec)
     uri, uri_source = resolve_tracking_uri(tracking_uri, spec) if track else (None, "--no-track")
     position = _Position()
-    run_context = open_run(spec, tracking_uri=uri, tags=_tags(spec, choice)) if uri else nullcontext(_NoRun())
+    run_context = open_run(spec, tracking_uri=uri, tags={**_tags(spec, choice), **plugin_tags(spec, system)}) if uri else nullcontext(_NoRun())
     with _interruptible(position) as run_holder, run_context as run:
         run_holder.append(run.run_id)
         info = _run_info(spec, choice, parts, run)
         for observer in observers:
             observer.run_started(info)
-        loop_seconds = _guarded_loop(spec, parts, run, observers, position)
+        loop_seconds = _guarded_loop(spec, parts, run, observers, position, system)
         run.close_metrics()
         model_uri = run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts)) if uri and spec.tracking.log_model else None
     result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model, model_uri, uri_source)
@@ -135,15 +142,17 @@ def train(
     return result
 
 
-def _guarded_loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position) -> float:
+def _guarded_loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position, system: PluginSystem) -> float:
     """The loop, with any unexpected exception turned into RunFailed naming where it happened."""
     try:
         return _loop(spec, parts, run, observers, position)
     except KnightctlError:
         raise
     except Exception as exc:
+        culprit = system.blame(exc)
+        raised_in = f" in plugin {culprit.name!r} ({culprit.origin})" if culprit else ""
         raise RunFailed(
-            f"training failed at epoch {position.epoch} (step {position.step}): {type(exc).__name__}: {exc}",
+            f"training failed at epoch {position.epoch} (step {position.step}){raised_in}: {type(exc).__name__}: {exc}",
             hint="the full traceback is stored with the MLflow run as error/traceback.txt" if run.run_id else None,
         ) from exc
 
@@ -222,6 +231,22 @@ def _interruptible(position: _Position) -> Iterator[list[str | None]]:
         where = f"epoch {position.epoch} (step {position.step})"
         message = f"{signal_name}: interrupted at {where}" + (f"; MLflow run {run_id} marked KILLED" if run_id else "")
         raise Interrupted(message, signal_name=signal_name, run_id=run_id) from None
+
+
+class _PluginEvents:
+    """Passes a run's events to the plugins' event hooks."""
+
+    def __init__(self, system: PluginSystem) -> None:
+        self.system = system
+
+    def run_started(self, info: RunInfo) -> None:
+        self.system.notify("train_started", info=info)
+
+    def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None:
+        self.system.notify("epoch_completed", epoch=epoch, step=step, metrics=metrics)
+
+    def run_finished(self, result: RunResult) -> None:
+        self.system.notify("train_finished", result=result)
 
 
 def _tags(spec: ExperimentSpec, choice: DeviceChoice) -> dict[str, str]:

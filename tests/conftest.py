@@ -10,6 +10,7 @@ Tests marked `cuda` or `mps` need that device and are skipped, never faked, wher
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 import pytest
 
@@ -27,3 +28,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for device, available in present.items():
             if device in item.keywords and not available:
                 item.add_marker(pytest.mark.skip(reason=f"needs a {device.upper()} device; none here"))
+
+
+@pytest.fixture
+def load_logged_model() -> Callable[[str, str], Any]:
+    """Load a `models:/` URI from the store at `tracking_uri` (MLflow resolves it against the global one)."""
+    import mlflow
+    import mlflow.pytorch
+
+    def load(tracking_uri: str, model_uri: str) -> Any:
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(tracking_uri)
+        try:
+            return mlflow.pytorch.load_model(model_uri)
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+    return load

@@ -90,9 +90,9 @@ def test_spec_and_resolved_spec_are_artifacts(tracked) -> None:
     assert "log_every_n_steps: 10" in resolved  # defaults filled in
 
 
-def test_logged_model_loads_and_predicts_like_the_trained_one(tracked) -> None:
-    result, _ = tracked
-    loaded = mlflow.pytorch.load_model(result.model_uri)
+def test_logged_model_loads_and_predicts_like_the_trained_one(tracked, load_logged_model) -> None:
+    result, client = tracked
+    loaded = load_logged_model(client.tracking_uri, result.model_uri)
     inputs = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = result.model.eval()(inputs)
