@@ -46,3 +46,15 @@ def test_every_experiment_starts_with_how_to_run_it() -> None:
     for spec in specs:
         head = spec.read_text().split("\n\n")[0]
         assert head.startswith("#") and f"knightctl train experiments/{spec.name}" in head, spec.name
+
+
+def test_every_hook_is_in_the_readme_hook_reference_with_its_arguments() -> None:
+    import inspect
+
+    from knightctl import hookspecs
+
+    reference = (ROOT / "README.md").read_text().split("## Hook reference", 1)[1].split("\n## ", 1)[0]
+    hooks = {name: f for name, f in vars(hookspecs).items() if hasattr(f, f"{hookspecs.PROJECT_NAME}_spec")}
+    assert len(hooks) >= 10
+    for name, function in hooks.items():
+        assert f"`{name}({', '.join(inspect.signature(function).parameters)})`" in reference, name
