@@ -117,22 +117,24 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def ops(as_json: bool) -> None:
     """List the registered ops: plugin, where it came from, and what each supports."""
-    from knightctl.console import make_console, render_ops
+    from knightctl.console import make_console
+    from knightctl.listings import render_ops
     from knightctl.opinfo import summarise_ops
 
     system = _load_plugins(_plugin_settings())
-    render_ops(make_console(listing=True), summarise_ops(system), as_json=as_json)
+    render_ops(make_console(), summarise_ops(system), as_json=as_json)
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def plugins(as_json: bool) -> None:
     """List the plugins in load order: version or file hash, source, hooks, and any that failed."""
-    from knightctl.console import make_console, render_plugins
+    from knightctl.console import make_console
+    from knightctl.listings import render_plugins
     from knightctl.plugins import load
 
     system = _run(lambda: load(_plugin_settings()))
-    render_plugins(make_console(listing=True), system, as_json=as_json)
+    render_plugins(make_console(), system, as_json=as_json)
 
 
 if __name__ == "__main__":

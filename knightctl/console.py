@@ -6,12 +6,9 @@ now and then, with no escape codes. rich honours NO_COLOR by itself.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Mapping
 
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,8 +16,6 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from knightctl.opinfo import OpSummary
-    from knightctl.plugins import PluginSystem
     from knightctl.spec import ExperimentSpec
     from knightctl.training import RunInfo, RunResult
 
@@ -35,14 +30,8 @@ _SHOWN = {
 }
 
 
-_LISTING_WIDTH = 120  # columns for tables written to pipes and files, where rich would assume 80
-
-
-def make_console(stderr: bool = False, *, listing: bool = False) -> Console:
-    console = Console(stderr=stderr, highlight=False)
-    if listing and not console.is_terminal and "COLUMNS" not in os.environ:
-        console.width = max(console.width, _LISTING_WIDTH)
-    return console
+def make_console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False)
 
 
 def _metric_text(metrics: Mapping[str, float], compact: bool = False) -> str:
@@ -158,65 +147,3 @@ def render_error(console: Console, error: BaseException) -> None:
 def render_warnings(console: Console, lines: list[str]) -> None:
     for line in lines:
         console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
-
-
-def _print_json(console: Console, data: Any) -> None:
-    import json
-
-    console.print(json.dumps(data, indent=2, default=str), markup=False, highlight=False, soft_wrap=True)
-
-
-def render_ops(console: Console, rows: list[OpSummary], *, as_json: bool = False) -> None:
-    """The ops table; `?` marks a capability neither declared nor visible from the op's form."""
-    if as_json:
-        _print_json(console, [asdict(row) for row in rows])
-        return
-    table = Table(title=f"{len(rows)} op{'s' * (len(rows) != 1)}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("op", "plugin", "form", "layer", "order", "fwd-AD", "vmap", "devices"):
-        table.add_column(column, overflow="fold", no_wrap=True)
-    for row in rows:
-        name = f"{row.name} *" if row.surrogate_gradient else row.name
-        table.add_row(name, row.plugin, row.form, row.layer, row.max_order, row.forward_mode, row.vmap, row.devices)
-    console.print(table)
-    if any("?" in (row.max_order, row.forward_mode, row.vmap) for row in rows):
-        console.print("?: not declared by the plugin; `knightctl gradcheck` measures it", highlight=False)
-    for row in rows:
-        if row.surrogate_gradient:
-            console.print(f"* {row.name}: surrogate gradient, by design: {escape(row.surrogate_gradient)}", highlight=False, soft_wrap=True)
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
-
-
-def _short_path(text: str) -> str:
-    """A path under the working directory, relative to it; anything else as it is."""
-    from pathlib import Path
-
-    try:
-        return str(Path(text).relative_to(Path.cwd()))
-    except ValueError:
-        return text
-
-
-def render_plugins(console: Console, system: PluginSystem, *, as_json: bool = False) -> None:
-    """Every plugin in load order, with what it provides or why it failed."""
-    if as_json:
-        _print_json(console, [{**asdict(info), "identity": info.identity} for info in system.plugins])
-        return
-    table = Table(title=f"{len(system.plugins)} plugins, in load order", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("plugin", "version", "source", "hooks", "provides"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("plugin", "version", "source"))
-    for info in system.plugins:
-        version = info.version or (f"sha256:{info.digest[:8]}" if info.digest else "")
-        if info.status == "loaded":
-            counts: dict[str, int] = {}
-            for kind, _ in info.provides:
-                counts[kind] = counts.get(kind, 0) + 1
-            outcome = ", ".join(_count(n, kind) for kind, n in counts.items()) or "-"
-        else:
-            outcome = f"[red]{info.status}[/]" + (f": {escape(info.error)}" if info.error else "")
-        source = info.source if info.source == "default" else f"{info.source}: {_short_path(info.origin)}"
-        table.add_row(info.name, version, escape(source), ", ".join(info.hooks) or "-", outcome)
-    console.print(table)
-    render_warnings(console, list(system.notes))

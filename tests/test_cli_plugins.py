@@ -38,7 +38,7 @@ def test_a_plugin_written_from_the_readme_lists_and_trains_beside_a_broken_neigh
     env = {"KNIGHTCTL_PLUGINS_DIR": "my_plugins"}
     listing = knightctl("ops", cwd=tmp_path, env=env)
     assert listing.returncode == 0, listing.stderr
-    assert re.search(r"mylab::softsign\s+softsign\s+autograd\.Function\s+elementwise", listing.stdout)
+    assert "mylab::softsign  from softsign (my_plugins/softsign.py)\n    autograd.Function, elementwise layer," in listing.stdout
     assert "plugin 'broken'" in listing.stderr and "SyntaxError at line 1" in listing.stderr
     assert "Traceback" not in listing.stdout + listing.stderr
     spec = tmp_path / "spec.yaml"
