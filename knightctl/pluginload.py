@@ -64,7 +64,7 @@ def load_plugins(settings: PluginSettings, files: tuple[Path, ...]) -> PluginSys
                 for path in sorted(directory.glob("*.py")):
                     if not path.name.startswith("_"):
                         loader.load_file(path, "directory")
-            elif settings.dirs is not None and directory != (Path.cwd() / "plugins").resolve():
+            elif directory != (Path.cwd() / "plugins").resolve():  # only the default may be absent unremarked
                 loader.notes.append(f"plugin directory {directory} does not exist")
     for path in files:
         if not settings.external:

@@ -13,12 +13,15 @@ import os
 import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import pluggy
 
 from knightctl.errors import KnightctlError, PluginError
 from knightctl.registry import Registry
+
+if TYPE_CHECKING:
+    from knightctl.training import RunInfo, RunResult
 
 ENTRY_POINT_GROUP = "knightctl"
 ENV_DIRS = "KNIGHTCTL_PLUGINS_DIR"  # directories, separated like PATH
@@ -139,6 +142,22 @@ class PluginSystem:
                 if where == info.path or info.path in where.parents:
                     return info
         return None
+
+
+class PluginEvents:
+    """A run observer that passes the run's events on to the plugins' event hooks."""
+
+    def __init__(self, system: PluginSystem) -> None:
+        self.system = system
+
+    def run_started(self, info: RunInfo) -> None:
+        self.system.notify("train_started", info=info)
+
+    def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None:
+        self.system.notify("epoch_completed", epoch=epoch, step=step, metrics=metrics)
+
+    def run_finished(self, result: RunResult) -> None:
+        self.system.notify("train_finished", result=result)
 
 
 _systems: dict[tuple[PluginSettings, tuple[Path, ...]], PluginSystem] = {}

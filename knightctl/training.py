@@ -20,7 +20,7 @@ from knightctl.data import epoch_batches, steps_per_epoch
 from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
 from knightctl.errors import Interrupted, KnightctlError, RunFailed, Terminated
 from knightctl.metrics import StepMetrics, evaluate, gradient_norm
-from knightctl.plugins import PluginSettings, PluginSystem
+from knightctl.plugins import PluginEvents, PluginSettings, PluginSystem
 from knightctl.plugins import load as load_plugins
 from knightctl.plugintags import plugin_tags
 from knightctl.spec import ExperimentSpec, TrainSpec, load_spec
@@ -112,18 +112,14 @@ def train(
     event hooks see the run like `observers` do.
     """
     started = time.perf_counter()
-    if not isinstance(spec, ExperimentSpec):
-        spec = load_spec(spec, overrides, plugins=plugins)
-    system = load_plugins(plugins, files=spec.plugin_paths())
-    registry = system.registry
-    observers = [*observers, _PluginEvents(system)]
-    spec = spec.with_seed(spec.seed if spec.seed is not None else new_seed())
+    spec, system = _spec_and_plugins(spec, overrides, plugins)
+    observers = [*observers, PluginEvents(system)]
     assert spec.seed is not None
     choice = resolve_device(device or spec.train.device)
     if spec.train.deterministic if deterministic is None else deterministic:
         set_deterministic(True)  # never switched off here: a caller may have switched it on
     seed_everything(spec.seed)
-    parts = build_components(spec, registry, choice.device, spec.seed)
+    parts = build_components(spec, system.registry, choice.device, spec.seed)
     dry_forward(parts, spec)
     uri, uri_source = resolve_tracking_uri(tracking_uri, spec) if track else (None, "--no-track")
     position = _Position()
@@ -140,6 +136,14 @@ def train(
     for observer in observers:
         observer.run_finished(result)
     return result
+
+
+def _spec_and_plugins(spec: ExperimentSpec | str | Path, overrides: Sequence[str], plugins: PluginSettings | None) -> tuple[ExperimentSpec, PluginSystem]:
+    """The spec, read if need be and given a seed if it has none, and the plugins it runs with."""
+    if not isinstance(spec, ExperimentSpec):
+        spec = load_spec(spec, overrides, plugins=plugins)
+    system = load_plugins(plugins, files=spec.plugin_paths())
+    return spec.with_seed(spec.seed if spec.seed is not None else new_seed()), system
 
 
 def _guarded_loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position, system: PluginSystem) -> float:
@@ -231,22 +235,6 @@ def _interruptible(position: _Position) -> Iterator[list[str | None]]:
         where = f"epoch {position.epoch} (step {position.step})"
         message = f"{signal_name}: interrupted at {where}" + (f"; MLflow run {run_id} marked KILLED" if run_id else "")
         raise Interrupted(message, signal_name=signal_name, run_id=run_id) from None
-
-
-class _PluginEvents:
-    """Passes a run's events to the plugins' event hooks."""
-
-    def __init__(self, system: PluginSystem) -> None:
-        self.system = system
-
-    def run_started(self, info: RunInfo) -> None:
-        self.system.notify("train_started", info=info)
-
-    def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None:
-        self.system.notify("epoch_completed", epoch=epoch, step=step, metrics=metrics)
-
-    def run_finished(self, result: RunResult) -> None:
-        self.system.notify("train_finished", result=result)
 
 
 def _tags(spec: ExperimentSpec, choice: DeviceChoice) -> dict[str, str]:

@@ -183,3 +183,15 @@ def test_the_repository_plugins_load_from_the_default_directory(monkeypatch: pyt
     # The same files named by a spec load once, under their directory entry: no duplicate ops.
     with_spec_files = load(PluginSettings(), files=[ROOT / "plugins" / "smooth_relu.py"])
     assert with_spec_files.registry.names("op") == ops
+
+
+def test_an_installed_plugin_that_fails_to_import_is_named_by_its_entry_point(tmp_path: Path, installed: Path) -> None:
+    (installed / "knightctl_testdist_broken.py").write_text("raise ImportError('needs the holy grail')\n")
+    (installed / "knightctl_testdist-1.2.3.dist-info" / "entry_points.txt").write_text(
+        "[knightctl]\ntestdist = knightctl_testdist\nbroken_dist = knightctl_testdist_broken\n"
+    )
+    system = load(PluginSettings(dirs=()))
+    (failure,) = system.failures
+    assert failure.name == "broken_dist" and failure.origin == "distribution knightctl-testdist 1.2.3"
+    assert failure.error == "import failed: ImportError at knightctl_testdist_broken.py:1: needs the holy grail"
+    assert system.registry.get("op", "dist::clip") is not None
