@@ -53,7 +53,11 @@ def plugin_dir(path: Path, files: dict[str, str]) -> Path:
 
 @pytest.fixture
 def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A real distribution on sys.path (a .dist-info with an entry point), no pluggy mocking."""
+    """A real distribution on sys.path (a .dist-info with an entry point), no pluggy mocking.
+
+    Tests load with reload=True: loads are cached per settings, and an earlier test may have
+    loaded the same settings before this distribution existed.
+    """
     site = plugin_dir(tmp_path / "site", {"knightctl_testdist.py": GOOD_OP.format(fn="clip", name="dist::clip")})
     info = plugin_dir(site / "knightctl_testdist-1.2.3.dist-info", {})
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: knightctl-testdist\nVersion: 1.2.3\n")
@@ -66,7 +70,7 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_load_order_is_defaults_then_entry_points_then_directories_then_spec_files(tmp_path: Path, installed: Path) -> None:
     directory = plugin_dir(tmp_path / "dir", {"b_dir.py": GOOD_OP.format(fn="b", name="dir::b"), "a_dir.py": GOOD_OP.format(fn="a", name="dir::a")})
     spec_file = plugin_dir(tmp_path / "extra", {"from_spec.py": GOOD_OP.format(fn="s", name="spec::s")}) / "from_spec.py"
-    system = load(PluginSettings(dirs=(directory,)), files=[spec_file])
+    system = load(PluginSettings(dirs=(directory,)), files=[spec_file], reload=True)
     sources = [(info.name, info.source) for info in system.plugins]
     assert sources[:4] == [("builtin.layers", "default"), ("builtin.losses", "default"), ("builtin.optimizers", "default"), ("builtin.datasets", "default")]
     assert sources[4:] == [("testdist", "entry point"), ("a_dir", "directory"), ("b_dir", "directory"), ("from_spec", "spec")]
@@ -122,12 +126,12 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(tmp_path: Path
 
 def test_plugins_can_be_disabled_one_by_one_or_all_external_ones(tmp_path: Path, installed: Path) -> None:
     directory = plugin_dir(tmp_path / "dir", {"syntax.py": BROKEN["syntax.py"], "good.py": GOOD_OP.format(fn="g", name="good::g")})
-    system = load(PluginSettings(dirs=(directory,), disabled=frozenset({"syntax", "testdist", "nonesuch"})))
+    system = load(PluginSettings(dirs=(directory,), disabled=frozenset({"syntax", "testdist", "nonesuch"})), reload=True)
     statuses = {info.name: info.status for info in system.plugins}
     assert statuses["syntax"] == statuses["testdist"] == "disabled" and statuses["good"] == "loaded"
     assert not system.failures  # a disabled plugin is never imported
     assert system.notes == ("--disable-plugin nonesuch: no plugin has that name",)
-    builtin_only = load(PluginSettings(dirs=(directory,), external=False))
+    builtin_only = load(PluginSettings(dirs=(directory,), external=False), reload=True)
     assert {info.source for info in builtin_only.plugins} == {"default"}
     from_env = PluginSettings.from_env({"KNIGHTCTL_PLUGINS_DIR": f"a{__import__('os').pathsep}b", "KNIGHTCTL_DISABLE_PLUGINS": "x, y"})
     assert from_env.dirs == (Path("a"), Path("b")) and from_env.disabled == {"x", "y"}
@@ -176,7 +180,7 @@ def test_an_unknown_op_names_the_failed_plugins_that_might_have_provided_it(tmp_
 
 def test_the_repository_plugins_load_from_the_default_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
-    system = load(PluginSettings())
+    system = load(PluginSettings(), reload=True)
     assert not system.failures
     ops = system.registry.names("op")
     assert len(ops) >= 6 and {"knight::smooth_relu", "knight::sigmoid_gate", "knight::sign_ste"} <= set(ops)
@@ -190,7 +194,7 @@ def test_an_installed_plugin_that_fails_to_import_is_named_by_its_entry_point(tm
     (installed / "knightctl_testdist-1.2.3.dist-info" / "entry_points.txt").write_text(
         "[knightctl]\ntestdist = knightctl_testdist\nbroken_dist = knightctl_testdist_broken\n"
     )
-    system = load(PluginSettings(dirs=()))
+    system = load(PluginSettings(dirs=()), reload=True)  # a cached load predates this distribution
     (failure,) = system.failures
     assert failure.name == "broken_dist" and failure.origin == "distribution knightctl-testdist 1.2.3"
     assert failure.error == "import failed: ImportError at knightctl_testdist_broken.py:1: needs the holy grail"
