@@ -79,7 +79,8 @@ def _load_plugins(settings: Any) -> Any:
 @click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).")
 @click.option("--no-track", is_flag=True, help="Train without MLflow.")
 @click.option("--deterministic", is_flag=True, default=None, help="Use deterministic algorithms only (slower on CUDA).")
-def train(spec: str, overrides: tuple[str, ...], device: str | None, tracking_uri: str | None, no_track: bool, deterministic: bool | None) -> None:
+@click.option("--skip-gradcheck", is_flag=True, help="Train even if an op the model uses fails its gradient check (or without checking).")
+def train(spec: str, overrides: tuple[str, ...], device: str | None, tracking_uri: str | None, no_track: bool, deterministic: bool | None, skip_gradcheck: bool) -> None:
     """Train the experiment in SPEC and log it to MLflow."""
     from knightctl.console import ProgressObserver, make_console, render_summary
     from knightctl.training import train as train_experiment
@@ -92,7 +93,7 @@ def train(spec: str, overrides: tuple[str, ...], device: str | None, tracking_ur
         result = _run(
             lambda: train_experiment(
                 spec, overrides=overrides, device=device, tracking_uri=tracking_uri, track=not no_track,
-                deterministic=deterministic, observers=[progress], plugins=settings,
+                deterministic=deterministic, observers=[progress], plugins=settings, skip_gradcheck=skip_gradcheck,
             )
         )
     finally:
@@ -111,6 +112,39 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
     settings = _plugin_settings()
     _load_plugins(settings)
     render_spec(make_console(), _run(lambda: load_spec(spec, overrides, plugins=settings)))
+
+
+@main.command()
+@click.argument("ops", nargs=-1, metavar="[OPS]...")
+@click.option("--spec", type=click.Path(dir_okay=False), help="Check the ops SPEC's model uses, and the model with its loss.")
+@click.option("--order", type=click.IntRange(1, 5), default=None, help="Check derivatives up to this order (default: 2, or the op's declared maximum).")
+@click.option("--exact", "method", flag_value="exact", help="Compare whole Jacobians, whatever their size.")
+@click.option("--fast", "method", flag_value="fast", help="Compare random projections of the Jacobians.")
+@click.option("--device", default="cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps (mps has no float64: checked on the CPU).")
+@click.option("--atol", type=float, default=None, help="Absolute tolerance for every op (default: each op's own, 1e-5).")
+@click.option("--rtol", type=float, default=None, help="Relative tolerance for every op (default: each op's own, 1e-3).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON to this file.")
+@click.option("--heatmaps", "heatmap_dir", type=click.Path(file_okay=False), default=None, help="Write a PNG heatmap per failing op into this folder.")
+@click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI for the gradcheck run.")
+@click.option("--no-track", is_flag=True, help="Do not log the verdicts to MLflow.")
+def gradcheck(ops: tuple[str, ...], spec: str | None, order: int | None, method: str | None, device: str, atol: float | None, rtol: float | None,
+              json_path: str | None, heatmap_dir: str | None, tracking_uri: str | None, no_track: bool) -> None:
+    """Check gradients numerically in float64: every op (or OPS), and a spec's model. Exit 1 if any fails."""
+    from knightctl.console import make_console
+    from knightctl.gradcheck.run import gradcheck as check_gradients
+    from knightctl.verdicts import render_gradcheck
+
+    settings = _plugin_settings()
+    _load_plugins(settings)
+    result = _run(
+        lambda: check_gradients(
+            ops, spec=spec, plugins=settings, device=device, order=order, method=method or "auto", atol=atol, rtol=rtol,
+            json_path=json_path, heatmap_dir=heatmap_dir, track=not no_track, tracking_uri=tracking_uri,
+        )
+    )
+    render_gradcheck(make_console(), result)
+    if not result.passed:
+        sys.exit(1)
 
 
 @main.command()

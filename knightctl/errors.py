@@ -70,6 +70,16 @@ class RunFailed(KnightctlError):
     exit_code = 1
 
 
+class GradcheckFailed(KnightctlError):
+    """An op the model uses failed its gradient check, so `train` refuses to start."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, reports: list | None = None, hint: str | None = None) -> None:  # type: ignore[type-arg]
+        super().__init__(message, hint=hint)
+        self.reports = reports or []
+
+
 class Interrupted(KnightctlError):
     """The run was stopped by SIGINT (exit 130) or SIGTERM (exit 143)."""
 

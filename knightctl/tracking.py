@@ -122,7 +122,7 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
 
     try:
         client = MlflowClient(tracking_uri)
-        experiment_id = _experiment_id(client, spec.tracking.experiment or spec.name)
+        experiment_id = experiment_id_for(client, spec.tracking.experiment or spec.name)
         run_id = client.create_run(experiment_id, run_name=spec.tracking.run_name or spec.name, tags=dict(tags)).info.run_id
     except TrackingError:
         raise
@@ -180,7 +180,8 @@ def _log_failure(client: Any, run_id: str, exc: BaseException) -> None:
         pass
 
 
-def _experiment_id(client: Any, name: str) -> str:
+def experiment_id_for(client: Any, name: str) -> str:
+    """The id of experiment `name`, created if need be (safely against a concurrent creator)."""
     from mlflow.exceptions import MlflowException
 
     try:

@@ -19,6 +19,8 @@ from knightctl.build import Components, build_components, dry_forward
 from knightctl.data import epoch_batches, steps_per_epoch
 from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
 from knightctl.errors import Interrupted, KnightctlError, RunFailed, Terminated
+from knightctl.gradcheck.run import preflight
+from knightctl.gradcheck.tracking import log_reports
 from knightctl.metrics import StepMetrics, evaluate, gradient_norm
 from knightctl.plugins import PluginEvents, PluginSettings, PluginSystem
 from knightctl.plugins import load as load_plugins
@@ -103,13 +105,15 @@ def train(
     deterministic: bool | None = None,
     observers: Sequence[Observer] = (),
     plugins: PluginSettings | None = None,
+    skip_gradcheck: bool = False,
 ) -> RunResult:
     """Train the experiment `spec` (a spec or a path to one) and track it in MLflow.
 
     Raises SpecError, DeviceError, DataError, ModelShapeError or PluginError before any MLflow run
     exists, RunFailed if training fails, Interrupted (run marked KILLED) on Ctrl-C. Plugins load
     with `plugins` settings (default: from the environment) plus the files the spec lists; their
-    event hooks see the run like `observers` do.
+    event hooks see the run like `observers` do. Every op the model uses is gradient-checked
+    first (GradcheckFailed, before any run exists) unless `skip_gradcheck`.
     """
     started = time.perf_counter()
     spec, system = _spec_and_plugins(spec, overrides, plugins)
@@ -121,11 +125,14 @@ def train(
     seed_everything(spec.seed)
     parts = build_components(spec, system.registry, choice.device, spec.seed)
     dry_forward(parts, spec)
+    verdicts = [] if skip_gradcheck else preflight(spec, system, "cpu" if choice.device.type == "mps" else str(choice.device))
     uri, uri_source = resolve_tracking_uri(tracking_uri, spec) if track else (None, "--no-track")
     position = _Position()
     run_context = open_run(spec, tracking_uri=uri, tags={**_tags(spec, choice), **plugin_tags(spec, system)}) if uri else nullcontext(_NoRun())
     with _interruptible(position) as run_holder, run_context as run:
         run_holder.append(run.run_id)
+        if verdicts and run.run_id:
+            log_reports(run.client, run.run_id, verdicts)
         info = _run_info(spec, choice, parts, run)
         for observer in observers:
             observer.run_started(info)

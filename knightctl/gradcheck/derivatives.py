@@ -1,0 +1,167 @@
+"""The derivative checks: reverse mode (any order) and forward mode, against finite differences.
+
+Each takes the op's samples as `Target`s (float64 copies) and returns one `CheckResult`. Exact
+compares every Jacobian entry; fast compares two random projections u^T J per input element, with
+a tolerance built from the per-entry one (|sum_j u_j e_j| <= sum_j |u_j| tol_j), so a correct op
+can never fail it while a 1% error in any element still shows.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from knightctl.gradcheck.compare import Tally
+from knightctl.gradcheck.jacobian import Target, analytic_rows, as_outputs, batched_vjp, numeric_columns, vjp
+from knightctl.gradcheck.report import CheckResult
+
+EXACT_MAX_ENTRIES = 2**20  # Jacobian entries per sample up to which "auto" compares them all (8 MiB)
+FORWARD_MAX_ELEMENTS = 4096  # forward mode takes one jvp per input element
+_PROBES = 2
+
+
+def _live(target: Target) -> tuple[Target, list[torch.Tensor]]:
+    """A copy of `target` whose differentiable inputs are fresh leaves that require grad."""
+    args = list(target.args)
+    leaves = []
+    for position in target.wrt:
+        args[position] = args[position].detach().requires_grad_()
+        leaves.append(args[position])
+    return Target(target.fn, tuple(args), target.wrt, target.vmap_ok), leaves
+
+
+def entries(target: Target) -> int:
+    outs = as_outputs(target.fn(*target.args))
+    return sum(o.numel() for o in outs) * sum(target.args[p].numel() for p in target.wrt)
+
+
+def derivative_of(fn: Callable[..., Any], wrt: Sequence[int], cotangents: Sequence[torch.Tensor]) -> Callable[..., Any]:
+    """g(*args) = the vjp of fn at args with fixed cotangents: checking g checks fn's next order."""
+
+    def g(*args: Any) -> tuple[torch.Tensor, ...]:
+        with torch.enable_grad():
+            args_list = list(args)
+            for position in wrt:
+                if not args_list[position].requires_grad:
+                    args_list[position] = args_list[position].detach().requires_grad_()
+            outs = as_outputs(fn(*args_list))
+            return tuple(vjp(outs, [args_list[p] for p in wrt], cotangents, batched=False, create_graph=True))
+
+    return g
+
+
+def reverse(name: str, targets: Sequence[Target], atol: float, rtol: float, method: str, seed: int = 0) -> tuple[CheckResult, Tally]:
+    """Reverse mode (vector-Jacobian products) against central differences, every sample."""
+    started = time.perf_counter()
+    tally = Tally(atol, rtol)
+    used = set()
+    for s, target in enumerate(targets):
+        live, xs = _live(target)
+        outs = live.call({})
+        exact = method == "exact" or (method == "auto" and entries(target) <= EXACT_MAX_ENTRIES)
+        used.add("exact" if exact else "fast")
+        if exact:
+            _exact(live, outs, xs, tally, s)
+        else:
+            _fast(live, outs, xs, tally, s, torch.Generator(device=xs[0].device).manual_seed(seed + s))
+    status = "failed" if tally.failed else "passed"
+    detail = f"{tally.failed} element(s) out of tolerance" if tally.failed else ""
+    result = CheckResult(name, status, detail, "/".join(sorted(used)), tally.max_abs_error, tally.max_rel_error, tally.finished_worst(), time.perf_counter() - started)
+    return result, tally
+
+
+def _exact(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tally: Tally, sample: int) -> None:
+    jacobian = analytic_rows(outs, xs)
+    for i, x in enumerate(xs):
+        for chunk in numeric_columns(live, outs, i):
+            for j, out in enumerate(outs):
+                tally.judge(
+                    jacobian[j][i][:, chunk.elements], chunk.central[j], chunk.left[j], chunk.right[j], None,
+                    where=(sample, j, i), rows=range(out.numel()), columns=chunk.elements, shapes=(out.shape, x.shape),
+                )
+
+
+def _fast(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tally: Tally, sample: int, generator: torch.Generator) -> None:
+    probes = [torch.randn(_PROBES, *out.shape, dtype=out.dtype, device=out.device, generator=generator) for out in outs]
+    projected, _ = batched_vjp(outs, xs, probes)  # u^T J for each input: (probes, *input shape)
+    for i, x in enumerate(xs):
+        for chunk in numeric_columns(live, outs, i):
+            central = left = right = bound = 0.0
+            for j, u in enumerate(probes):
+                u_flat = u.reshape(_PROBES, -1)
+                central = central + u_flat @ chunk.central[j]
+                left = left + u_flat @ chunk.left[j]
+                right = right + u_flat @ chunk.right[j]
+                support = ((chunk.central[j] != 0) | (chunk.left[j] != 0) | (chunk.right[j] != 0)).to(u.dtype)
+                bound = bound + tally.atol * (u_flat.abs() @ support) + tally.rtol * (u_flat.abs() @ chunk.central[j].abs())
+            analytic = projected[i].reshape(_PROBES, -1)[:, chunk.elements]
+            tally.judge(analytic, central, left, right, bound, where=(sample, -1, i), rows=None, columns=chunk.elements, shapes=((), x.shape))  # type: ignore[arg-type]
+
+
+def higher_order(order: int, targets: Sequence[Target], atol: float, rtol: float, method: str) -> CheckResult:
+    """Order n: reverse-check the (n-1)-th vjp of the op, built with create_graph, against differences of it.
+
+    A derivative that comes back outside autograd is either constant (2.5 * x: its derivative
+    has no graph, and is zero) or cut off (once_differentiable); the numbers tell which.
+    """
+    derived = []
+    detached = False
+    for s, target in enumerate(targets):
+        fn = target.fn
+        generator = torch.Generator().manual_seed(1000 + s)
+        for _ in range(order - 1):
+            live, xs = _live(Target(fn, target.args, target.wrt))
+            outs = live.call({})
+            cotangents = [torch.randn(o.shape, dtype=o.dtype, generator=generator).to(o.device) for o in outs]
+            fn = derivative_of(fn, target.wrt, cotangents)
+            detached = detached or not any(g.requires_grad for g in as_outputs(fn(*live.args)))
+        derived.append(Target(fn, target.args, target.wrt, vmap_ok=False))  # autograd.grad does not run under vmap
+    result, _ = reverse(f"order {order}", derived, atol, rtol, method)
+    if detached and result.status == "failed":
+        result.status = "unsupported"
+        result.detail = f"the backward is not differentiable (once_differentiable, or computed outside autograd); {result.detail}"
+    return result
+
+
+def forward(targets: Sequence[Target], atol: float, rtol: float) -> CheckResult:
+    """Forward mode: one Jacobian-vector product per input element, against central differences."""
+    started = time.perf_counter()
+    tally = Tally(atol, rtol)
+    for s, target in enumerate(targets):
+        outs = target.call({})
+        for i, position in enumerate(target.wrt):
+            x = target.args[position].detach()
+            if x.numel() > FORWARD_MAX_ELEMENTS:
+                return CheckResult("forward", "skipped", f"sample {s} input {i} has {x.numel()} elements; forward mode is checked up to {FORWARD_MAX_ELEMENTS}")
+            columns, any_tangent = _tangent_columns(target, position, x, outs)
+            chunks = numeric_columns(target, outs, i)
+            if not any_tangent and any(bool(c.abs().max() > 0) for chunk in chunks for c in chunk.central if c.numel()):
+                return CheckResult("forward", "unsupported", "forward-mode AD gave no tangent: torch.func.jacfwd would silently return zeros here")
+            for chunk in chunks:
+                for j, out in enumerate(outs):
+                    tally.judge(
+                        columns[j][:, chunk.elements], chunk.central[j], chunk.left[j], chunk.right[j], None,
+                        where=(s, j, i), rows=range(out.numel()), columns=chunk.elements, shapes=(out.shape, x.shape),
+                    )
+    status = "failed" if tally.failed else "passed"
+    detail = f"{tally.failed} element(s) out of tolerance" if tally.failed else ""
+    return CheckResult("forward", status, detail, "exact", tally.max_abs_error, tally.max_rel_error, tally.finished_worst(), time.perf_counter() - started)
+
+
+def _tangent_columns(target: Target, position: int, x: torch.Tensor, outs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+    """d outputs / d x by forward mode, one dual number per element; and whether any tangent came back."""
+    columns: list[list[torch.Tensor]] = [[] for _ in outs]
+    any_tangent = False
+    with fwAD.dual_level():
+        for k in range(x.numel()):
+            tangent = torch.zeros_like(x).reshape(-1)
+            tangent[k] = 1.0
+            results = target.call({position: fwAD.make_dual(x, tangent.reshape(x.shape))})
+            for j, out in enumerate(results):
+                unpacked = fwAD.unpack_dual(out).tangent
+                any_tangent = any_tangent or unpacked is not None
+                columns[j].append(unpacked.reshape(-1) if unpacked is not None else torch.zeros(out.numel(), dtype=out.dtype, device=out.device))
+    return [torch.stack(column, dim=1) for column in columns], any_tangent

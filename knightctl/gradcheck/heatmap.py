@@ -1,0 +1,54 @@
+"""A PNG per failing op: the analytic Jacobian, the numeric one, and their difference, side by side.
+
+Drawn for the worst mismatch of the op's first failing Jacobian comparison (its sample, output and
+input), so the pattern of the error shows: a wrong factor colours everything, a wrong branch half.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from knightctl.gradcheck.derivatives import _live
+from knightctl.gradcheck.jacobian import Target, analytic_rows, numeric_columns
+from knightctl.gradcheck.report import OpReport
+
+_MAX_CELLS = 250_000  # a 500 x 500 block is as much as a picture can show
+
+
+def write_heatmap(report: OpReport, targets: list[Target], directory: Path) -> Path | None:
+    """Write `<op>.png` for the first failed first-order comparison with a located element, or None."""
+    failed = next((c for c in report.checks if c.status == "failed" and c.check == "reverse" and c.worst and c.worst.output >= 0), None)
+    if failed is None or failed.worst is None:
+        return None
+    worst = failed.worst
+    live, xs = _live(targets[worst.sample])
+    outs = live.call({})
+    if outs[worst.output].numel() * xs[worst.input].numel() > _MAX_CELLS:
+        return None
+    analytic = analytic_rows([outs[worst.output]], [xs[worst.input]])[0][0].detach()
+    numeric = torch.cat([chunk.central[worst.output] for chunk in numeric_columns(live, outs, worst.input)], dim=1)
+    return _draw(report.name, analytic, numeric, worst.sample, worst.output, worst.input, directory)
+
+
+def _draw(name: str, analytic: torch.Tensor, numeric: torch.Tensor, sample: int, output: int, input_index: int, directory: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    import matplotlib.pyplot as plt
+
+    panels = {"analytic": analytic, "numeric": numeric, "analytic - numeric": analytic - numeric}
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4), constrained_layout=True)
+    for axis, (title, values) in zip(axes, panels.items()):
+        image = axis.imshow(values.cpu().numpy(), cmap="RdBu_r" if title.startswith("analytic -") else "viridis", aspect="auto")
+        axis.set_title(title)
+        axis.set_xlabel(f"input {input_index} element")
+        axis.set_ylabel(f"output {output} element")
+        figure.colorbar(image, ax=axis)
+    figure.suptitle(f"{name}: Jacobian of sample {sample}")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name.replace('::', '__').replace(' ', '_')}.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

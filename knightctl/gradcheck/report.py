@@ -1,0 +1,82 @@
+"""What a gradient check found, as plain data: one `OpReport` per op, one `CheckResult` per check.
+
+No torch here: reports are rendered by the CLI, written as JSON and logged to MLflow as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["passed", "failed", "unsupported", "skipped", "error"]
+Verdict = Literal["passed", "failed"]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The worst element of a failed comparison, with everything needed to find and judge it."""
+
+    sample: int  # which of the op's sample inputs
+    output: int  # which output of the op (or of its derivative, for higher orders)
+    input: int  # which differentiable input
+    output_element: tuple[int, ...]
+    input_element: tuple[int, ...]
+    analytic: float
+    numeric: float
+    abs_error: float
+    rel_error: float
+    atol: float
+    rtol: float
+    elements_failed: int = 1  # how many elements of this comparison are out of tolerance
+
+
+@dataclass(frozen=True)
+class Kink:
+    """An input element where the left and right derivatives disagree: not differentiable there."""
+
+    sample: int
+    input: int
+    element: tuple[int, ...]
+    left: float
+    right: float
+
+
+@dataclass
+class CheckResult:
+    """One check of one op over all its samples."""
+
+    check: str  # "reference", "reverse", "forward", "order 2", ..., "batched", "opcheck"
+    status: Status
+    detail: str = ""
+    method: str = ""  # "exact" (whole Jacobian) or "fast" (random projections), where it applies
+    max_abs_error: float = 0.0
+    max_rel_error: float = 0.0
+    worst: Mismatch | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class OpReport:
+    """Everything `knightctl gradcheck` found about one op (or a spec's model)."""
+
+    name: str
+    plugin: str
+    device: str
+    checks: list[CheckResult] = field(default_factory=list)
+    kinks: list[Kink] = field(default_factory=list)
+    note: str = ""
+    seconds: float = 0.0
+
+    @property
+    def verdict(self) -> Verdict:
+        return "failed" if any(check.status in ("failed", "error") for check in self.checks) else "passed"
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [check for check in self.checks if check.status in ("failed", "error")]
+
+    def check(self, name: str) -> CheckResult | None:
+        return next((check for check in self.checks if check.check == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, **asdict(self)}

@@ -1,0 +1,72 @@
+"""`knightctl gradcheck` on screen: a table of verdicts, then what failed, where and by how much.
+
+Every failure is told in one place: the check, the sample, the output and input with the worst
+element's multi-dimensional index, the analytic and numeric values, both errors and the tolerance.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from knightctl.gradcheck.report import CheckResult, OpReport
+    from knightctl.gradcheck.run import GradcheckResult
+
+_MARK = {"passed": "[green]ok[/]", "failed": "[bold red]FAIL[/]", "error": "[bold red]ERROR[/]", "unsupported": "[dim]n/a[/]", "skipped": "[dim]skip[/]"}
+
+
+def _summary(check: CheckResult) -> str:
+    method = f" ({check.method})" if check.method and check.status in ("passed", "failed") else ""
+    return f"{escape(check.check)} {_MARK[check.status]}{method}"
+
+
+def render_gradcheck(console: Console, result: GradcheckResult) -> None:
+    reports = result.reports
+    failed = sum(report.verdict == "failed" for report in reports)
+    title = f"gradcheck: {len(reports)} checked, {failed} failed (float64, {reports[0].device if reports else 'cpu'})"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("op", no_wrap=True)
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("checks", ratio=1)  # wraps, so the table reads at 80 columns too
+    table.add_column("time", no_wrap=True, justify="right")
+    for report in reports:
+        verdict = "[bold red]FAILED[/]" if report.verdict == "failed" else "[green]passed[/]"
+        table.add_row(escape(report.name), verdict, ", ".join(_summary(check) for check in report.checks), f"{report.seconds:.2f}s")
+    console.print(table)
+    for report in reports:
+        _render_details(console, report)
+    if result.json_path:
+        console.print(f"JSON report: {result.json_path}")
+    for heatmap in result.heatmaps:
+        console.print(f"heatmap: {heatmap}")
+    if result.run_id:
+        console.print(f"MLflow run {result.run_id} on {result.tracking_uri}")
+
+
+def _render_details(console: Console, report: OpReport) -> None:
+    name = escape(report.name)
+    if report.note:
+        console.print(f"[bold]{name}[/]: {escape(report.note)}", soft_wrap=True)
+    for check in report.failures:
+        method = f" ({check.method})" if check.method else ""
+        console.print(f"[bold]{name}[/]: {check.check} {check.status}{method}: {escape(check.detail)}", soft_wrap=True)
+        worst = check.worst
+        if worst is None:
+            continue
+        output = f"output {worst.output} element {worst.output_element}" if worst.output >= 0 else "a random projection of the outputs"
+        console.print(f"    worst: sample {worst.sample}, {output}, input {worst.input} element {worst.input_element}", markup=False, soft_wrap=True)
+        console.print(
+            f"    analytic {worst.analytic:.9g}  numeric {worst.numeric:.9g}  abs error {worst.abs_error:.3g}  rel error {worst.rel_error:.3g}"
+            f"  (tolerance {worst.atol:g} + {worst.rtol:g} * |numeric|)",
+            markup=False,
+            soft_wrap=True,
+        )
+    if report.kinks:
+        shown = "; ".join(f"sample {k.sample} input {k.input} element {k.element} (left {k.left:.4g}, right {k.right:.4g})" for k in report.kinks[:4])
+        more = f"; and {len(report.kinks) - 4} more" if len(report.kinks) > 4 else ""
+        console.print(f"[bold]{name}[/]: {len(report.kinks)} non-differentiable point(s), judged by their one-sided derivatives: {escape(shown)}{more}", soft_wrap=True)
