@@ -533,7 +533,7 @@ _OPS = [
         max_order=1,
         forward_mode=False,  # no jvp staticmethod
         vmap=False,  # no vmap rule
-        layer=None,
+        layer="elementwise",  # usable in a spec, so that train's pre-flight check can refuse it
         description="WRONG: x**2 with a backward 1% too large; reverse must fail",
     ),
     OpDef(

@@ -24,3 +24,8 @@ def epoch_completed(epoch, metrics):  # takes fewer arguments than the hook offe
 @hookimpl
 def train_finished(result):
     _record("train_finished", steps=result.steps)
+
+
+@hookimpl
+def gradcheck_completed(reports):
+    _record("gradcheck_completed", ops=[report.name for report in reports])
