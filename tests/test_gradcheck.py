@@ -96,6 +96,8 @@ def test_forward_mode_says_unsupported_instead_of_a_silent_zero() -> None:
     undeclared = check_op(dataclasses.replace(custom, forward_mode=None)).check("forward")
     assert undeclared.status == "unsupported" and "silently return zeros" in undeclared.detail
     assert check_op(dataclasses.replace(custom, forward_mode=True)).check("forward").status == "failed"  # claimed, not there
+    no_jvp = check_op(dataclasses.replace(OPS["gc::wrong_second_order"], forward_mode=None)).check("forward")  # a Function without jvp
+    assert no_jvp.status == "unsupported" and "NotImplementedError" in no_jvp.detail and "jvp" in no_jvp.detail
 
 
 def test_orders_go_as_high_as_asked_and_the_op_declares(monkeypatch: pytest.MonkeyPatch) -> None:

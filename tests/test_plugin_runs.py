@@ -9,7 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from knightctl.errors import DeviceError, PluginError, RunFailed
+from knightctl.errors import DeviceError, GradcheckFailed, PluginError, RunFailed
 from knightctl.pluginfiles import file_digest
 from knightctl.plugins import PluginSettings
 from knightctl.training import train
@@ -69,8 +69,10 @@ def test_an_op_whose_backward_raises_fails_the_run_naming_its_plugin(tmp_path: P
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     spec = write_spec(tmp_path, "faulty::bad_backward", [TEST_PLUGINS / "faulty_ops.py"])
+    with pytest.raises(GradcheckFailed, match=r"faulty::bad_backward \(plugin 'faulty_ops'\): reverse error: ArithmeticError: the backward"):
+        train(spec, tracking_uri=uri, plugins=NO_DIRS)  # the pre-flight check meets it first
     with pytest.raises(RunFailed, match=r"training failed at epoch 1 \(step 0\) in plugin 'faulty_ops' \(.*faulty_ops.py\): ArithmeticError: the backward"):
-        train(spec, tracking_uri=uri, plugins=NO_DIRS)
+        train(spec, tracking_uri=uri, plugins=NO_DIRS, skip_gradcheck=True)
     assert only_run(uri).info.status == "FAILED"
 
 

@@ -64,24 +64,16 @@ class Tally:
         self.failed += int(bad.sum())
         ratio = torch.where(bad, error / tol.clamp_min(1e-300), torch.zeros_like(error))
         flat = int(ratio.argmax())
-        r, c = divmod(flat, ratio.shape[1])
         if float(ratio.reshape(-1)[flat]) > self.worst_ratio:
             self.worst_ratio = float(ratio.reshape(-1)[flat])
-            sample, output, input_index = where
-            numeric = float(central[r, c])
-            self.worst = Mismatch(
-                sample=sample,
-                output=output,
-                input=input_index,
-                output_element=unravel(rows[r], shapes[0]) if rows is not None else (),
-                input_element=unravel(int(columns[c]), shapes[1]),
-                analytic=float(analytic[r, c]),
-                numeric=numeric,
-                abs_error=float(error[r, c]),
-                rel_error=float(error[r, c]) / max(abs(numeric), 1e-12),
-                atol=self.atol,
-                rtol=self.rtol,
-            )
+            r, c = divmod(flat, ratio.shape[1])
+            output_element = unravel(rows[r], shapes[0]) if rows is not None else ()
+            self.worst = self._mismatch(where, output_element, unravel(int(columns[c]), shapes[1]), float(analytic[r, c]), float(central[r, c]))
+
+    def _mismatch(self, where: tuple[int, int, int], output_element: tuple[int, ...], input_element: tuple[int, ...], analytic: float, numeric: float) -> Mismatch:
+        sample, output, input_index = where
+        error = abs(analytic - numeric)
+        return Mismatch(sample, output, input_index, output_element, input_element, analytic, numeric, error, error / max(abs(numeric), 1e-12), self.atol, self.rtol)
 
     def _note_kinks(self, kink: torch.Tensor, left: torch.Tensor, right: torch.Tensor, where: tuple[int, int, int], columns: torch.Tensor, shape: Sequence[int]) -> None:
         if not kink.any():

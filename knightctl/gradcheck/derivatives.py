@@ -23,7 +23,7 @@ FORWARD_MAX_ELEMENTS = 4096  # forward mode takes one jvp per input element
 _PROBES = 2
 
 
-def _live(target: Target) -> tuple[Target, list[torch.Tensor]]:
+def live_copy(target: Target) -> tuple[Target, list[torch.Tensor]]:
     """A copy of `target` whose differentiable inputs are fresh leaves that require grad."""
     args = list(target.args)
     leaves = []
@@ -59,7 +59,7 @@ def reverse(name: str, targets: Sequence[Target], atol: float, rtol: float, meth
     tally = Tally(atol, rtol)
     used = set()
     for s, target in enumerate(targets):
-        live, xs = _live(target)
+        live, xs = live_copy(target)
         outs = live.call({})
         exact = method == "exact" or (method == "auto" and entries(target) <= EXACT_MAX_ENTRIES)
         used.add("exact" if exact else "fast")
@@ -113,7 +113,7 @@ def higher_order(order: int, targets: Sequence[Target], atol: float, rtol: float
         fn = target.fn
         generator = torch.Generator().manual_seed(1000 + s)
         for _ in range(order - 1):
-            live, xs = _live(Target(fn, target.args, target.wrt))
+            live, xs = live_copy(Target(fn, target.args, target.wrt))
             outs = live.call({})
             cotangents = [torch.randn(o.shape, dtype=o.dtype, generator=generator).to(o.device) for o in outs]
             fn = derivative_of(fn, target.wrt, cotangents)
@@ -136,7 +136,10 @@ def forward(targets: Sequence[Target], atol: float, rtol: float) -> CheckResult:
             x = target.args[position].detach()
             if x.numel() > FORWARD_MAX_ELEMENTS:
                 return CheckResult("forward", "skipped", f"sample {s} input {i} has {x.numel()} elements; forward mode is checked up to {FORWARD_MAX_ELEMENTS}")
-            columns, any_tangent = _tangent_columns(target, position, x, outs)
+            try:
+                columns, any_tangent = _tangent_columns(target, position, x, outs)
+            except (NotImplementedError, RuntimeError) as exc:  # no jvp: torch says so in words
+                return CheckResult("forward", "unsupported", f"forward-mode AD raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
             chunks = numeric_columns(target, outs, i)
             if not any_tangent and any(bool(c.abs().max() > 0) for chunk in chunks for c in chunk.central if c.numel()):
                 return CheckResult("forward", "unsupported", "forward-mode AD gave no tangent: torch.func.jacfwd would silently return zeros here")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from knightctl.gradcheck.derivatives import _live
+from knightctl.gradcheck.derivatives import live_copy
 from knightctl.gradcheck.jacobian import Target, analytic_rows, numeric_columns
 from knightctl.gradcheck.report import OpReport
 
@@ -23,7 +23,7 @@ def write_heatmap(report: OpReport, targets: list[Target], directory: Path) -> P
     if failed is None or failed.worst is None:
         return None
     worst = failed.worst
-    live, xs = _live(targets[worst.sample])
+    live, xs = live_copy(targets[worst.sample])
     outs = live.call({})
     if outs[worst.output].numel() * xs[worst.input].numel() > _MAX_CELLS:
         return None

@@ -21,7 +21,9 @@ from knightctl.gradcheck.models import check_model
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import DEFAULT_EXPERIMENT, log_gradcheck_run, report_json
 from knightctl.plugins import PluginSettings, PluginSystem, load
+from knightctl.errors import PluginError
 from knightctl.plugintags import components_used
+from knightctl.registry import OpDef
 from knightctl.spec import ExperimentSpec
 
 
@@ -66,22 +68,7 @@ def gradcheck(
     tracking_uri: str | None = None,
 ) -> GradcheckResult:
     """Check ops (and a spec's model) and deliver the verdicts; never raises for a failing op."""
-    from knightctl.errors import PluginError
-
-    loaded_spec = None
-    if spec is not None:
-        from knightctl.spec import load_spec
-
-        loaded_spec = load_spec(spec, plugins=plugins)
-        system = load(plugins, files=loaded_spec.plugin_paths())
-    else:
-        system = load(plugins)
-    unknown = [name for name in names if system.registry.get("op", name) is None]
-    if unknown:
-        raise PluginError(system.registry.unknown_name_message("op", unknown[0]))
-    if not names:
-        names = ops_used(components_used(loaded_spec), system) if loaded_spec else system.registry.names("op")
-    ops = [system.registry.get("op", name) for name in names]
+    system, loaded_spec, ops = _select(names, spec, plugins)
     reports = [check_op(op, device=device, order=order, method=method, atol=atol, rtol=rtol) for op in ops]
     if loaded_spec is not None:
         reports.append(check_model(loaded_spec, system, device=device, method=method))
@@ -90,13 +77,8 @@ def gradcheck(
         result.json_path = Path(json_path)
         result.json_path.write_text(report_json(reports))
     with tempfile.TemporaryDirectory() as scratch:
-        directory = Path(heatmap_dir) if heatmap_dir is not None else Path(scratch)
         if heatmap_dir is not None or track:
-            for op, report in zip(ops, reports):
-                if report.verdict == "failed" and report.checks[0].status != "error":
-                    path = write_heatmap(report, sample_targets(op, torch.device(report.device)), directory)
-                    if path is not None:
-                        result.heatmaps.append(path)
+            result.heatmaps = _heatmaps(ops, reports, Path(heatmap_dir) if heatmap_dir is not None else Path(scratch))
         if track:
             result.tracking_uri = _tracking_uri(tracking_uri, loaded_spec)
             name = f"gradcheck {loaded_spec.name}" if loaded_spec else "gradcheck"
@@ -106,6 +88,32 @@ def gradcheck(
             result.heatmaps = []  # they lived in the scratch folder, and now in MLflow
     system.notify("gradcheck_completed", reports=reports)
     return result
+
+
+def _select(names: Sequence[str], spec: str | Path | None, plugins: PluginSettings | None) -> tuple[PluginSystem, ExperimentSpec | None, list[OpDef]]:
+    """The plugins, the spec (if any), and the ops to check: named, the spec's, or all."""
+    loaded_spec = None
+    if spec is not None:
+        from knightctl.spec import load_spec
+
+        loaded_spec = load_spec(spec, plugins=plugins)
+    system = load(plugins, files=loaded_spec.plugin_paths() if loaded_spec else ())
+    unknown = [name for name in names if system.registry.get("op", name) is None]
+    if unknown:
+        raise PluginError(system.registry.unknown_name_message("op", unknown[0]))
+    if not names:
+        names = ops_used(components_used(loaded_spec), system) if loaded_spec else system.registry.names("op")
+    return system, loaded_spec, [system.registry.get("op", name) for name in names]
+
+
+def _heatmaps(ops: Sequence[OpDef], reports: Sequence[OpReport], directory: Path) -> list[Path]:
+    paths = []
+    for op, report in zip(ops, reports):  # the model's report, last, has no op and no heatmap
+        if report.verdict == "failed" and report.checks[0].status != "error":
+            path = write_heatmap(report, sample_targets(op, torch.device(report.device)), directory)
+            if path is not None:
+                paths.append(path)
+    return paths
 
 
 def _tracking_uri(cli_uri: str | None, spec: object | None) -> str:
