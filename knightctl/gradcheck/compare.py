@@ -5,16 +5,21 @@ one-sided differences disagree by far more than that (a kink: relu at 0), the po
 differentiable: the entry also passes if it matches either one-sided derivative or lies between
 them (a subgradient), and the element is reported as a kink. Elsewhere the rule never applies, so
 a wrong gradient cannot hide behind it.
+
+Blocks are input-major, (input elements, output elements). Most entries of a Jacobian pass with
+room to spare (an elementwise op's are nearly all exactly zero), so a block is screened first with
+the loosest bounds (error <= atol passes; one-sided differences within 100 atol are no kink) and
+only the entries that survive are judged in full.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
 
-from knightctl.gradcheck.jacobian import unravel
+from knightctl.gradcheck.jacobian import NumericChunk, unravel
 from knightctl.gradcheck.report import Kink, Mismatch
 
 _KINK_FACTOR = 100.0  # one-sided differences this many tolerances apart mean a kink; smooth ones differ by ~eps * f''
@@ -27,63 +32,66 @@ class Tally:
     atol: float
     rtol: float
     max_abs_error: float = 0.0
-    max_rel_error: float = 0.0
+    max_rel_error: float = 0.0  # relative to max(|numeric|, atol)
     failed: int = 0
     worst: Mismatch | None = None
     worst_ratio: float = 0.0
     kinks: dict[tuple[int, int, tuple[int, ...]], Kink] = field(default_factory=dict)
 
-    def judge(
-        self,
-        analytic: torch.Tensor,
-        central: torch.Tensor,
-        left: torch.Tensor,
-        right: torch.Tensor,
-        tolerance: torch.Tensor | None,
-        *,
-        where: tuple[int, int, int],
-        rows: Sequence[int] | None,
-        columns: torch.Tensor,
-        shapes: tuple[Sequence[int], Sequence[int]],
+    def judge_block(self, analytic: torch.Tensor, chunk: NumericChunk, j: int, *, where: tuple[int, int, int], shapes: tuple[Sequence[int], Sequence[int]]) -> None:
+        """Judge analytic (hi - lo, out_numel) against the chunk's differences for output j."""
+        central = chunk.central[j]
+        error = (analytic - central).abs_()
+        spread = (chunk.up[j] + chunk.down[j]).sub_(2 * chunk.mid[j]).abs_()  # eps * |right - left|
+        kinkish = spread > _KINK_FACTOR * self.atol * chunk.eps
+        smooth_error = error.masked_fill(kinkish, 0.0) if bool(kinkish.any()) else error
+        if smooth_error.numel():
+            self.max_abs_error = max(self.max_abs_error, float(smooth_error.max()))
+            self.max_rel_error = max(self.max_rel_error, float((smooth_error / central.abs().clamp_min(self.atol)).max()))
+        rows, columns = ((error > self.atol) | kinkish).nonzero().unbind(1)
+        if len(rows):
+            left = (chunk.mid[j][0, columns] - chunk.down[j][rows, columns]) / chunk.eps
+            right = (chunk.up[j][rows, columns] - chunk.mid[j][0, columns]) / chunk.eps
+            values = (analytic[rows, columns], central[rows, columns], left, right)
+            self._judge_entries(*values, None, where=where, inputs=rows + chunk.lo, outputs=columns, shapes=shapes)
+
+    def judge_projections(self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor, *, where: tuple[int, int, int], lo: int, in_shape: Sequence[int]) -> None:
+        """Judge projections u^T J, (input elements, probes), each against its own tolerance."""
+        error = (analytic - central).abs()
+        self.max_abs_error = max(self.max_abs_error, float(error.max()) if error.numel() else 0.0)
+        rows, columns = torch.ones_like(error, dtype=torch.bool).nonzero().unbind(1)
+        flat = (analytic.reshape(-1), central.reshape(-1), left.reshape(-1), right.reshape(-1), tolerance.reshape(-1))
+        self._judge_entries(*flat, where=where, inputs=rows + lo, outputs=None, shapes=((), in_shape))
+
+    def _judge_entries(
+        self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor | None,
+        *, where: tuple[int, int, int], inputs: torch.Tensor, outputs: torch.Tensor | None, shapes: tuple[Sequence[int], Sequence[int]],
     ) -> None:
-        """Judge a block: rows are output elements (None: projections), columns input elements."""
+        """The full rule on 1-D vectors of entries; `outputs` None means the entries are projections."""
         tol = self.atol + self.rtol * central.abs() if tolerance is None else tolerance
         error = (analytic - central).abs()
         kink = (left - right).abs() > _KINK_FACTOR * tol
         between = (analytic >= torch.minimum(left, right) - tol) & (analytic <= torch.maximum(left, right) + tol)
         one_sided = ((analytic - left).abs() <= tol) | ((analytic - right).abs() <= tol) | between
         bad = (error > tol) & ~(kink & one_sided)
-        smooth = ~kink
-        if smooth.any():
-            self.max_abs_error = max(self.max_abs_error, float(error[smooth].max()))
-            relative = error[smooth] / central[smooth].abs().clamp_min(1e-12)
-            self.max_rel_error = max(self.max_rel_error, float(relative.max()))
-        self._note_kinks(kink, left, right, where, columns, shapes[1])
-        if not bad.any():
+        sample, _, input_index = where
+        for k in kink.nonzero().flatten().tolist():
+            element = unravel(int(inputs[k]), shapes[1])
+            self.kinks.setdefault((sample, input_index, element), Kink(sample, input_index, element, float(left[k]), float(right[k])))
+        if not bool(bad.any()):
             return
         self.failed += int(bad.sum())
         ratio = torch.where(bad, error / tol.clamp_min(1e-300), torch.zeros_like(error))
-        flat = int(ratio.argmax())
-        if float(ratio.reshape(-1)[flat]) > self.worst_ratio:
-            self.worst_ratio = float(ratio.reshape(-1)[flat])
-            r, c = divmod(flat, ratio.shape[1])
-            output_element = unravel(rows[r], shapes[0]) if rows is not None else ()
-            self.worst = self._mismatch(where, output_element, unravel(int(columns[c]), shapes[1]), float(analytic[r, c]), float(central[r, c]))
+        k = int(ratio.argmax())
+        if float(ratio[k]) > self.worst_ratio:
+            self.worst_ratio = float(ratio[k])
+            output_element = unravel(int(outputs[k]), shapes[0]) if outputs is not None else ()
+            self.worst = self._mismatch(where, output_element, unravel(int(inputs[k]), shapes[1]), float(analytic[k]), float(central[k]))
 
     def _mismatch(self, where: tuple[int, int, int], output_element: tuple[int, ...], input_element: tuple[int, ...], analytic: float, numeric: float) -> Mismatch:
         sample, output, input_index = where
         error = abs(analytic - numeric)
-        return Mismatch(sample, output, input_index, output_element, input_element, analytic, numeric, error, error / max(abs(numeric), 1e-12), self.atol, self.rtol)
-
-    def _note_kinks(self, kink: torch.Tensor, left: torch.Tensor, right: torch.Tensor, where: tuple[int, int, int], columns: torch.Tensor, shape: Sequence[int]) -> None:
-        if not kink.any():
-            return
-        sample, _, input_index = where
-        for r, c in kink.nonzero().tolist():
-            element = unravel(int(columns[c]), shape)
-            self.kinks.setdefault((sample, input_index, element), Kink(sample, input_index, element, float(left[r, c]), float(right[r, c])))
+        return Mismatch(sample, output, input_index, output_element, input_element, analytic, numeric, error, error / max(abs(numeric), self.atol), self.atol, self.rtol)
 
     def finished_worst(self) -> Mismatch | None:
-        if self.worst is None:
-            return None
-        return Mismatch(**{**self.worst.__dict__, "elements_failed": self.failed})
+        return replace(self.worst, elements_failed=self.failed) if self.worst is not None else None

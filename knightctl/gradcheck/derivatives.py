@@ -15,7 +15,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from knightctl.gradcheck.compare import Tally
-from knightctl.gradcheck.jacobian import Target, analytic_rows, as_outputs, batched_vjp, numeric_columns, vjp
+from knightctl.gradcheck.jacobian import Target, analytic_jacobian, as_outputs, batched_vjp, numeric_chunks, vjp
 from knightctl.gradcheck.report import CheckResult
 
 EXACT_MAX_ENTRIES = 2**20  # Jacobian entries per sample up to which "auto" compares them all (8 MiB)
@@ -74,31 +74,28 @@ def reverse(name: str, targets: Sequence[Target], atol: float, rtol: float, meth
 
 
 def _exact(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tally: Tally, sample: int) -> None:
-    jacobian = analytic_rows(outs, xs)
+    jacobian = analytic_jacobian(outs, xs)  # [output][input]: (in_numel, out_numel)
     for i, x in enumerate(xs):
-        for chunk in numeric_columns(live, outs, i):
+        for chunk in numeric_chunks(live, outs, i):
             for j, out in enumerate(outs):
-                tally.judge(
-                    jacobian[j][i][:, chunk.elements], chunk.central[j], chunk.left[j], chunk.right[j], None,
-                    where=(sample, j, i), rows=range(out.numel()), columns=chunk.elements, shapes=(out.shape, x.shape),
-                )
+                tally.judge_block(jacobian[j][i][chunk.lo:chunk.hi], chunk, j, where=(sample, j, i), shapes=(out.shape, x.shape))
 
 
 def _fast(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tally: Tally, sample: int, generator: torch.Generator) -> None:
     probes = [torch.randn(_PROBES, *out.shape, dtype=out.dtype, device=out.device, generator=generator) for out in outs]
     projected, _ = batched_vjp(outs, xs, probes)  # u^T J for each input: (probes, *input shape)
     for i, x in enumerate(xs):
-        for chunk in numeric_columns(live, outs, i):
-            central = left = right = bound = 0.0
+        for chunk in numeric_chunks(live, outs, i):
+            central = left = right = bound = torch.zeros(chunk.hi - chunk.lo, _PROBES, dtype=x.dtype, device=x.device)
             for j, u in enumerate(probes):
-                u_flat = u.reshape(_PROBES, -1)
-                central = central + u_flat @ chunk.central[j]
-                left = left + u_flat @ chunk.left[j]
-                right = right + u_flat @ chunk.right[j]
-                support = ((chunk.central[j] != 0) | (chunk.left[j] != 0) | (chunk.right[j] != 0)).to(u.dtype)
-                bound = bound + tally.atol * (u_flat.abs() @ support) + tally.rtol * (u_flat.abs() @ chunk.central[j].abs())
-            analytic = projected[i].reshape(_PROBES, -1)[:, chunk.elements]
-            tally.judge(analytic, central, left, right, bound, where=(sample, -1, i), rows=None, columns=chunk.elements, shapes=((), x.shape))  # type: ignore[arg-type]
+                u_t = u.reshape(_PROBES, -1).T  # (out_numel, probes)
+                chunk_left, chunk_right = chunk.left(j), chunk.right(j)
+                central = central + chunk.central[j] @ u_t
+                left, right = left + chunk_left @ u_t, right + chunk_right @ u_t
+                support = ((chunk.central[j] != 0) | (chunk_left != 0) | (chunk_right != 0)).to(u.dtype)
+                bound = bound + tally.atol * (support @ u_t.abs()) + tally.rtol * (chunk.central[j].abs() @ u_t.abs())
+            analytic = projected[i].reshape(_PROBES, -1)[:, chunk.lo:chunk.hi].T
+            tally.judge_projections(analytic, central, left, right, bound, where=(sample, -1, i), lo=chunk.lo, in_shape=x.shape)
 
 
 def higher_order(order: int, targets: Sequence[Target], atol: float, rtol: float, method: str) -> CheckResult:
@@ -140,22 +137,19 @@ def forward(targets: Sequence[Target], atol: float, rtol: float) -> CheckResult:
                 columns, any_tangent = _tangent_columns(target, position, x, outs)
             except (NotImplementedError, RuntimeError) as exc:  # no jvp: torch says so in words
                 return CheckResult("forward", "unsupported", f"forward-mode AD raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            chunks = numeric_columns(target, outs, i)
+            chunks = list(numeric_chunks(target, outs, i))
             if not any_tangent and any(bool(c.abs().max() > 0) for chunk in chunks for c in chunk.central if c.numel()):
                 return CheckResult("forward", "unsupported", "forward-mode AD gave no tangent: torch.func.jacfwd would silently return zeros here")
             for chunk in chunks:
                 for j, out in enumerate(outs):
-                    tally.judge(
-                        columns[j][:, chunk.elements], chunk.central[j], chunk.left[j], chunk.right[j], None,
-                        where=(s, j, i), rows=range(out.numel()), columns=chunk.elements, shapes=(out.shape, x.shape),
-                    )
+                    tally.judge_block(columns[j][chunk.lo:chunk.hi], chunk, j, where=(s, j, i), shapes=(out.shape, x.shape))
     status = "failed" if tally.failed else "passed"
     detail = f"{tally.failed} element(s) out of tolerance" if tally.failed else ""
     return CheckResult("forward", status, detail, "exact", tally.max_abs_error, tally.max_rel_error, tally.finished_worst(), time.perf_counter() - started)
 
 
 def _tangent_columns(target: Target, position: int, x: torch.Tensor, outs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
-    """d outputs / d x by forward mode, one dual number per element; and whether any tangent came back."""
+    """d outputs / d x by forward mode, one dual number per element, input-major; and whether any tangent came back."""
     columns: list[list[torch.Tensor]] = [[] for _ in outs]
     any_tangent = False
     with fwAD.dual_level():
@@ -167,4 +161,4 @@ def _tangent_columns(target: Target, position: int, x: torch.Tensor, outs: Seque
                 unpacked = fwAD.unpack_dual(out).tangent
                 any_tangent = any_tangent or unpacked is not None
                 columns[j].append(unpacked.reshape(-1) if unpacked is not None else torch.zeros(out.numel(), dtype=out.dtype, device=out.device))
-    return [torch.stack(column, dim=1) for column in columns], any_tangent
+    return [torch.stack(column) for column in columns], any_tangent  # input-major: (in_numel, out_numel)

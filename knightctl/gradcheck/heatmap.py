@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from knightctl.gradcheck.derivatives import live_copy
-from knightctl.gradcheck.jacobian import Target, analytic_rows, numeric_columns
+from knightctl.gradcheck.jacobian import Target, analytic_jacobian, numeric_chunks
 from knightctl.gradcheck.report import OpReport
 
 _MAX_CELLS = 250_000  # a 500 x 500 block is as much as a picture can show
@@ -27,8 +27,8 @@ def write_heatmap(report: OpReport, targets: list[Target], directory: Path) -> P
     outs = live.call({})
     if outs[worst.output].numel() * xs[worst.input].numel() > _MAX_CELLS:
         return None
-    analytic = analytic_rows([outs[worst.output]], [xs[worst.input]])[0][0].detach()
-    numeric = torch.cat([chunk.central[worst.output] for chunk in numeric_columns(live, outs, worst.input)], dim=1)
+    analytic = analytic_jacobian([outs[worst.output]], [xs[worst.input]])[0][0].T  # rows: output elements
+    numeric = torch.cat([chunk.central[worst.output] for chunk in numeric_chunks(live, outs, worst.input)]).T
     return _draw(report.name, analytic, numeric, worst.sample, worst.output, worst.input, directory)
 
 

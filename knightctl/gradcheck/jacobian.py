@@ -10,12 +10,12 @@ Jacobian-vector product per element.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
 EPS = 1e-6  # finite-difference step in float64: truncation ~eps^2, rounding ~1e-16/eps = 1e-10
-_BATCH_ENTRIES = 2**22  # floats per batched evaluation (32 MiB of float64)
+_BATCH_ENTRIES = 2**18  # floats per batched evaluation: 2 MiB of float64, which stays in cache
 
 
 def as_outputs(value: Any) -> tuple[torch.Tensor, ...]:
@@ -52,42 +52,47 @@ class Target:
 
 
 @dataclass
-class NumericColumns:
-    """Finite-difference Jacobian columns for some elements of one input, per output: (out_numel, k)."""
+class NumericChunk:
+    """Finite differences for input elements lo..hi-1, input-major: each tensor is (hi - lo, out_numel).
 
-    elements: torch.Tensor  # flat indices into the input
+    Kept as f(x + eps), f(x - eps) and f(x): central differences for every entry, one-sided ones
+    computed only where they are needed.
+    """
+
+    lo: int
+    hi: int
+    up: list[torch.Tensor]
+    down: list[torch.Tensor]
+    mid: list[torch.Tensor]  # (1, out_numel)
     central: list[torch.Tensor]
-    left: list[torch.Tensor]
-    right: list[torch.Tensor]
+    eps: float
+
+    def left(self, j: int) -> torch.Tensor:
+        return (self.mid[j] - self.down[j]) / self.eps
+
+    def right(self, j: int) -> torch.Tensor:
+        return (self.up[j] - self.mid[j]) / self.eps
 
 
-def numeric_columns(target: Target, base: Sequence[torch.Tensor], which: int, eps: float = EPS) -> list[NumericColumns]:
-    """All columns of d outputs / d input `which`, in batches of perturbed copies of the input."""
+def numeric_chunks(target: Target, base: Sequence[torch.Tensor], which: int, eps: float = EPS) -> Iterator[NumericChunk]:
+    """d outputs / d input `which`, a batch of perturbed copies of the input at a time."""
     position = target.wrt[which]
     x = target.args[position].detach()
     n = x.numel()
-    widest = max([n, *(out.numel() for out in base)])
-    per_batch = max(1, _BATCH_ENTRIES // widest)
-    chunks = []
+    per_batch = max(1, _BATCH_ENTRIES // max([n, *(out.numel() for out in base)]))
+    mid = [f0.detach().reshape(1, -1) for f0 in base]
     with torch.no_grad():
-        for start in range(0, n, per_batch):
-            elements = torch.arange(start, min(n, start + per_batch), device=x.device)
-            rows = torch.arange(len(elements), device=x.device)
-            shifted = x.reshape(1, n).repeat(len(elements), 1)
-            plus, minus = shifted.clone(), shifted.clone()
+        for lo in range(0, n, per_batch):
+            hi = min(n, lo + per_batch)
+            rows = torch.arange(hi - lo, device=x.device)
+            elements = rows + lo
+            plus, minus = x.reshape(1, n).expand(hi - lo, n).clone(), x.reshape(1, n).expand(hi - lo, n).clone()
             plus[rows, elements] += eps
-            minus[rows, elements] -= eps
-            up = target.call_batched(position, plus.reshape(len(elements), *x.shape))
-            down = target.call_batched(position, minus.reshape(len(elements), *x.shape))
-            central, left, right = [], [], []
-            for j, f0 in enumerate(base):
-                f_up, f_down = up[j].reshape(len(elements), -1).T, down[j].reshape(len(elements), -1).T
-                f_mid = f0.detach().reshape(-1, 1)
-                central.append((f_up - f_down) / (2 * eps))
-                left.append((f_mid - f_down) / eps)
-                right.append((f_up - f_mid) / eps)
-            chunks.append(NumericColumns(elements, central, left, right))
-    return chunks
+            minus[rows, elements] -= eps  # two buffers: an output may be a view of its input
+            up = [f.reshape(hi - lo, -1) for f in target.call_batched(position, plus.reshape(hi - lo, *x.shape))]
+            down = [f.reshape(hi - lo, -1) for f in target.call_batched(position, minus.reshape(hi - lo, *x.shape))]
+            central = [(u - d).div_(2 * eps) for u, d in zip(up, down)]
+            yield NumericChunk(lo, hi, up, down, mid, central, eps)
 
 
 def vjp(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], cotangents: Sequence[torch.Tensor], *, batched: bool, create_graph: bool = False) -> list[torch.Tensor]:
@@ -114,22 +119,25 @@ def batched_vjp(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor],
     return [torch.stack([row[i] for row in rows]) for i in range(len(inputs))], reason
 
 
-def analytic_rows(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """The whole reverse-mode Jacobian: [output j][input i] as a dense (out_numel, in_numel) matrix."""
+def analytic_jacobian(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """The whole reverse-mode Jacobian, input-major: [output j][input i] is (in_numel, out_numel).
+
+    Built from batches of vector-Jacobian products with basis cotangents (rows of J), written
+    into its transpose so that blocks of input elements are contiguous for the comparison.
+    """
     result = []
-    for j, out in enumerate(outputs):
+    for out in outputs:
         m = out.numel()
-        blocks: list[list[torch.Tensor]] = [[] for _ in inputs]
+        blocks = [torch.empty(x.numel(), m, dtype=x.dtype, device=x.device) for x in inputs]
         per_batch = max(1, _BATCH_ENTRIES // max(m, *(x.numel() for x in inputs)))
         for start in range(0, m, per_batch):
-            rows = torch.arange(start, min(m, start + per_batch), device=out.device)
-            basis = torch.zeros(len(rows), m, dtype=out.dtype, device=out.device)
-            basis[torch.arange(len(rows)), rows] = 1.0
-            cotangents = [basis.reshape(len(rows), *out.shape) if k == j else torch.zeros(len(rows), *o.shape, dtype=o.dtype, device=o.device) for k, o in enumerate(outputs)]
-            grads, _ = batched_vjp(outputs, inputs, cotangents)
-            for i, g in enumerate(grads):
-                blocks[i].append(g.reshape(len(rows), -1))
-        result.append([torch.cat(block) for block in blocks])
+            stop = min(m, start + per_batch)
+            basis = torch.zeros(stop - start, m, dtype=out.dtype, device=out.device)
+            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            grads, _ = batched_vjp([out], inputs, [basis.reshape(stop - start, *out.shape)])
+            for block, g in zip(blocks, grads):
+                block[:, start:stop] = g.reshape(stop - start, -1).T
+        result.append(blocks)
     return result
 
 
