@@ -120,6 +120,13 @@ def test_mps_has_no_float64_so_the_check_runs_on_the_cpu_and_says_so() -> None:
     assert report.device == "cpu" and report.note == "MPS has no float64: checked on the CPU"
 
 
+@pytest.mark.cuda
+def test_ops_are_checked_in_float64_on_cuda() -> None:
+    report = check_op(OPS["gc::broadcast_add_mul"], device="cuda")
+    assert report.device == "cuda" and report.verdict == "passed"
+    assert check_op(OPS["gc::wrong_factor"], device="cuda").failures[0].check == "reverse"
+
+
 def test_a_spec_model_is_checked_with_respect_to_inputs_and_parameters(tmp_path: Path) -> None:
     system = load(PluginSettings(dirs=()))
     spec = load_spec(ROOT / "experiments" / "round_table.yaml", plugins=PluginSettings(dirs=()))

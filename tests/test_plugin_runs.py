@@ -103,6 +103,8 @@ def test_mlflow_records_the_plugins_and_ops_a_run_used_and_logs_a_loadable_model
     used = tags["plugins"].split(", ")
     assert "builtin.layers==0.1.0" in used and f"smooth_relu@sha256:{digest[:12]}" in used
     assert not any(name.startswith("swish") for name in used)  # loaded or not, only what the run used
+    assert tags["gradcheck.knight.smooth_relu"] == tags["gradcheck.knight.sigmoid_gate"] == "passed"  # the pre-flight check
+    assert "gradcheck/report.json" in {a.path for a in MlflowClient(uri).list_artifacts(result.run_id, "gradcheck")}
     loaded = load_logged_model(uri, result.model_uri)  # exported with the custom op's fake kernel
     rows = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
     torch.testing.assert_close(loaded(rows), result.model.cpu().eval()(rows))
