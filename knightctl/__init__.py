@@ -16,7 +16,6 @@ from knightctl.hookspecs import hookimpl
 if TYPE_CHECKING:
     from knightctl.devices import DeviceChoice, resolve_device  # noqa: F401
     from knightctl.gradcheck import OpReport, check_op, check_ops  # noqa: F401
-    from knightctl.gradcheck.run import gradcheck  # noqa: F401
     from knightctl.plugins import PluginSettings, PluginSystem  # noqa: F401
     from knightctl.plugins import load as load_plugins  # noqa: F401
     from knightctl.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
@@ -44,7 +43,6 @@ _LAZY: dict[str, tuple[str, str]] = {
     "check_op": ("knightctl.gradcheck", "check_op"),
     "check_ops": ("knightctl.gradcheck", "check_ops"),
     "OpReport": ("knightctl.gradcheck", "OpReport"),
-    "gradcheck": ("knightctl.gradcheck.run", "gradcheck"),
 }
 
 __all__ = ["__version__", "KnightctlError", "hookimpl", *_LAZY]
