@@ -32,7 +32,7 @@ class Tally:
     atol: float
     rtol: float
     max_abs_error: float = 0.0
-    max_rel_error: float = 0.0  # relative to max(|numeric|, atol)
+    max_rel_error: float = 0.0  # error / max(|numeric|, atol), over entries whose error exceeds atol
     failed: int = 0
     worst: Mismatch | None = None
     worst_ratio: float = 0.0
@@ -47,9 +47,10 @@ class Tally:
         smooth_error = error.masked_fill(kinkish, 0.0) if bool(kinkish.any()) else error
         if smooth_error.numel():
             self.max_abs_error = max(self.max_abs_error, float(smooth_error.max()))
-            self.max_rel_error = max(self.max_rel_error, float((smooth_error / central.abs().clamp_min(self.atol)).max()))
         rows, columns = ((error > self.atol) | kinkish).nonzero().unbind(1)
         if len(rows):
+            relative = smooth_error[rows, columns] / central[rows, columns].abs().clamp_min(self.atol)
+            self.max_rel_error = max(self.max_rel_error, float(relative.max()))
             left = (chunk.mid[j][0, columns] - chunk.down[j][rows, columns]) / chunk.eps
             right = (chunk.up[j][rows, columns] - chunk.mid[j][0, columns]) / chunk.eps
             values = (analytic[rows, columns], central[rows, columns], left, right)
