@@ -138,7 +138,7 @@ def test_plugins_can_be_disabled_one_by_one_or_all_external_ones(tmp_path: Path,
     assert from_env.override(dirs=["c"], disable=["z"], no_external=True) == PluginSettings((Path("c"),), frozenset("xyz"), False, False)
 
 
-def test_a_misnamed_default_directory_is_quiet_but_a_named_missing_one_is_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_default_directory_is_quiet_but_a_named_missing_one_is_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert load(PluginSettings()).notes == ()
     assert load(PluginSettings(dirs=(Path("nope"),))).notes == (f"plugin directory {tmp_path / 'nope'} does not exist",)
