@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from knightctl.errors import TrackingError
 from knightctl.gradcheck.report import OpReport
 
 DEFAULT_EXPERIMENT = "knightctl-gradcheck"
@@ -44,18 +43,9 @@ def log_reports(client: Any, run_id: str, reports: Sequence[OpReport], heatmaps:
 
 def log_gradcheck_run(tracking_uri: str, reports: Sequence[OpReport], heatmaps: Sequence[Path], *, experiment: str, run_name: str) -> tuple[str, str]:
     """A FINISHED run holding the verdicts; returns (experiment id, run id)."""
-    from mlflow.tracking import MlflowClient
+    from knightctl.stores import create_run
 
-    from knightctl.tracking import experiment_id_for
-
-    try:
-        client = MlflowClient(tracking_uri)
-        experiment_id = experiment_id_for(client, experiment)
-        run_id = client.create_run(experiment_id, run_name=run_name, tags={"mlflow.source.type": "LOCAL"}).info.run_id
-    except TrackingError:
-        raise
-    except Exception as exc:
-        raise TrackingError(f"cannot start an MLflow run on {tracking_uri}: {type(exc).__name__}: {exc}") from None
+    client, experiment_id, run_id, _ = create_run(tracking_uri, experiment, run_name=run_name, tags={"mlflow.source.type": "LOCAL"})
     status = "FAILED"
     try:
         log_reports(client, run_id, reports, heatmaps)
