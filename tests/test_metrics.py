@@ -82,3 +82,41 @@ def test_metrics_the_store_refuses_fail_loudly_at_close(store_run: tuple[MlflowC
     writer.add(1, {"a": 1.0})
     with pytest.raises(TrackingError, match=f"metrics of run {run_id} were not all written"):
         writer.close()
+
+
+def test_the_sqlite_bulk_insert_stores_what_log_batch_stores(store_run: tuple[MlflowClient, str, str]) -> None:
+    """Same rows, same latest values, NaN and inf and repeats included, as MLflow's own log_batch."""
+    from mlflow.entities import Metric
+
+    from knightctl.sqlitemetrics import SqliteMetricSink
+
+    client, uri, bulk_run = store_run
+    reference_run = client.create_run(client.get_experiment_by_name("writer").experiment_id).info.run_id
+    batches = [
+        [("loss", 0.5, 1000, 1), ("loss", float("nan"), 1001, 2), ("acc", float("inf"), 1001, 2), ("acc", -float("inf"), 1002, 3)],
+        [("loss", 0.25, 1003, 3), ("loss", 0.25, 1003, 3), ("loss", 0.75, 900, 0)],  # a repeat; an older step arriving late
+        [("loss", 0.5, 1000, 1), ("acc", 0.5, 1004, 3)],  # a repeat of a stored row; a later timestamp at the same step
+    ]
+    sink = SqliteMetricSink(uri, bulk_run)
+    for batch in batches:
+        sink.write(batch)
+        client.log_batch(reference_run, metrics=[Metric(*entry) for entry in batch], synchronous=True)
+    sink.close()
+
+    def rows(run_id: str, key: str) -> list[tuple[int, int, float]]:
+        return sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
+
+    for key in ("loss", "acc"):
+        assert str(rows(bulk_run, key)) == str(rows(reference_run, key))  # str: nan == nan
+    assert str(client.get_run(bulk_run).data.metrics) == str(client.get_run(reference_run).data.metrics)
+    assert len(rows(bulk_run, "loss")) == 4
+
+
+def test_the_bulk_insert_refuses_a_deleted_run_as_log_batch_does(store_run: tuple[MlflowClient, str, str]) -> None:
+    from knightctl.sqlitemetrics import InactiveRun, SqliteMetricSink
+
+    client, uri, run_id = store_run
+    client.delete_run(run_id)
+    with pytest.raises(InactiveRun, match="deleted"):
+        SqliteMetricSink(uri, run_id).write([("loss", 1.0, 1, 1)])
+    assert client.get_metric_history(run_id, "loss") == []
