@@ -65,6 +65,8 @@ class ProgressObserver:
         )
         if info.run_id:
             self.console.print(f"MLflow run {info.run_id} on {info.tracking_uri}")
+        for notice in info.notices:
+            self.console.print(f"[yellow]note:[/yellow] {escape(notice)}")
         if self.console.is_terminal:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
@@ -122,10 +124,10 @@ def render_summary(console: Console, result: RunResult) -> None:
     if info.run_id and info.tracking_uri:
         page = f"#/experiments/{info.experiment_id}/runs/{info.run_id}"
         if info.tracking_uri.startswith(("http://", "https://")):
-            console.print(f"dashboard: {info.tracking_uri.rstrip('/')}/{page}")
+            console.print(f"dashboard: {info.tracking_uri.rstrip('/')}/{page}", soft_wrap=True)  # a URL split over lines is no link
         else:
-            command = "mlflow ui" if info.tracking_uri == "sqlite:///mlflow.db" else f"mlflow ui --backend-store-uri {info.tracking_uri}"
-            console.print(f"dashboard: run `{command}` here, then open http://127.0.0.1:5000/{page}")
+            command = "knightctl ui" if info.tracking_uri == "sqlite:///mlflow.db" else f"knightctl ui --tracking-uri {info.tracking_uri}"
+            console.print(f"dashboard: run `{command}` here, then open http://127.0.0.1:5000/{page}", soft_wrap=True)
 
 
 def render_spec(console: Console, spec: ExperimentSpec) -> None:

@@ -42,6 +42,7 @@ class Split:
     val_y: torch.Tensor | None
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] | None
+    source: str = ""  # where the rows came from: a file path, or how they were generated
 
     @property
     def n_train(self) -> int:
@@ -107,6 +108,7 @@ def split_data(
         val_y=targets[n_train:] if n_val else None,
         feature_names=data.feature_names,
         class_names=data.class_names,
+        source=data.source,
     )
 
 

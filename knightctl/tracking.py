@@ -1,32 +1,41 @@
 """The MLflow adapter: it owns a run's lifecycle and keeps MLflow off the training hot path.
 
-A run is opened with the flattened spec as params, tags, and the spec as artifacts; metrics are
-buffered in memory and written in batches by a writer process (see metricwriter.py); the run
-always ends FINISHED, FAILED (an exception) or KILLED (Ctrl-C), with every queued metric written
-first.
+A run is opened (stores.py checks the store first) with the flattened spec as params, tags, and
+the spec as artifacts; metrics are buffered in memory and written in batches by a writer process
+that also samples system metrics (metricwriter.py); the run takes its datasets, description,
+plots, checkpoint and model through `MlflowRun`; and it always ends FINISHED, FAILED (an
+exception) or KILLED (Ctrl-C), with every queued metric written and its description brought up
+to date first.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from knightctl.errors import Interrupted, TrackingError
 from knightctl.metricwriter import MetricWriter
+from knightctl.plots import save_png
+from knightctl.runinputs import log_datasets
+from knightctl.runnote import RunStory, render_note
+from knightctl.stores import create_run
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from knightctl.data import Split
     from knightctl.spec import ExperimentSpec
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _PARAM_BATCH = 100  # params per log_batch call, MLflow's own limit
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 
 
 def resolve_tracking_uri(cli_uri: str | None, spec: ExperimentSpec) -> tuple[str, str]:
@@ -66,13 +75,15 @@ def git_commit(cwd: Path) -> tuple[str, bool] | None:
 
 @dataclass
 class MlflowRun:
-    """An open MLflow run: where it is, and the writer that takes its metrics."""
+    """An open MLflow run: where it is, the writer that takes its metrics, and its story so far."""
 
     client: Any
     run_id: str
     experiment_id: str
     tracking_uri: str
     writer: MetricWriter
+    notices: list[str] = field(default_factory=list)  # worth a line on screen: an unmigrated ./mlruns
+    story: RunStory | None = None  # rendered into the run's description when the run ends
 
     def log_metrics(self, points: list[tuple[int, Mapping[str, float]]]) -> None:
         """Queue (step, values) points; the writer process stores them while training goes on."""
@@ -92,8 +103,36 @@ class MlflowRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
 
+    def describe(self, story: RunStory) -> None:
+        """Show `story` as the run's description now, and again (updated) when the run ends."""
+        self.story = story
+        self.set_tags({NOTE_TAG: render_note(story)})
+
+    def log_datasets(self, split: Split, dataset_name: str) -> None:
+        log_datasets(self.client, self.run_id, split, dataset_name)
+
+    def log_figures(self, figures: Mapping[str, Any]) -> None:
+        """Log matplotlib figures as PNG artifacts at the given paths."""
+        with tempfile.TemporaryDirectory() as folder:
+            for artifact_file, figure in figures.items():
+                local = Path(folder) / artifact_file
+                save_png(figure, local)
+                self.client.log_artifact(self.run_id, str(local), str(Path(artifact_file).parent))
+
+    def log_checkpoint(self, state: dict[str, Any], name: str = "final.pt") -> None:
+        """Store a checkpoint with the run, under checkpoints/."""
+        from knightctl.checkpoint import save_checkpoint
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.client.log_artifact(self.run_id, str(save_checkpoint(state, Path(folder) / name)), "checkpoints")
+
     def log_model(self, model: torch.nn.Module, example: np.ndarray) -> str:
-        """Log `model` (a CPU copy) in MLflow's pt2 format with signature and input example."""
+        """Log `model` (a CPU copy) in MLflow's pt2 format with signature and input example.
+
+        pt2 (torch.export) holds the graph, not Python classes: loading needs no knightctl, only the
+        custom ops' library registered (import the plugin). Every example plugin op exports:
+        autograd.Functions are traced through, and custom ops have their fake kernels.
+        """
         import mlflow
         import mlflow.pytorch
         import torch
@@ -118,42 +157,55 @@ class MlflowRun:
 def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]) -> Iterator[MlflowRun]:
     """Create the run, log params, tags and spec; close it with the status the block earned."""
     import mlflow
-    from mlflow.tracking import MlflowClient
 
-    try:
-        client = MlflowClient(tracking_uri)
-        experiment_id = experiment_id_for(client, spec.tracking.experiment or spec.name)
-        run_id = client.create_run(experiment_id, run_name=spec.tracking.run_name or spec.name, tags=dict(tags)).info.run_id
-    except TrackingError:
-        raise
-    except Exception as exc:  # a bad URI, a store MLflow cannot open: say which, not a traceback
-        raise TrackingError(f"cannot start an MLflow run on {tracking_uri}: {type(exc).__name__}: {exc}") from None
-    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(tracking_uri, run_id))
+    client, experiment_id, run_id, notices = create_run(
+        tracking_uri, spec.tracking.experiment or spec.name, run_name=spec.tracking.run_name or spec.name, tags=tags
+    )
+    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(tracking_uri, run_id, system_metrics=True), notices)
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model
-    status = "FAILED"
+    status, ending = "FAILED", ""
     try:
         _log_spec(client, run_id, spec)  # while the writer process starts
         run.writer.wait_ready()
         yield run
         run.close_metrics()  # a metric that could not be stored fails the run
         status = "FINISHED"
-    except (KeyboardInterrupt, Interrupted):
-        status = "KILLED"
+    except (KeyboardInterrupt, Interrupted) as interrupt:
+        status, ending = "KILLED", _first_line(interrupt) or "interrupted"
         raise
     except BaseException as exc:
+        ending = _first_line(exc) or type(exc).__name__
         _log_failure(client, run_id, exc)
         raise
     finally:
-        try:
-            if not run.writer.closed:  # the error path: store what was queued before closing the run
-                run.close_metrics()
-        except TrackingError as lost:  # the error already propagating is the one to report
-            warnings.warn(str(lost), stacklevel=1)
-        finally:
-            mlflow.end_run(status=status)
-            mlflow.set_tracking_uri(previous_uri)
+        _finish(run, status, ending, previous_uri)
+
+
+def _finish(run: MlflowRun, status: str, ending: str, previous_uri: str) -> None:
+    """Store what was queued, tell the story's end, and close the run with `status`."""
+    import mlflow
+
+    try:
+        if not run.writer.closed:  # the error path: store what was queued before closing the run
+            run.close_metrics()
+    except TrackingError as lost:  # the error already propagating is the one to report
+        warnings.warn(str(lost), stacklevel=1)
+    try:
+        if run.story is not None:
+            run.story.status, run.story.ending = status, ending
+            run.set_tags({NOTE_TAG: render_note(run.story)})
+    except Exception as exc:  # the run must still be closed
+        warnings.warn(f"could not update the description of MLflow run {run.run_id}: {exc}", stacklevel=1)
+    finally:
+        mlflow.end_run(status=status)
+        mlflow.set_tracking_uri(previous_uri)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _log_spec(client: Any, run_id: str, spec: ExperimentSpec) -> None:
@@ -178,19 +230,3 @@ def _log_failure(client: Any, run_id: str, exc: BaseException) -> None:
         client.log_text(run_id, text, "error/traceback.txt")
     except Exception:  # the run still ends FAILED; the terminal shows the error either way
         pass
-
-
-def experiment_id_for(client: Any, name: str) -> str:
-    """The id of experiment `name`, created if need be (safely against a concurrent creator)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(name)
-    except MlflowException as exc:
-        experiment = client.get_experiment_by_name(name)  # created by a concurrent run meanwhile
-        if experiment is not None:
-            return experiment.experiment_id
-        raise TrackingError(f"cannot open MLflow experiment {name!r}: {exc}") from None

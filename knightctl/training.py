@@ -16,17 +16,21 @@ from torch import nn
 
 from knightctl._version import __version__
 from knightctl.build import Components, build_components, dry_forward
+from knightctl.checkpoint import training_state
 from knightctl.data import epoch_batches, steps_per_epoch
 from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
 from knightctl.errors import Interrupted, KnightctlError, RunFailed, Terminated
+from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.run import preflight
 from knightctl.gradcheck.tracking import log_reports
 from knightctl.metrics import StepMetrics, evaluate, gradient_norm
 from knightctl.plugins import PluginEvents, PluginSettings, PluginSystem
 from knightctl.plugins import load as load_plugins
+from knightctl.plots import run_plots
 from knightctl.plugintags import plugin_tags
+from knightctl.runnote import RunStory, data_summary, gradcheck_summary, model_summary
 from knightctl.spec import ExperimentSpec, TrainSpec, load_spec
-from knightctl.tracking import git_commit, open_run, resolve_tracking_uri
+from knightctl.tracking import MlflowRun, git_commit, open_run, resolve_tracking_uri
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class RunInfo:
     tracking_uri: str | None
     run_id: str | None
     experiment_id: str | None
+    notices: tuple[str, ...] = ()  # about the tracking store, worth a line on screen
 
 
 @dataclass
@@ -59,6 +64,7 @@ class RunResult:
     model: nn.Module
     model_uri: str | None = None
     tracking_uri_source: str = ""
+    store_wait_seconds: float = 0.0  # after the loop, until every queued metric was stored
 
     @property
     def run_id(self) -> str | None:
@@ -131,18 +137,55 @@ def train(
     run_context = open_run(spec, tracking_uri=uri, tags={**_tags(spec, choice), **plugin_tags(spec, system)}) if uri else nullcontext(_NoRun())
     with _interruptible(position) as run_holder, run_context as run:
         run_holder.append(run.run_id)
-        if verdicts and run.run_id:
-            log_reports(run.client, run.run_id, verdicts)
+        if isinstance(run, MlflowRun):
+            _record_start(run, spec, choice, parts, verdicts, skip_gradcheck, position)
         info = _run_info(spec, choice, parts, run)
         for observer in observers:
             observer.run_started(info)
-        loop_seconds = _guarded_loop(spec, parts, run, observers, position, system)
+        loop_began = time.perf_counter()
+        try:
+            loop_seconds = _guarded_loop(spec, parts, run, observers, position, system)
+        finally:
+            if isinstance(run, MlflowRun) and run.story is not None:
+                run.story.steps, run.story.seconds = position.step, time.perf_counter() - loop_began
+        stored_by = time.perf_counter()
         run.close_metrics()
-        model_uri = run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts)) if uri and spec.tracking.log_model else None
-    result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model, model_uri, uri_source)
+        store_wait_seconds = time.perf_counter() - stored_by
+        model_uri = _record_results(run, spec, parts, position) if isinstance(run, MlflowRun) else None
+    result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model,
+                       model_uri, uri_source, store_wait_seconds)
     for observer in observers:
         observer.run_finished(result)
     return result
+
+
+def _record_start(run: MlflowRun, spec: ExperimentSpec, choice: DeviceChoice, parts: Components, verdicts: Sequence[OpReport],
+                  skip_gradcheck: bool, position: _Position) -> None:
+    """Before the first step: the gradient verdicts, the datasets, and the run's description."""
+    if verdicts:
+        log_reports(run.client, run.run_id, verdicts)
+    run.log_datasets(parts.data, spec.data.name)
+    story = RunStory(
+        spec=spec,
+        device=f"{choice.description} ({choice.reason})",
+        model_summary=model_summary(parts.model),
+        data_summary=data_summary(spec.data.name, parts.data.n_train, parts.data.n_val, parts.data.source),
+        gradcheck=gradcheck_summary({report.name: report.verdict for report in verdicts}, skip_gradcheck),
+        final_metrics=position.latest,  # the same dict: the description shows the latest values, even of a failed run
+    )
+    run.describe(story)
+
+
+def _record_results(run: MlflowRun, spec: ExperimentSpec, parts: Components, position: _Position) -> str | None:
+    """After the last step: the final checkpoint, the plots and (unless turned off) the model."""
+    run.log_checkpoint(
+        training_state(model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler, spec_data=spec.to_data(),
+                       spec_digest=spec.digest(), seed=spec.seed or 0, epoch=position.epoch, step=position.step)
+    )
+    run.log_figures(run_plots(position.history, parts.model, parts.data, parts.loss_def.target))
+    if not spec.tracking.log_model:
+        return None
+    return run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts))
 
 
 def _spec_and_plugins(spec: ExperimentSpec | str | Path, overrides: Sequence[str], plugins: PluginSettings | None) -> tuple[ExperimentSpec, PluginSystem]:
@@ -154,12 +197,17 @@ def _spec_and_plugins(spec: ExperimentSpec | str | Path, overrides: Sequence[str
 
 
 def _guarded_loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position, system: PluginSystem) -> float:
-    """The loop, with any unexpected exception turned into RunFailed naming where it happened."""
+    """The loop, with any unexpected exception turned into RunFailed naming where it happened.
+
+    However the loop ends, the losses of the steps it took since the last evaluation are logged.
+    """
+    metrics = StepMetrics()
     try:
-        return _loop(spec, parts, run, observers, position)
-    except KnightctlError:
-        raise
-    except Exception as exc:
+        return _loop(spec, parts, run, observers, position, metrics)
+    except BaseException as exc:
+        _log_unfinished(metrics, run, position, parts.optimizer.param_groups[0]["lr"])
+        if isinstance(exc, KnightctlError) or not isinstance(exc, Exception):  # explained already, or a signal
+            raise
         culprit = system.blame(exc)
         raised_in = f" in plugin {culprit.name!r} ({culprit.origin})" if culprit else ""
         raise RunFailed(
@@ -168,14 +216,25 @@ def _guarded_loop(spec: ExperimentSpec, parts: Components, run: Any, observers: 
         ) from exc
 
 
-def _loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position) -> float:
+def _log_unfinished(metrics: StepMetrics, run: Any, position: _Position, lr: float) -> None:
+    """Log the steps since the last evaluation (of a loop an error or a signal stopped), if readable."""
+    try:
+        if metrics.losses and (not metrics.windows or metrics.windows[-1][0] < position.step):
+            metrics.close_window(position.step, lr)
+        points = metrics.collect()
+    except Exception:  # a non-finite loss among them: the error being raised already says so
+        return
+    run.log_metrics(points)
+    position.history.extend(points)
+
+
+def _loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position, metrics: StepMetrics) -> float:
     """The training loop, as the chapter writes it, plus cheap bookkeeping. Returns its seconds."""
     config = spec.train
     batch_size = None if config.batch_size == "full" else config.batch_size
     eval_every = _eval_interval(config, steps_per_epoch(parts.data.n_train, batch_size))
     model, loss_fn, optimizer = parts.model, parts.loss_fn, parts.optimizer
     data_order = torch.Generator().manual_seed(spec.seed or 0)
-    metrics = StepMetrics()
     loop_started = since = time.perf_counter()
     samples = 0
     model.train()
@@ -284,6 +343,7 @@ def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run
         tracking_uri=run.tracking_uri,
         run_id=run.run_id,
         experiment_id=run.experiment_id,
+        notices=tuple(getattr(run, "notices", ())),
     )
 
 

@@ -37,7 +37,7 @@ def test_train_uses_the_embedded_default_store_in_the_working_directory(tmp_path
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "20"
     assert run.info.run_id in done.stdout
-    assert "mlflow ui" in done.stdout
+    assert "knightctl ui" in done.stdout
 
 
 def test_output_without_a_terminal_is_plain_lines(tmp_path: Path) -> None:
@@ -73,7 +73,8 @@ def test_an_absent_cuda_device_is_an_error_not_a_fallback(tmp_path: Path) -> Non
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_mid_run_marks_the_run_killed(tmp_path: Path, sig: signal.Signals, code: int) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "knightctl", "train", str(ROUND_TABLE), "--set", "train.epochs=1000000", "--set", "train.eval_every_n_epochs=100", "--device", "cpu"],
+        [sys.executable, "-m", "knightctl", "train", str(ROUND_TABLE), "--set", "train.epochs=1000000", "--set", "train.eval_every_n_epochs=1000",
+         "--set", "train.log_every_n_steps=1", "--device", "cpu"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -93,7 +94,11 @@ def test_a_signal_mid_run_marks_the_run_killed(tmp_path: Path, sig: signal.Signa
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("round_table").experiment_id])
     assert run.info.status == "KILLED"
-    assert client.get_metric_history(run.info.run_id, "train/loss")  # metrics written before closing
+    assert "| status | KILLED: " in run.data.tags["mlflow.note.content"]
+    # Every step's loss is stored, those after the last evaluation (at a multiple of 1000) too.
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == list(range(1, len(steps) + 1))
+    assert len(steps) % 1000 != 0
 
 
 def test_a_tracking_uri_mlflow_cannot_use_is_named_without_a_traceback(tmp_path: Path) -> None:

@@ -1,0 +1,166 @@
+"""What a reviewer finds in MLflow for a trained run, read back through MlflowClient.
+
+One run of excalibur (the chapter's battles with two plugin ops as activations), trained inside a
+fresh git repository so that the commit is recorded too; then each item of the run's contents.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow.data
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from knightctl.build import build_components
+from knightctl.checkpoint import load_checkpoint
+from knightctl.plugins import load as load_plugins
+from knightctl.spec import load_spec
+from knightctl.tracking import flatten
+from knightctl.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+EXCALIBUR = ROOT / "experiments" / "excalibur.yaml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+OVERRIDES = ["train.epochs=60", "train.batch_size=100", "train.log_every_n_steps=4"]
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def reviewed(tmp_path_factory: pytest.TempPathFactory):
+    """excalibur, 60 epochs in batches of 100 (eight steps an epoch), tracked in a fresh store."""
+    workdir = tmp_path_factory.mktemp("dashboard")
+    git(workdir, "init", "-q")
+    (workdir / "notes.txt").write_text("the sword in the stone\n")
+    git(workdir, "add", "notes.txt")
+    git(workdir, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        uri = f"sqlite:///{workdir}/mlflow.db"
+        result = train(EXCALIBUR, overrides=OVERRIDES, tracking_uri=uri, device="cpu")
+        client = MlflowClient(uri)
+        yield result, client, client.get_run(result.run_id), git(workdir, "rev-parse", "HEAD")
+    finally:
+        os.chdir(previous)
+
+
+def download(client: MlflowClient, run_id: str, path: str) -> Path:
+    return Path(client.download_artifacts(run_id, path))
+
+
+def test_the_description_tells_the_runs_story(reviewed) -> None:
+    result, _, run, _ = reviewed
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("### excalibur\n")
+    assert "| status | FINISHED |" in note
+    assert "| device | cpu (" in note
+    assert "| data | battles: 800 training rows, 200 validation rows" in note
+    assert "| model | Linear(2→10) → knight::sigmoid_gate → Linear(5→5) → knight::smooth_relu → Linear(5→1); 66 parameters |" in note
+    assert "480 steps in" in note  # 60 epochs of 8
+    assert "| gradient check | passed: knight::sigmoid_gate passed, knight::smooth_relu passed |" in note
+    accuracy = result.final_metrics["val/accuracy"]
+    assert f"**Final metrics:** val/accuracy {accuracy:.4g} · val/loss" in note
+
+
+def test_params_are_the_flattened_resolved_spec(reviewed) -> None:
+    result, _, run, _ = reviewed
+    spec = load_spec(EXCALIBUR, OVERRIDES)
+    assert run.data.params == flatten(spec.to_data())
+    assert run.data.params["model.3.beta"] == "2.0" and run.data.params["train.batch_size"] == "100"
+
+
+def test_tags_name_versions_device_seed_commit_plugins_and_ops(reviewed) -> None:
+    _, _, run, commit = reviewed
+    tags = run.data.tags
+    assert tags["torch.version"] == torch.__version__ and tags["mlflow.version"] == mlflow.__version__
+    assert tags["device"] == "cpu" and tags["seed"] == "42"
+    assert tags["mlflow.source.git.commit"] == commit and tags["git.dirty"] == "false"  # read before mlflow.db existed
+    assert tags["ops"] == "knight::sigmoid_gate, knight::smooth_relu"
+    assert "sigmoid_gate@sha256:" in tags["plugins"] and "smooth_relu@sha256:" in tags["plugins"]
+    assert tags["gradcheck.verdict"] == "passed"
+
+
+def test_metrics_per_logged_step_and_per_evaluation(reviewed) -> None:
+    result, client, _, _ = reviewed
+    losses = client.get_metric_history(result.run_id, "train/loss")
+    assert [m.step for m in losses] == list(range(4, 481, 4))
+    accuracy = client.get_metric_history(result.run_id, "val/accuracy")
+    assert [m.step for m in accuracy] == list(range(32, 481, 32))  # auto: every 4th epoch, at least 25 steps apart
+    assert accuracy[-1].value == pytest.approx(result.final_metrics["val/accuracy"])
+
+
+def test_system_metrics_sample_cpu_and_memory(reviewed) -> None:
+    _, _, run, _ = reviewed
+    metrics = run.data.metrics
+    assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def test_datasets_are_logged_with_digest_source_and_context(reviewed) -> None:
+    result, _, run, _ = reviewed
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation"}
+    spec = load_spec(EXCALIBUR, OVERRIDES)
+    data = build_components(spec, load_plugins(files=spec.plugin_paths()).registry, torch.device("cpu"), 42).data  # the run's split
+    for context, x, y in (("training", data.train_x, data.train_y), ("validation", data.val_x, data.val_y)):
+        expected = mlflow.data.from_numpy(x.numpy(), targets=y.numpy(), name="battles")
+        assert inputs[context].name == "battles"
+        assert inputs[context].digest == expected.digest
+        assert inputs[context].source_type == "code"
+        assert "battles(n_samples=1000, noise=0.1)" in inputs[context].source
+
+
+def test_artifacts_hold_spec_plots_gradcheck_report_and_checkpoint(reviewed) -> None:
+    result, client, _, _ = reviewed
+    run_id = result.run_id
+    assert download(client, run_id, "spec/excalibur.yaml").read_text() == EXCALIBUR.read_text()
+    assert "log_every_n_steps: 4" in download(client, run_id, "spec/resolved.yaml").read_text()
+    for plot in ("plots/training_curves.png", "plots/decision_boundary.png"):
+        assert download(client, run_id, plot).read_bytes().startswith(PNG_MAGIC), plot
+    report = json.loads(download(client, run_id, "gradcheck/report.json").read_text())
+    assert report["verdict"] == "passed" and {op["name"] for op in report["ops"]} == {"knight::sigmoid_gate", "knight::smooth_relu"}
+    checkpoint = load_checkpoint(download(client, run_id, "checkpoints/final.pt"))
+    assert checkpoint["step"] == 480 and checkpoint["epoch"] == 60 and checkpoint["seed"] == 42
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(checkpoint["model"][name], value), name
+    assert checkpoint["optimizer"]["state"]  # Adam's moments, for a resume
+
+
+def test_the_logged_model_predicts_like_the_trained_one(reviewed, load_logged_model) -> None:
+    result, client, _, _ = reviewed
+    loaded = load_logged_model(client.tracking_uri, result.model_uri)
+    inputs = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
+
+
+def test_a_model_of_every_example_op_is_logged_and_loads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_logged_model) -> None:
+    """pt2 (torch.export) works for autograd.Functions, plain functions and custom ops alike."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "plugins" / "knightctl-grail" / "knightctl_grail" / "__init__.py", tmp_path / "grail.py")
+    ops = ["knight::smooth_relu", "knight::swish", "knight::squareplus", "knight::grad_reverse", "knight::sign_ste", "grail::soft_clamp"]
+    plugins = [str(ROOT / "plugins" / f"{name}.py") for name in ("sigmoid_gate", "smooth_relu", "swish", "squareplus", "gradient_reversal", "straight_through")]
+    spec = tmp_path / "every_op.yaml"
+    spec.write_text(
+        "name: every_op\nseed: 3\n"
+        f"plugins: {json.dumps([*plugins, 'grail.py'])}\n"
+        "data: {name: battles, n_samples: 200}\n"
+        "model:\n  - {type: linear, in_features: 2, out_features: 10}\n  - knight::sigmoid_gate\n"
+        + "".join(f"  - {op}\n" for op in ops)
+        + "  - {type: linear, in_features: 5, out_features: 1}\n"
+        "loss: bce_with_logits\noptimizer: {name: adam, lr: 0.05}\ntrain: {epochs: 5}\n"
+    )
+    result = train(spec, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", device="cpu", skip_gradcheck=True)
+    loaded = load_logged_model(f"sqlite:///{tmp_path}/mlflow.db", result.model_uri)
+    inputs = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
