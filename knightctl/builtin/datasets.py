@@ -1,4 +1,4 @@
-"""Built-in datasets: `battles` (the chapter's synthetic battle outcomes) and `csv` (any CSV file)."""
+"""Built-in datasets: `battles` (the chapter's battle outcomes), `blobs` (Gaussian clusters) and `csv` (any CSV file)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,38 @@ def _build_battles(params: BattlesParams, base_dir: Path, seed: int) -> TabularD
         feature_names=("east", "north"),
         class_names=("defeat", "victory"),
         source=f"battles(n_samples={params.n_samples}, noise={params.noise})",
+    )
+
+
+class BlobsParams(Params):
+    n_samples: int = Field(10000, ge=2, description="number of points")
+    n_features: int = Field(784, ge=1, description="dimensions of each point (784: the size of a 28x28 image)")
+    n_classes: int = Field(10, ge=2, description="number of clusters, one class each")
+    spread: float = Field(1.0, gt=0.0, description="standard deviation of the points around their cluster centre")
+    seed: int | None = Field(None, ge=0, description="data seed; default: the experiment's seed")
+
+
+def _build_blobs(params: BlobsParams, base_dir: Path, seed: int) -> TabularData:
+    """Points scattered with standard deviation `spread` around `n_classes` standard-normal centres.
+
+    Sized like a small image dataset by default, for measuring wider models than the chapter's.
+    Two centres lie about sqrt(2 n_features) apart, so the classes overlap once `spread` nears
+    half of that.
+    """
+    import torch
+
+    from knightctl.data import TabularData
+
+    generator = torch.Generator().manual_seed(params.seed if params.seed is not None else seed)
+    centres = torch.randn(params.n_classes, params.n_features, generator=generator)
+    labels = torch.randint(params.n_classes, (params.n_samples,), generator=generator)
+    noise = torch.randn(params.n_samples, params.n_features, generator=generator)
+    return TabularData(
+        features=centres[labels] + noise * params.spread,
+        targets=labels.to(torch.float32),
+        feature_names=tuple(f"x{i}" for i in range(params.n_features)),
+        class_names=tuple(f"blob{i}" for i in range(params.n_classes)),
+        source=f"blobs(n_samples={params.n_samples}, n_features={params.n_features}, n_classes={params.n_classes}, spread={params.spread})",
     )
 
 
@@ -132,6 +164,15 @@ def register_datasets(register) -> None:  # type: ignore[no-untyped-def]
             params=BattlesParams,
             n_features=lambda params, base_dir: 2,
             description="synthetic battle outcomes around Camelot: two features, a disc-shaped victory region",
+        )
+    )
+    register(
+        DatasetDef(
+            name="blobs",
+            build=_build_blobs,
+            params=BlobsParams,
+            n_features=lambda params, base_dir: params.n_features,
+            description="synthetic Gaussian clusters: many features, one class per cluster",
         )
     )
     register(

@@ -1,0 +1,86 @@
+"""Training against a real `mlflow server` on 127.0.0.1, over HTTP, and reading the run back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """`mlflow server` with a sqlite backend and proxied artifacts, until the module's tests are done."""
+    folder = tmp_path_factory.mktemp("server")
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
+    process = subprocess.Popen(command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"mlflow server did not start: {process.stderr.read() if process.stderr else ''}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(process.pid, signal.SIGTERM)  # the server and its workers
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "knightctl", "train", str(ROUND_TABLE), "--tracking-uri", server, "--device", "cpu",
+         "--set", "train.epochs=30", "--set", "train.log_every_n_steps=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"dashboard: {server}/#/experiments/" in done.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was written locally
+    client = MlflowClient(server)
+    (run,) = client.search_runs([client.get_experiment_by_name("round_table").experiment_id])
+    run_id = run.info.run_id
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, 31))
+    assert run.data.metrics["val/accuracy"] > 0.5 and "system/cpu_utilization_percentage" in run.data.metrics
+    assert "| status | FINISHED |" in run.data.tags["mlflow.note.content"]
+    assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation"}
+    artifacts = {a.path for folder in ("plots", "spec", "checkpoints") for a in client.list_artifacts(run_id, folder)}
+    assert artifacts == {"plots/training_curves.png", "plots/decision_boundary.png", "spec/round_table.yaml", "spec/resolved.yaml", "checkpoints/final.pt"}
+
+
+def test_the_logged_model_loads_back_from_the_server(server: str, tmp_path: Path, load_logged_model) -> None:
+    import torch
+
+    from knightctl.training import train
+
+    result = train(ROUND_TABLE, overrides=["train.epochs=5", "tracking.experiment=remote-model"], tracking_uri=server, device="cpu")
+    loaded = load_logged_model(server, result.model_uri)
+    inputs = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
