@@ -1,13 +1,14 @@
 """Write a run's metrics to MLflow from a separate process, off the training process's GIL.
 
-MLflow's sqlite store spends about 0.3 ms of pure-Python ORM work per metric here (0.28-0.9 ms
-measured, in batches of 10 to 1000). From a thread, that work would hold the training process's
-GIL and slow the loop by several percent even at sparse logging; from its own process it runs on
-another core. The training side only appends tuples to a list and, at each flush, hands the list
-to a multiprocessing queue.
+Storing a metric is pure-Python work (a bulk insert on sqlite, sqlitemetrics.py; a REST call
+to a server). From a thread, that work would hold the training process's GIL and slow the loop;
+from its own process it runs on another core. The training side only appends tuples to a list
+and, at each flush, hands the list to a multiprocessing queue. The process also samples system
+metrics (CPU, memory, GPU), which describe the machine, not the process.
 
-Starting the writer costs its own import of MLflow (about 2 s of CPU here). `wait_ready()` lets the
-caller finish that before the first training step, so it never competes with the loop for a core.
+Starting the writer costs its own import of MLflow (about 2 s of CPU here). It is started before
+the run exists, so that the import overlaps with building the model; `attach()` then names the
+run, and `wait_ready()` makes sure the writer has found it before the first training step.
 
 The writer process ignores SIGINT and SIGTERM: a Ctrl-C in a terminal reaches the whole process
 group, and the writer must outlive the trainer's clean-up to write what was queued. It stops on
@@ -38,19 +39,41 @@ _SYSTEM_SAMPLING_S = 5.0  # seconds between system metric samples (MLflow's defa
 
 
 class MetricWriter:
-    """Buffers metrics in memory and ships them to a writer process in batches."""
+    """Buffers metrics in memory and ships them to a writer process in batches.
 
-    def __init__(self, tracking_uri: str, run_id: str, *, system_metrics: bool = False) -> None:
+    The process starts at once and imports MLflow while the caller prepares the run; `attach`
+    then names the run (or `abandon` stops it if no run comes).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str | None = None, *, system_metrics: bool = False) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and open sqlite handles
-        self._queue: Any = context.Queue()
+        self._queue: Any = context.Queue()  # the run id first, then lists of metrics, then None
         self._status: Any = context.Queue()  # "ready", then "done"; or an error message
         self._buffer: list[MetricTuple] = []
         self._process = context.Process(
-            target=_write_metrics, args=(tracking_uri, run_id, self._queue, self._status, system_metrics), name="knightctl-metrics", daemon=True
+            target=_write_metrics, args=(tracking_uri, self._queue, self._status, system_metrics), name="knightctl-metrics", daemon=True
         )
         self._process.start()
-        self.run_id = run_id
+        self.run_id: str | None = None
         self.closed = False
+        if run_id is not None:
+            self.attach(run_id)
+
+    def attach(self, run_id: str) -> None:
+        """Name the run the metrics belong to; the writer opens the store only now."""
+        self.run_id = run_id
+        self._queue.put(run_id)
+
+    def abandon(self) -> None:
+        """Stop a writer whose run never started (or failed to); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.put(None)
+        self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.terminate()
+        self._release()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until the writer process has imported MLflow and found the run."""
@@ -110,13 +133,18 @@ class MetricWriter:
             channel.join_thread()
 
 
-def _write_metrics(tracking_uri: str, run_id: str, inbox: Any, status: Any, system_metrics: bool) -> None:
-    """The writer process: drain the inbox into MlflowClient.log_batch until told to stop."""
+def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: bool) -> None:
+    """The writer process: wait for the run id, then store the inbox's batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
+        import mlflow.store.tracking.dbmodels.models  # noqa: F401  (the slow imports, before the run exists)
+        import sqlalchemy.dialects.sqlite  # noqa: F401
         from mlflow.tracking import MlflowClient
 
+        run_id = _wait_for_run(inbox)
+        if run_id is None:
+            os._exit(0)  # abandoned: no run, nothing to write
         client = MlflowClient(tracking_uri)
         client.get_run(run_id)  # opens the store and proves the run exists, before training starts
         store = _MetricStore(client, tracking_uri, run_id)
@@ -169,6 +197,17 @@ class _MetricStore:
         if self.bulk is not None:
             self.bulk.close()
             self.bulk = None
+
+
+def _wait_for_run(inbox: Any) -> str | None:
+    """The run id the trainer sends once it made the run, or None if it gave up (or died)."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return inbox.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
 
 
 def _gather(inbox: Any, batch: list[MetricTuple], parent: Any) -> bool:

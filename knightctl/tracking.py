@@ -154,14 +154,24 @@ class MlflowRun:
 
 
 @contextmanager
-def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]) -> Iterator[MlflowRun]:
-    """Create the run, log params, tags and spec; close it with the status the block earned."""
+def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str], writer: MetricWriter | None = None) -> Iterator[MlflowRun]:
+    """Create the run, log params, tags and spec; close it with the status the block earned.
+
+    `writer` is a MetricWriter started earlier for `tracking_uri` (see `start_writer`); it is
+    abandoned if the run cannot be made.
+    """
     import mlflow
 
-    client, experiment_id, run_id, notices = create_run(
-        tracking_uri, spec.tracking.experiment or spec.name, run_name=spec.tracking.run_name or spec.name, tags=tags
-    )
-    run = MlflowRun(client, run_id, experiment_id, tracking_uri, MetricWriter(tracking_uri, run_id, system_metrics=True), notices)
+    writer = writer or start_writer(tracking_uri)
+    try:
+        client, experiment_id, run_id, notices = create_run(
+            tracking_uri, spec.tracking.experiment or spec.name, run_name=spec.tracking.run_name or spec.name, tags=tags
+        )
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.attach(run_id)
+    run = MlflowRun(client, run_id, experiment_id, tracking_uri, writer, notices)
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model
@@ -181,6 +191,11 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         raise
     finally:
         _finish(run, status, ending, previous_uri)
+
+
+def start_writer(tracking_uri: str) -> MetricWriter:
+    """A metric writer (with system metrics) for a run about to be made on `tracking_uri`."""
+    return MetricWriter(tracking_uri, system_metrics=True)
 
 
 def _finish(run: MlflowRun, status: str, ending: str, previous_uri: str) -> None:

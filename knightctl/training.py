@@ -30,7 +30,7 @@ from knightctl.plots import run_plots
 from knightctl.plugintags import plugin_tags
 from knightctl.runnote import RunStory, data_summary, gradcheck_summary, model_summary
 from knightctl.spec import ExperimentSpec, TrainSpec, load_spec
-from knightctl.tracking import MlflowRun, git_commit, open_run, resolve_tracking_uri
+from knightctl.tracking import MlflowRun, git_commit, open_run, resolve_tracking_uri, start_writer
 
 
 @dataclass(frozen=True)
@@ -124,17 +124,16 @@ def train(
     started = time.perf_counter()
     spec, system = _spec_and_plugins(spec, overrides, plugins)
     observers = [*observers, PluginEvents(system)]
-    assert spec.seed is not None
-    choice = resolve_device(device or spec.train.device)
-    if spec.train.deterministic if deterministic is None else deterministic:
-        set_deterministic(True)  # never switched off here: a caller may have switched it on
-    seed_everything(spec.seed)
-    parts = build_components(spec, system.registry, choice.device, spec.seed)
-    dry_forward(parts, spec)
-    verdicts = [] if skip_gradcheck else preflight(spec, system, "cpu" if choice.device.type == "mps" else str(choice.device))
     uri, uri_source = resolve_tracking_uri(tracking_uri, spec) if track else (None, "--no-track")
+    writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
+    try:
+        choice, parts, verdicts = _prepare(spec, system, device, deterministic, skip_gradcheck)
+        run_context = open_run(spec, tracking_uri=uri, tags={**_tags(spec, choice), **plugin_tags(spec, system)}, writer=writer) if uri else nullcontext(_NoRun())
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
     position = _Position()
-    run_context = open_run(spec, tracking_uri=uri, tags={**_tags(spec, choice), **plugin_tags(spec, system)}) if uri else nullcontext(_NoRun())
     with _interruptible(position) as run_holder, run_context as run:
         run_holder.append(run.run_id)
         if isinstance(run, MlflowRun):
@@ -157,6 +156,20 @@ def train(
     for observer in observers:
         observer.run_finished(result)
     return result
+
+
+def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, deterministic: bool | None,
+             skip_gradcheck: bool) -> tuple[DeviceChoice, Components, list[OpReport]]:
+    """The device, seed and components; a dry forward and the ops' gradient check, before any run exists."""
+    assert spec.seed is not None
+    choice = resolve_device(device or spec.train.device)
+    if spec.train.deterministic if deterministic is None else deterministic:
+        set_deterministic(True)  # never switched off here: a caller may have switched it on
+    seed_everything(spec.seed)
+    parts = build_components(spec, system.registry, choice.device, spec.seed)
+    dry_forward(parts, spec)
+    verdicts = [] if skip_gradcheck else preflight(spec, system, "cpu" if choice.device.type == "mps" else str(choice.device))
+    return choice, parts, list(verdicts)
 
 
 def _record_start(run: MlflowRun, spec: ExperimentSpec, choice: DeviceChoice, parts: Components, verdicts: Sequence[OpReport],

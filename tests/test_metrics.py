@@ -120,3 +120,11 @@ def test_the_bulk_insert_refuses_a_deleted_run_as_log_batch_does(store_run: tupl
     with pytest.raises(InactiveRun, match="deleted"):
         SqliteMetricSink(uri, run_id).write([("loss", 1.0, 1, 1)])
     assert client.get_metric_history(run_id, "loss") == []
+
+
+def test_a_writer_started_before_its_run_can_be_abandoned_without_touching_the_store(tmp_path: Path) -> None:
+    writer = MetricWriter(f"sqlite:///{tmp_path}/mlflow.db")  # started while the run is being prepared
+    writer.abandon()  # the run never came: a build error, a failed gradient check
+    writer.abandon()
+    assert writer._process.exitcode == 0
+    assert not (tmp_path / "mlflow.db").exists()
