@@ -237,8 +237,12 @@ def _start_system_metrics(tracking_uri: str, run_id: str) -> Any:
 
     It samples the whole machine, so it can run in this process rather than in the trainer's.
     """
+    import logging
+
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    # Its start, stop and "no GPU" lines would interleave with the trainer's progress output.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     monitor = SystemMetricsMonitor(run_id, sampling_interval=_SYSTEM_SAMPLING_S, tracking_uri=tracking_uri)
     monitor.start()
     return monitor

@@ -164,3 +164,13 @@ def test_a_model_of_every_example_op_is_logged_and_loads_back(tmp_path: Path, mo
     inputs = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_a_cuda_run_samples_the_gpu_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = train(ROOT / "experiments" / "round_table.yaml", overrides=["train.epochs=50", "tracking.log_model=false"], tracking_uri=uri, device="cuda")
+    metrics = MlflowClient(uri).get_run(result.run_id).data.metrics
+    assert any(key.startswith("system/gpu_0_") for key in metrics), sorted(metrics)
+    assert "| device | cuda" in MlflowClient(uri).get_run(result.run_id).data.tags["mlflow.note.content"]
