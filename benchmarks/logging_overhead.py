@@ -38,7 +38,7 @@ from knightctl.training import train
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "chapter model, batch 64": (ROOT / "experiments" / "round_table.yaml", ["train.batch_size=64", "train.epochs=300"]),
-    "784-512-512-10 MLP, batch 128": (ROOT / "benchmarks" / "mlp_blobs.yaml", ["train.epochs=3"]),
+    "784-512-512-10 MLP, batch 128": (ROOT / "benchmarks" / "mlp_blobs.yaml", ["train.epochs=8"]),
 }
 RATES = {"every step": ["train.log_every_n_steps=1"], "default": []}
 
