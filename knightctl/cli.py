@@ -215,10 +215,10 @@ def compare(ctx: click.Context, run_a: str, run_b: str, tracking_uri: str | None
 def ui(tracking_uri: str | None, host: str, port: int) -> None:
     """Serve MLflow's UI on the store, in the foreground until Ctrl-C."""
     from knightctl.console import make_console
-    from knightctl.runlist import default_tracking_uri
+    from knightctl.tracking import resolve_tracking_uri
     from knightctl.runui import check_servable, serve_ui
 
-    uri = tracking_uri or default_tracking_uri()
+    uri, _ = resolve_tracking_uri(tracking_uri)
     _run(lambda: check_servable(uri))
     address = f"[{host}]" if ":" in host else host
     make_console(stderr=True).print(f"MLflow UI for {uri} at http://{address}:{port}/ (Ctrl-C stops it)", markup=False, highlight=False, soft_wrap=True)

@@ -7,7 +7,6 @@ naming the store.
 
 from __future__ import annotations
 
-import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any, Iterator
 
 from knightctl.errors import TrackingError
 from knightctl.stores import check_server, sqlite_path
-from knightctl.tracking import DEFAULT_TRACKING_URI
+from knightctl.tracking import resolve_tracking_uri
 
 KEY_METRICS = ("val/accuracy", "val/loss", "train/loss")
 MIN_PREFIX = 4  # shortest run-id prefix accepted as a reference, in hex digits
@@ -65,11 +64,6 @@ class RunComparison:
     metrics: tuple[MetricPair, ...]  # union of both runs' metric keys, sorted
 
 
-def default_tracking_uri() -> str:
-    """MLFLOW_TRACKING_URI if set, else knightctl's default store (sqlite:///mlflow.db here)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
 def local_store_path(tracking_uri: str) -> Path | None:
     """The file (sqlite) or folder (file store) a local URI names; None for servers and in-memory stores."""
     if tracking_uri.startswith("sqlite"):
@@ -107,7 +101,7 @@ def _open(tracking_uri: str | None) -> tuple[Any, str]:
     """A client on the store (after checking a local one exists) and the URI it reads."""
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or default_tracking_uri()
+    uri, _ = resolve_tracking_uri(tracking_uri)
     require_store(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri)  # in seconds, where MLflow would retry for minutes

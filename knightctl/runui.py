@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from knightctl.errors import Terminated, TrackingError
-from knightctl.runlist import default_tracking_uri, local_store_path, require_store
+from knightctl.runlist import local_store_path, require_store
+from knightctl.tracking import resolve_tracking_uri
 
 GRACE_S = 5.0  # seconds the server gets to shut down after SIGTERM before it is killed
 # The job runner serves MLflow's GenAI features (scorers, trace roll-ups), which knightctl runs
@@ -109,7 +110,7 @@ def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000
     Raises TrackingError, before starting anything, for a local store that does not exist or a
     tracking server (which has its own UI).
     """
-    uri = tracking_uri or default_tracking_uri()
+    uri, _ = resolve_tracking_uri(tracking_uri)
     check_servable(uri)
     environment = {**os.environ}
     environment.setdefault(_JOB_EXECUTION, "false")

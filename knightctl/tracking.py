@@ -38,13 +38,13 @@ _PARAM_BATCH = 100  # params per log_batch call, MLflow's own limit
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 
 
-def resolve_tracking_uri(cli_uri: str | None, spec: ExperimentSpec) -> tuple[str, str]:
+def resolve_tracking_uri(cli_uri: str | None, spec: ExperimentSpec | None = None) -> tuple[str, str]:
     """The URI and where it came from: --tracking-uri, then MLFLOW_TRACKING_URI, the spec, the default."""
     if cli_uri:
         return cli_uri, "--tracking-uri"
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
-    if spec.tracking.uri:
+    if spec is not None and spec.tracking.uri:
         return spec.tracking.uri, "spec tracking.uri"
     return DEFAULT_TRACKING_URI, "default"
 

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from ports import free_port
 from click.testing import CliRunner, Result
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -238,11 +238,6 @@ def test_runs_never_imports_torch_and_help_imports_neither_torch_nor_mlflow(stor
     assert json.loads(done.stdout.splitlines()[-1]) == {"after_help": [], "torch": False, "mlflow": True}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _get(url: str) -> bytes | None:
     try:
@@ -266,7 +261,7 @@ def _group_alive(group: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir() or os.name != "posix", reason="finds the server's processes through Linux's /proc")
 def test_ui_serves_the_store_and_its_artifacts_and_stops_on_ctrl_c(store: Store, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     logs = (tmp_path / "stdout.txt").open("w+"), (tmp_path / "stderr.txt").open("w+")
     ui = subprocess.Popen(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from mlflow.tracking import MlflowClient
 
 from knightctl.errors import TrackingError
@@ -22,11 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 QUICK = ["train.epochs=2", "tracking.log_model=false"]
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def make_file_store(folder: Path) -> str:

@@ -7,7 +7,6 @@ the plugins' `gradcheck_completed` hook.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from knightctl.gradcheck.checks import check_op, sample_targets
 from knightctl.gradcheck.heatmap import write_heatmap
 from knightctl.gradcheck.models import check_model
+from knightctl.tracking import resolve_tracking_uri
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import DEFAULT_EXPERIMENT, log_gradcheck_run, report_json
 from knightctl.plugins import PluginSettings, PluginSystem, load
@@ -80,7 +80,7 @@ def gradcheck(
         if heatmap_dir is not None or track:
             result.heatmaps = _heatmaps(ops, reports, Path(heatmap_dir) if heatmap_dir is not None else Path(scratch))
         if track:
-            result.tracking_uri = _tracking_uri(tracking_uri, loaded_spec)
+            result.tracking_uri = resolve_tracking_uri(tracking_uri, loaded_spec)[0]
             name = f"gradcheck {loaded_spec.name}" if loaded_spec else "gradcheck"
             experiment = (loaded_spec.tracking.experiment or loaded_spec.name) if loaded_spec else DEFAULT_EXPERIMENT
             result.experiment_id, result.run_id = log_gradcheck_run(result.tracking_uri, reports, result.heatmaps, experiment=experiment, run_name=name)
@@ -115,12 +115,6 @@ def _heatmaps(ops: Sequence[OpDef], reports: Sequence[OpReport], directory: Path
                 paths.append(path)
     return paths
 
-
-def _tracking_uri(cli_uri: str | None, spec: object | None) -> str:
-    from knightctl.tracking import DEFAULT_TRACKING_URI
-
-    spec_uri = getattr(getattr(spec, "tracking", None), "uri", None)
-    return cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or spec_uri or DEFAULT_TRACKING_URI
 
 
 def preflight(spec: ExperimentSpec, system: PluginSystem, device: str) -> list[OpReport]:
