@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from knightctl.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
     from knightctl.spec import ExperimentSpec, load_spec  # noqa: F401
     from knightctl.training import RunInfo, RunResult, train  # noqa: F401
+    from knightctl.resumecheck import verify_resume  # noqa: F401
+    from knightctl.checkpoint import load_checkpoint  # noqa: F401
 
 _LAZY: dict[str, tuple[str, str]] = {
     "load_spec": ("knightctl.spec", "load_spec"),
@@ -28,6 +30,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "train": ("knightctl.training", "train"),
     "RunInfo": ("knightctl.training", "RunInfo"),
     "RunResult": ("knightctl.training", "RunResult"),
+    "verify_resume": ("knightctl.resumecheck", "verify_resume"),
+    "load_checkpoint": ("knightctl.checkpoint", "load_checkpoint"),
     "resolve_device": ("knightctl.devices", "resolve_device"),
     "DeviceChoice": ("knightctl.devices", "DeviceChoice"),
     "load_plugins": ("knightctl.plugins", "load"),

@@ -73,32 +73,50 @@ def _load_plugins(settings: Any) -> Any:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
 @click.option("--device", default=None, metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).")
 @click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).")
 @click.option("--no-track", is_flag=True, help="Train without MLflow.")
 @click.option("--deterministic", is_flag=True, default=None, help="Use deterministic algorithms only (slower on CUDA).")
 @click.option("--skip-gradcheck", is_flag=True, help="Train even if an op the model uses fails its gradient check (or without checking).")
-def train(spec: str, overrides: tuple[str, ...], device: str | None, tracking_uri: str | None, no_track: bool, deterministic: bool | None, skip_gradcheck: bool) -> None:
-    """Train the experiment in SPEC and log it to MLflow."""
-    from knightctl.console import ProgressObserver, make_console, render_summary
-    from knightctl.training import train as train_experiment
+@click.option("--resume", default=None, metavar="RUN|PATH", help="Go on from the newest checkpoint of a run (its MLflow run id) or a checkpoint file or folder; SPEC is then optional.")
+@click.option("--allow-spec-change", is_flag=True, help="With --resume: go on even if the spec (or --set) differs from the checkpoint's.")
+@click.option("--detect-anomaly", is_flag=True, help="Turn on autograd's anomaly mode, which names the operation that made a NaN (slow).")
+@click.option("--verify-resume", is_flag=True, help="Also train stopped halfway and resumed, and check that the result is bit-identical.")
+def train(spec: str | None, overrides: tuple[str, ...], device: str | None, tracking_uri: str | None, no_track: bool, deterministic: bool | None,
+          skip_gradcheck: bool, resume: str | None, allow_spec_change: bool, detect_anomaly: bool, verify_resume: bool) -> None:
+    """Train the experiment in SPEC and log it to MLflow; or go on with --resume."""
+    from knightctl.console import ProgressObserver, make_console, render_resume_verdict, render_summary
 
+    if spec is None and resume is None:
+        raise click.UsageError("give a SPEC to train, or --resume RUN|PATH to go on with one")
+    if verify_resume and resume is not None:
+        raise click.UsageError("--verify-resume trains a SPEC from the start; it does not combine with --resume")
     settings = _plugin_settings()
     _load_plugins(settings)
     console = make_console()
     progress = ProgressObserver(console)
+    options = dict(device=device, tracking_uri=tracking_uri, track=not no_track, deterministic=deterministic, plugins=settings,
+                   skip_gradcheck=skip_gradcheck, detect_anomaly=detect_anomaly)
     try:
-        result = _run(
-            lambda: train_experiment(
-                spec, overrides=overrides, device=device, tracking_uri=tracking_uri, track=not no_track,
-                deterministic=deterministic, observers=[progress], plugins=settings, skip_gradcheck=skip_gradcheck,
-            )
-        )
+        if verify_resume:
+            from knightctl.resumecheck import verify_resume as check_resume
+
+            verdict = _run(lambda: check_resume(spec, overrides=overrides, observers=[progress], **options))
+            result = verdict.result
+        else:
+            from knightctl.training import train as train_experiment
+
+            result = _run(lambda: train_experiment(spec, overrides=overrides, observers=[progress], resume=resume,
+                                                   allow_spec_change=allow_spec_change, **options))
     finally:
         progress.close()
     render_summary(console, result)
+    if verify_resume:
+        render_resume_verdict(console, verdict)
+        if not verdict.identical:
+            sys.exit(1)
 
 
 @main.command()
@@ -206,6 +224,23 @@ def compare(ctx: click.Context, run_a: str, run_b: str, tracking_uri: str | None
     group = ctx.parent.params if ctx.parent else {}  # `knightctl runs --tracking-uri URI compare ...` works too
     uri = tracking_uri or group.get("tracking_uri")
     render_comparison(make_console(), _run(lambda: compare_runs(uri, run_a, run_b)), as_json=as_json or bool(group.get("as_json")))
+
+
+@main.command()
+@click.option("--tracking-uri", default=None, metavar="URI", help="Deliver every journal to URI instead of the store it names, and look for stale runs there (default: each journal's store, and MLFLOW_TRACKING_URI or sqlite:///mlflow.db).")
+@click.option("--journal-dir", type=click.Path(file_okay=False), default=None, metavar="DIR", help="Where the journals are (default: .knightctl/journal here).")
+def sync(tracking_uri: str | None, journal_dir: str | None) -> None:
+    """Deliver what runs journaled while their tracking server was away; mark stale RUNNING runs KILLED. Exit 1 if anything still waits."""
+    from pathlib import Path
+
+    from knightctl.console import make_console
+    from knightctl.sync import sync as sync_journals
+    from knightctl.syncview import render_sync
+
+    report = _run(lambda: sync_journals(tracking_uri, Path(journal_dir) if journal_dir else None))
+    render_sync(make_console(), report)
+    if not report.complete:
+        sys.exit(1)
 
 
 @main.command()

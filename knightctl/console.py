@@ -16,6 +16,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from knightctl.resumecheck import ResumeVerdict
     from knightctl.spec import ExperimentSpec
     from knightctl.training import RunInfo, RunResult
 
@@ -64,7 +65,9 @@ class ProgressObserver:
             f"{info.epochs} epochs of {info.steps_per_epoch} step{'s' * (info.steps_per_epoch != 1)}; seed {info.seed}"
         )
         if info.run_id:
-            self.console.print(f"MLflow run {info.run_id} on {info.tracking_uri}")
+            self.console.print(f"MLflow run {info.run_id} on {info.tracking_uri}", soft_wrap=True)
+        if info.resumed_from:
+            self.console.print(f"resuming at {escape(info.resumed_from)}", soft_wrap=True)
         for notice in info.notices:
             self.console.print(f"[yellow]note:[/yellow] {escape(notice)}")
         if self.console.is_terminal:
@@ -77,7 +80,7 @@ class ProgressObserver:
                 console=self.console,
                 refresh_per_second=1 / _REFRESH_S,
             )
-            self._task = self._progress.add_task("epoch", total=info.epochs, metrics="")
+            self._task = self._progress.add_task("epoch", total=info.epochs, completed=info.first_epoch - 1, metrics="")
             self._progress.start()
 
     def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None:
@@ -121,6 +124,8 @@ def render_summary(console: Console, result: RunResult) -> None:
         if result.model_uri:
             table.add_row("model", result.model_uri)
     console.print(table)
+    if result.pending_sync:
+        console.print(f"[yellow]note:[/yellow] {escape(result.pending_sync)}", soft_wrap=True)
     if info.run_id and info.tracking_uri:
         page = f"#/experiments/{info.experiment_id}/runs/{info.run_id}"
         if info.tracking_uri.startswith(("http://", "https://")):
@@ -143,7 +148,27 @@ def render_spec(console: Console, spec: ExperimentSpec) -> None:
 
 
 def render_error(console: Console, error: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    from knightctl.errors import Interrupted
+
+    if isinstance(error, Interrupted):  # its message starts with the signal's name
+        console.print(f"[bold yellow]{escape(str(error))}[/]", highlight=False, soft_wrap=True)
+    else:
+        console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+
+
+def render_resume_verdict(console: Console, verdict: ResumeVerdict) -> None:
+    """One line: whether the run stopped and resumed matched the run straight through, bit for bit."""
+    where = f"step {verdict.stopped_at_step} (epoch {verdict.stopped_in_epoch}" + (
+        f", after batch {verdict.batch_in_epoch})" if verdict.batch_in_epoch else ", at its end)")
+    if verdict.identical:
+        console.print(
+            f"[bold green]resume verified:[/] stopped at {where} and resumed: all {verdict.steps:,} step losses and "
+            f"{verdict.tensors_compared} weight and optimizer tensors are bit-identical to the run straight through",
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"[bold red]resume differs:[/] stopped at {where} and resumed: {escape(verdict.first_difference or '')}", soft_wrap=True)
+        console.print("  hint: on CUDA, train with --deterministic; a plugin op that draws random numbers outside torch's generators cannot be resumed exactly", soft_wrap=True)
 
 
 def render_warnings(console: Console, lines: list[str]) -> None:

@@ -120,20 +120,22 @@ def steps_per_epoch(n_train: int, batch_size: int | None) -> int:
 
 
 def epoch_batches(
-    x: torch.Tensor, y: torch.Tensor, batch_size: int | None, generator: torch.Generator
+    x: torch.Tensor, y: torch.Tensor, batch_size: int | None, generator: torch.Generator, skip: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield one epoch of (inputs, targets) batches in a fresh random order.
+    """Yield one epoch of (inputs, targets) batches in a fresh random order, after the first `skip`.
 
-    Full batch yields the tensors themselves: reordering a full batch changes nothing but the
-    summation order, so it costs a gather for no benefit.
+    The order is drawn whatever `skip` is, so a resumed epoch leaves `generator` where an
+    uninterrupted one does. Full batch yields the tensors themselves: reordering a full batch
+    changes nothing but the summation order, so it costs a gather for no benefit.
     """
     n = int(x.shape[0])
     if batch_size is None or batch_size >= n:
-        yield x, y
+        if not skip:
+            yield x, y
         return
     # The permutation is drawn on the CPU generator (its state is easy to save and identical
     # on every device), then gathered once on the device.
     order = torch.randperm(n, generator=generator).to(x.device, non_blocking=True)
     x_epoch, y_epoch = x[order], y[order]
-    for start in range(0, n, batch_size):
+    for start in range(skip * batch_size, n, batch_size):
         yield x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]

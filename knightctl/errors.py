@@ -6,6 +6,8 @@ plugin), 130 / 143 interrupted by SIGINT / SIGTERM.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class KnightctlError(Exception):
     """Base class: a problem knightctl explains in words, never with a traceback."""
@@ -70,6 +72,18 @@ class RunFailed(KnightctlError):
     exit_code = 1
 
 
+class CheckpointError(KnightctlError):
+    """A checkpoint could not be written, or is missing, truncated, corrupted or unsafe to load."""
+
+    exit_code = 1
+
+
+class ResumeError(KnightctlError):
+    """A run cannot be resumed as asked: the spec changed, the run is still alive or already done."""
+
+    exit_code = 2
+
+
 class GradcheckFailed(KnightctlError):
     """An op the model uses failed its gradient check, so `train` refuses to start."""
 
@@ -83,10 +97,12 @@ class GradcheckFailed(KnightctlError):
 class Interrupted(KnightctlError):
     """The run was stopped by SIGINT (exit 130) or SIGTERM (exit 143)."""
 
-    def __init__(self, message: str, *, signal_name: str = "SIGINT", run_id: str | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, signal_name: str = "SIGINT", run_id: str | None = None, hint: str | None = None,
+                 checkpoint: Path | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.signal_name = signal_name
         self.run_id = run_id
+        self.checkpoint = checkpoint  # written when the run stopped; None if it stopped at once
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
 
 

@@ -13,6 +13,9 @@ run, and `wait_ready()` makes sure the writer has found it before the first trai
 The writer process ignores SIGINT and SIGTERM: a Ctrl-C in a terminal reaches the whole process
 group, and the writer must outlive the trainer's clean-up to write what was queued. It stops on
 the sentinel `None`, or when its parent has died.
+
+If an http tracking server goes away mid-run, batches wait in the run's journal until it is back
+(outbox.py), and the writer's MLflow calls fail fast instead of retrying for minutes.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import os
 import queue
 import signal
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 from knightctl.errors import TrackingError
+from knightctl.journal import Journal, journal_root
+from knightctl.offline import FAIL_FAST_ENV
+from knightctl.outbox import Outbox
 from knightctl.sqlitemetrics import MetricTuple, SqliteMetricSink
 from knightctl.stores import sqlite_path
 
@@ -45,19 +52,27 @@ class MetricWriter:
     then names the run (or `abandon` stops it if no run comes).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str | None = None, *, system_metrics: bool = False) -> None:
+    def __init__(self, tracking_uri: str, run_id: str | None = None, *, system_metrics: bool = False, journal_dir: Path | None = None) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and open sqlite handles
         self._queue: Any = context.Queue()  # the run id first, then lists of metrics, then None
-        self._status: Any = context.Queue()  # "ready", then "done"; or an error message
+        self._status: Any = context.Queue()  # ("ready", ""), then ("done", journaled count); or ("error", message)
         self._buffer: list[MetricTuple] = []
+        self.journal_root = journal_root(journal_dir)  # where metrics wait while a server is away
         self._process = context.Process(
-            target=_write_metrics, args=(tracking_uri, self._queue, self._status, system_metrics), name="knightctl-metrics", daemon=True
+            target=_write_metrics, args=(tracking_uri, self._queue, self._status, system_metrics, str(self.journal_root)),
+            name="knightctl-metrics", daemon=True,
         )
         self._process.start()
         self.run_id: str | None = None
         self.closed = False
+        self.journaled = 0  # metrics left in the journal at close, for `knightctl sync` to deliver
         if run_id is not None:
             self.attach(run_id)
+
+    @property
+    def journal_path(self) -> Path | None:
+        """The run's journal folder (it exists only while something waits in it)."""
+        return self.journal_root / self.run_id if self.run_id else None
 
     def attach(self, run_id: str) -> None:
         """Name the run the metrics belong to; the writer opens the store only now."""
@@ -77,8 +92,8 @@ class MetricWriter:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until the writer process has imported MLflow and found the run."""
-        message = self._next_status(timeout_s, "did not start")
-        if message != "ready":
+        kind, message = self._next_status(timeout_s, "did not start")
+        if kind != "ready":
             self.closed = True
             self._process.join(5.0)
             self._release()
@@ -96,36 +111,40 @@ class MetricWriter:
             self._buffer = []
 
     def close(self) -> None:
-        """Flush, wait until every metric is written, and stop the writer; idempotent."""
+        """Flush, wait until every metric is written or journaled, and stop the writer; idempotent.
+
+        Metrics journaled because the server is away do not raise: `journaled` counts them.
+        """
         if self.closed:
             return
         self.closed = True
         self.flush()
         self._queue.put(None)
         try:
-            message = self._next_status(_CLOSE_TIMEOUT_S, f"did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
+            kind, message = self._next_status(_CLOSE_TIMEOUT_S, f"did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
             self._process.join(5.0)  # it exits at once after "done"
             if self._process.is_alive():
                 self._process.terminate()
-            if message != "done":
+            if kind != "done":
                 raise TrackingError(f"metrics of run {self.run_id} were not all written: {message}")
+            self.journaled = int(message)
         finally:
             self._release()
 
-    def _next_status(self, timeout_s: float, failure: str) -> str:
-        """The writer's next status message, or why none came: it died, or `failure` after `timeout_s`."""
+    def _next_status(self, timeout_s: float, failure: str) -> tuple[str, str]:
+        """The writer's next (kind, detail) message, or ("error", why none came): it died, or `failure` after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return str(self._status.get(timeout=0.2))
+                return self._status.get(timeout=0.2)
             except queue.Empty:
                 if not self._process.is_alive():
                     try:  # a message sent just before it exited
-                        return str(self._status.get(timeout=0.5))
+                        return self._status.get(timeout=0.5)
                     except queue.Empty:
-                        return f"the writer process exited with code {self._process.exitcode}"
+                        return "error", f"the writer process exited with code {self._process.exitcode}"
                 if time.monotonic() > deadline:
-                    return f"the writer process {failure}"
+                    return "error", f"the writer process {failure}"
 
     def _release(self) -> None:
         for channel in (self._queue, self._status):  # their pipes and semaphores, now
@@ -133,10 +152,13 @@ class MetricWriter:
             channel.join_thread()
 
 
-def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: bool) -> None:
+def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: bool, journal_dir: str) -> None:
     """The writer process: wait for the run id, then store the inbox's batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The journal is this process's retry: MLflow's own (minutes against a dead server) would stall
+    # every batch behind it. The variables are read at each call, in this process only.
+    os.environ.update(FAIL_FAST_ENV)
     try:
         import mlflow.store.tracking.dbmodels.models  # noqa: F401  (the slow imports, before the run exists)
         import sqlalchemy.dialects.sqlite  # noqa: F401
@@ -148,22 +170,25 @@ def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: b
         client = MlflowClient(tracking_uri)
         client.get_run(run_id)  # opens the store and proves the run exists, before training starts
         store = _MetricStore(client, tracking_uri, run_id)
+        outbox = Outbox(store.write, client, Journal(Path(journal_dir), run_id, tracking_uri), tracking_uri)
         monitor = _start_system_metrics(tracking_uri, run_id) if system_metrics else None
-        status.put("ready")
+        status.put(("ready", ""))
         parent = multiprocessing.parent_process()
         stop = False
         while not stop:
             batch: list[MetricTuple] = []
-            stop = _gather(inbox, batch, parent)
+            stop = _gather(inbox, batch, parent, outbox.wait_s())
             for start in range(0, len(batch), _BATCH_LIMIT):
-                store.write(batch[start : start + _BATCH_LIMIT])
+                outbox.put(batch[start : start + _BATCH_LIMIT])
+            outbox.retry_if_due()
+        journaled = outbox.close()
         if monitor is not None:
-            _stop_system_metrics(monitor)
+            _stop_system_metrics(monitor, last_sample=not outbox.offline)
         store.close()
     except BaseException as exc:  # reported to the parent, which raises it as a TrackingError
-        status.put(f"{type(exc).__name__}: {exc}")
+        status.put(("error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
-    status.put("done")
+    status.put(("done", str(journaled)))
     status.close()
     status.join_thread()  # the message is in the pipe
     # Everything is committed: skip the interpreter's teardown of MLflow and SQLAlchemy (about
@@ -210,13 +235,16 @@ def _wait_for_run(inbox: Any) -> str | None:
                 return None
 
 
-def _gather(inbox: Any, batch: list[MetricTuple], parent: Any) -> bool:
+def _gather(inbox: Any, batch: list[MetricTuple], parent: Any, idle_s: float | None = None) -> bool:
     """Collect one batch: everything that arrives within _COALESCE_S of the first message, or
-    _BATCH_LIMIT metrics, whichever comes first. True once the sentinel arrived (or the trainer died).
+    _BATCH_LIMIT metrics, whichever comes first; or nothing, once `idle_s` passed without a message
+    (a journal delivery is due). True once the sentinel arrived (or the trainer died).
     """
-    deadline = None
+    deadline = None  # set by the first message
+    idle_until = None if idle_s is None else time.monotonic() + idle_s
     while len(batch) < _BATCH_LIMIT:
-        wait_s = 1.0 if deadline is None else deadline - time.monotonic()
+        until = deadline if deadline is not None else idle_until
+        wait_s = 1.0 if until is None else min(1.0, until - time.monotonic())
         if wait_s <= 0:
             return False
         try:
@@ -241,16 +269,27 @@ def _start_system_metrics(tracking_uri: str, run_id: str) -> Any:
 
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    # Its start, stop and "no GPU" lines would interleave with the trainer's progress output.
+    # Its start, stop and "no GPU" lines would interleave with the trainer's progress output; and
+    # while a server is away, the outbox's one warning says so, not one line per sample.
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics.system_metrics_monitor").addFilter(_quiet_about_lost_server)
     monitor = SystemMetricsMonitor(run_id, sampling_interval=_SYSTEM_SAMPLING_S, tracking_uri=tracking_uri)
     monitor.start()
     return monitor
 
 
-def _stop_system_metrics(monitor: Any) -> None:
+def _quiet_about_lost_server(record: Any) -> bool:
+    """Drop the monitor's log lines about failed REST calls (MLflow starts them "API request to")."""
+    return "API request to" not in record.getMessage()
+
+
+def _stop_system_metrics(monitor: Any, last_sample: bool = True) -> None:
     """Stop sampling and store one last sample, so that a run shorter than the interval has one."""
+    if not last_sample:  # the server is away: sending what is buffered, or a last sample, would only time out
+        monitor.mlflow_logger.data = []
     monitor.finish()
+    if not last_sample:
+        return
     try:
         monitor.collect_metrics()
         monitor.publish_metrics(monitor.aggregate_metrics())

@@ -34,6 +34,7 @@ class RunStory:
     seconds: float | None = None  # of the training loop, set-up not included
     final_metrics: dict[str, float] = field(default_factory=dict)
     ending: str = ""  # why a run did not finish: the error or the signal
+    resumed_from: str | None = None  # the checkpoint a resumed run went on from
 
 
 def model_summary(model: nn.Module) -> str:
@@ -81,6 +82,8 @@ def render_note(story: RunStory) -> str:
         ("training", f"{spec.train.epochs} epochs, {batch}, seed {spec.seed}; {story.steps:,} steps{duration}"),
         ("gradient check", story.gradcheck),
     ]
+    if story.resumed_from:
+        rows.insert(1, ("resumed from", story.resumed_from))
     lines = [f"### {spec.name}", ""]
     if spec.description:
         lines += [spec.description.strip(), ""]

@@ -158,6 +158,12 @@ class TrackingSpec(SpecModel):
     log_model: bool = True
 
 
+class CheckpointSpec(SpecModel):
+    every_n_epochs: Annotated[int | Literal["auto"], PlainValidator(_every)] = Field("auto", description="auto: about ten per run")
+    keep_last: int = Field(3, gt=0, description="checkpoints kept per run; older ones are deleted")
+    dir: str = Field("checkpoints", min_length=1, description="one subfolder per run in it; relative to the working directory")
+
+
 @dataclass(frozen=True)
 class SpecSource:
     """Where a spec came from: its file, text, folder (data paths start there) and overrides."""
@@ -181,6 +187,7 @@ class ExperimentSpec(SpecModel):
     optimizer: OptimizerSpec
     train: TrainSpec
     tracking: TrackingSpec = TrackingSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
 
     _source: SpecSource | None = PrivateAttr(default=None)
 
@@ -217,17 +224,18 @@ _COMPONENTS: tuple[tuple[str, type[_Component], str], ...] = (
 )
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = (), *, plugins: PluginSettings | None = None) -> ExperimentSpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, plugins: PluginSettings | None = None, text: str | None = None) -> ExperimentSpec:
     """Read, override and validate a spec; raise SpecError listing every problem.
 
     `overrides` are `PATH=VALUE` strings (`optimizer.lr=0.01`, `model.0.out_features=8`); values
     are parsed as YAML, so types are kept. Names resolve against the plugins loaded with `plugins`
-    (default: from the environment) plus the plugin files the spec lists under `plugins:`.
+    (default: from the environment) plus the plugin files the spec lists under `plugins:`. With
+    `text`, that is the spec's YAML (as a checkpoint keeps it) and `path` only says where it was.
     """
     from knightctl.plugins import load
     from knightctl.specplugins import spec_plugin_files, spec_plugin_problems
 
-    document = read_spec_file(path)
+    document = read_spec_file(path, text)
     raw = normalise(copy.deepcopy(document.data))
     override_locs = apply_overrides(raw, overrides, document.path)
     raw = normalise(raw)

@@ -73,11 +73,12 @@ def parse_yaml_value(text: str, what: str) -> Any:
         raise SpecError(what, [_describe_yaml_error(exc)]) from None
 
 
-def read_spec_file(path: str | Path) -> SpecDocument:
-    """Load `path` into plain data; every YAML problem becomes a SpecError naming file:line:col."""
+def read_spec_file(path: str | Path, text: str | None = None) -> SpecDocument:
+    """Load `path` (or `text`, said to come from `path`) into plain data; every YAML problem
+    becomes a SpecError naming file:line:col."""
     shown = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8") if text is None else text
     except FileNotFoundError:
         raise SpecError(shown, ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:

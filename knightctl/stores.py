@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import unquote, urlparse
 
-from knightctl.errors import TrackingError
+from knightctl.errors import ResumeError, TrackingError
 
 PROBE_TIMEOUT_S = 5.0  # one request to a server that answers takes milliseconds; 5 s covers a slow VPN
 _MIGRATE = "mlflow migrate-filestore --source {source} --target {target}"
@@ -39,6 +39,14 @@ def sqlite_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:////"):  # four slashes: an absolute path
         return Path("/" + path)
     return Path(path or ":memory:")
+
+
+def absolute_uri(uri: str) -> str:
+    """`uri` with a relative sqlite path made absolute, so that it names the same store from anywhere."""
+    database = sqlite_path(uri)
+    if database is None or database.is_absolute() or str(database) == ":memory:":
+        return uri
+    return "sqlite:///" + str(database.resolve())
 
 
 def is_file_store(uri: str) -> bool:
@@ -200,3 +208,32 @@ def experiment_id_for(client: Any, name: str) -> str:
         if experiment is not None:
             return experiment.experiment_id
         raise TrackingError(f"cannot open MLflow experiment {name!r}: {exc}") from None
+
+
+def reopen_run(uri: str, run_id: str, *, tags: Mapping[str, str]) -> tuple[Any, str, str, list[str]]:
+    """Check the store, then take over run `run_id` to resume it: (client, experiment id, run id, notices).
+
+    Refused if the run is not in the store, was deleted, or is RUNNING in a process that still
+    lives on this machine. A RUNNING run whose process died (SIGKILL, a power cut) is taken over.
+    """
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from knightctl.runowner import PID_TAG, owner_alive
+
+    notices = check_store(uri)
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise TrackingError(f"MLflow run {run_id} is not in {uri}", hint="resume against the store it was tracked in (--tracking-uri)") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise ResumeError(f"MLflow run {run_id} in {uri} was deleted", hint="restore it (mlflow runs restore) or resume from the checkpoint file without tracking")
+    if run.info.status == "RUNNING" and owner_alive(run.data.tags):
+        raise ResumeError(f"MLflow run {run_id} is still being trained, by process {run.data.tags[PID_TAG]} on this machine")
+    try:
+        client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()], synchronous=True)
+    except MlflowException as exc:
+        raise TrackingError(f"cannot resume MLflow run {run_id} on {uri}: {exc}") from None
+    return client, run.info.experiment_id, run_id, notices

@@ -17,14 +17,16 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from knightctl.errors import Interrupted, TrackingError
+from knightctl.journal import Journal
 from knightctl.metricwriter import MetricWriter
+from knightctl.offline import StoreFallback
 from knightctl.plots import save_png
 from knightctl.runinputs import log_datasets
 from knightctl.runnote import RunStory, render_note
-from knightctl.stores import create_run
+from knightctl.stores import create_run, reopen_run
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,6 +86,10 @@ class MlflowRun:
     writer: MetricWriter
     notices: list[str] = field(default_factory=list)  # worth a line on screen: an unmigrated ./mlruns
     story: RunStory | None = None  # rendered into the run's description when the run ends
+    # One sentence for the user when the tracking server was gone at the end: what waits in the
+    # journal for `knightctl sync` (offline.py); None when everything reached the store.
+    pending_sync: str | None = None
+    _fallback: StoreFallback | None = field(default=None, repr=False)
 
     def log_metrics(self, points: list[tuple[int, Mapping[str, float]]]) -> None:
         """Queue (step, values) points; the writer process stores them while training goes on."""
@@ -96,12 +102,22 @@ class MlflowRun:
         self.writer.close()
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        def journal_it(journal: Journal) -> None:
+            with tempfile.TemporaryDirectory() as folder:
+                local = Path(folder) / Path(artifact_file).name
+                local.write_text(text, encoding="utf-8")
+                parent = str(Path(artifact_file).parent)
+                journal.add_artifact(local, "" if parent == "." else parent)
+
+        self._store(lambda: self.client.log_text(self.run_id, text, artifact_file), journal_it)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+        self._store(
+            lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True),
+            lambda journal: journal.add_tags(tags),
+        )
 
     def describe(self, story: RunStory) -> None:
         """Show `story` as the run's description now, and again (updated) when the run ends."""
@@ -117,22 +133,27 @@ class MlflowRun:
             for artifact_file, figure in figures.items():
                 local = Path(folder) / artifact_file
                 save_png(figure, local)
-                self.client.log_artifact(self.run_id, str(local), str(Path(artifact_file).parent))
+                self.log_file(local, str(Path(artifact_file).parent))
 
-    def log_checkpoint(self, state: dict[str, Any], name: str = "final.pt") -> None:
-        """Store a checkpoint with the run, under checkpoints/."""
-        from knightctl.checkpoint import save_checkpoint
+    def log_file(self, local_path: Path, artifact_dir: str) -> None:
+        """Store the local file `local_path` with the run, in the artifact folder `artifact_dir`."""
+        self._store(
+            lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_dir),
+            lambda journal: journal.add_artifact(local_path, artifact_dir),  # a copy: the file may change before `knightctl sync`
+        )
 
-        with tempfile.TemporaryDirectory() as folder:
-            self.client.log_artifact(self.run_id, str(save_checkpoint(state, Path(folder) / name)), "checkpoints")
-
-    def log_model(self, model: torch.nn.Module, example: np.ndarray) -> str:
+    def log_model(self, model: torch.nn.Module, example: np.ndarray) -> str | None:
         """Log `model` (a CPU copy) in MLflow's pt2 format with signature and input example.
 
         pt2 (torch.export) holds the graph, not Python classes: loading needs no knightctl, only the
         custom ops' library registered (import the plugin). Every example plugin op exports:
         autograd.Functions are traced through, and custom ops have their fake kernels.
+        None, and the model skipped, if the tracking server is gone (`pending_sync` says so).
         """
+        fallback = self._store_fallback()
+        if fallback.check():
+            fallback.skipped.append("the model")
+            return None
         import mlflow
         import mlflow.pytorch
         import torch
@@ -152,10 +173,22 @@ class MlflowRun:
         )
         return info.model_uri
 
+    def _store(self, action: Callable[[], Any], journal_it: Callable[[Journal], None]) -> None:
+        """Do `action` on the store, or `journal_it` if the tracking server is gone (offline.py asks it first)."""
+        self._store_fallback().call(action, journal_it)
+
+    def _store_fallback(self) -> StoreFallback:
+        if self._fallback is None:
+            journal = Journal(self.writer.journal_root, self.run_id, self.tracking_uri)
+            self._fallback = StoreFallback(self.client, self.tracking_uri, journal, loop_over=lambda: self.writer.closed)
+        return self._fallback
+
 
 @contextmanager
-def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str], writer: MetricWriter | None = None) -> Iterator[MlflowRun]:
-    """Create the run, log params, tags and spec; close it with the status the block earned.
+def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str], writer: MetricWriter | None = None,
+             resume_run_id: str | None = None) -> Iterator[MlflowRun]:
+    """Create the run (or reopen `resume_run_id`), log params, tags and spec; close it with the
+    status the block earned.
 
     `writer` is a MetricWriter started earlier for `tracking_uri` (see `start_writer`); it is
     abandoned if the run cannot be made.
@@ -164,9 +197,12 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
 
     writer = writer or start_writer(tracking_uri)
     try:
-        client, experiment_id, run_id, notices = create_run(
-            tracking_uri, spec.tracking.experiment or spec.name, run_name=spec.tracking.run_name or spec.name, tags=tags
-        )
+        if resume_run_id is not None:
+            client, experiment_id, run_id, notices = reopen_run(tracking_uri, resume_run_id, tags=tags)
+        else:
+            client, experiment_id, run_id, notices = create_run(
+                tracking_uri, spec.tracking.experiment or spec.name, run_name=spec.tracking.run_name or spec.name, tags=tags
+            )
     except BaseException:
         writer.abandon()
         raise
@@ -174,10 +210,10 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
     run = MlflowRun(client, run_id, experiment_id, tracking_uri, writer, notices)
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model
+    mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model; a resumed run is RUNNING again
     status, ending = "FAILED", ""
     try:
-        _log_spec(client, run_id, spec)  # while the writer process starts
+        _log_spec(client, run_id, spec, resumed=resume_run_id is not None)  # while the writer process starts
         run.writer.wait_ready()
         yield run
         run.close_metrics()  # a metric that could not be stored fails the run
@@ -187,7 +223,7 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         raise
     except BaseException as exc:
         ending = _first_line(exc) or type(exc).__name__
-        _log_failure(client, run_id, exc)
+        _log_failure(run, exc)
         raise
     finally:
         _finish(run, status, ending, previous_uri)
@@ -207,15 +243,19 @@ def _finish(run: MlflowRun, status: str, ending: str, previous_uri: str) -> None
             run.close_metrics()
     except TrackingError as lost:  # the error already propagating is the one to report
         warnings.warn(str(lost), stacklevel=1)
+    fallback = run._store_fallback()
     try:
         if run.story is not None:
             run.story.status, run.story.ending = status, ending
-            run.set_tags({NOTE_TAG: render_note(run.story)})
+            run.set_tags({NOTE_TAG: render_note(run.story) + fallback.note()})
     except Exception as exc:  # the run must still be closed
         warnings.warn(f"could not update the description of MLflow run {run.run_id}: {exc}", stacklevel=1)
     finally:
-        mlflow.end_run(status=status)
-        mlflow.set_tracking_uri(previous_uri)
+        try:
+            fallback.end_run(status)  # the status is journaled if the server is gone
+            run.pending_sync = fallback.pending_sync()
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -223,25 +263,30 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _log_spec(client: Any, run_id: str, spec: ExperimentSpec) -> None:
-    """The flattened resolved spec as params; the spec as written and resolved as artifacts."""
+def _log_spec(client: Any, run_id: str, spec: ExperimentSpec, resumed: bool = False) -> None:
+    """The flattened resolved spec as params; the spec as written and resolved as artifacts.
+
+    A resumed run keeps its params (MLflow refuses to change one): only new ones are added, and
+    the spec it goes on with is stored as spec/resumed.yaml.
+    """
     import yaml
     from mlflow.entities import Param
 
-    params = [Param(key, value[:6000]) for key, value in flatten(spec.to_data()).items()]
+    existing = client.get_run(run_id).data.params if resumed else {}
+    params = [Param(key, value[:6000]) for key, value in flatten(spec.to_data()).items() if key not in existing]
     for start in range(0, len(params), _PARAM_BATCH):
         client.log_batch(run_id, params=params[start : start + _PARAM_BATCH], synchronous=True)
-    if spec.source is not None:
+    if spec.source is not None and not resumed:
         client.log_text(run_id, spec.source.text, f"spec/{Path(spec.source.path).name}")
-    client.log_text(run_id, yaml.safe_dump(spec.to_data(), sort_keys=False), "spec/resolved.yaml")
+    client.log_text(run_id, yaml.safe_dump(spec.to_data(), sort_keys=False), "spec/resumed.yaml" if resumed else "spec/resolved.yaml")
 
 
-def _log_failure(client: Any, run_id: str, exc: BaseException) -> None:
+def _log_failure(run: MlflowRun, exc: BaseException) -> None:
     """Keep the whole story of a failure with the run: message and traceback, chained causes too."""
     import traceback
 
     text = "".join(traceback.format_exception(exc))
     try:
-        client.log_text(run_id, text, "error/traceback.txt")
+        run.log_text(text, "error/traceback.txt")  # journaled if the server is gone
     except Exception:  # the run still ends FAILED; the terminal shows the error either way
         pass

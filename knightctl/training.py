@@ -1,36 +1,38 @@
-"""`train(spec)`: decide the device and seed once, build, dry-run, then one loop, top to bottom."""
+"""`train(spec)`: decide the device and seed once, build, dry-run, then one loop (loop.py), top to bottom.
+
+A run may start fresh or go on from a checkpoint (`resume=`, resume.py): then the weights,
+optimizer, generators and position come from the checkpoint, and the same MLflow run continues.
+"""
 
 from __future__ import annotations
 
-import copy
-import math
-import platform
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
-from knightctl._version import __version__
 from knightctl.build import Components, build_components, dry_forward
-from knightctl.checkpoint import training_state
-from knightctl.data import epoch_batches, steps_per_epoch
+from knightctl.checkpoint import CheckpointFolder
+from knightctl.data import steps_per_epoch
 from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
-from knightctl.errors import Interrupted, KnightctlError, RunFailed, Terminated
+from knightctl.errors import Interrupted, KnightctlError, Terminated
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.run import preflight
-from knightctl.gradcheck.tracking import log_reports
-from knightctl.metrics import StepMetrics, evaluate, gradient_norm
+from knightctl.loop import Loop, Position, resume_command, run_loop
+from knightctl.metrics import StepMetrics
 from knightctl.plugins import PluginEvents, PluginSettings, PluginSystem
 from knightctl.plugins import load as load_plugins
-from knightctl.plots import run_plots
-from knightctl.plugintags import plugin_tags
-from knightctl.runnote import RunStory, data_summary, gradcheck_summary, model_summary
-from knightctl.spec import ExperimentSpec, TrainSpec, load_spec
-from knightctl.tracking import MlflowRun, git_commit, open_run, resolve_tracking_uri, start_writer
+from knightctl.resume import Resumption, prepare_resume
+from knightctl.runrecord import keep_checkpoint, record_results, record_start, resumed_from, run_tags
+from knightctl.spec import ExperimentSpec, load_spec
+from knightctl.stopping import StopOnSignal
+from knightctl.tracking import MlflowRun, open_run, resolve_tracking_uri, start_writer
+from knightctl.trainstate import restore, set_rng_states
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,8 @@ class RunInfo:
     run_id: str | None
     experiment_id: str | None
     notices: tuple[str, ...] = ()  # about the tracking store, worth a line on screen
+    resumed_from: str | None = None  # "step 340 of checkpoint PATH" when the run goes on from one
+    first_epoch: int = 1
 
 
 @dataclass
@@ -65,6 +69,9 @@ class RunResult:
     model_uri: str | None = None
     tracking_uri_source: str = ""
     store_wait_seconds: float = 0.0  # after the loop, until every queued metric was stored
+    checkpoint: Path | None = None  # the final checkpoint
+    step_losses: list[float] | None = None  # every step's loss, in order, when asked for (record_losses)
+    pending_sync: str | None = None  # what waits in the local journal for a tracking server that went away
 
     @property
     def run_id(self) -> str | None:
@@ -81,14 +88,6 @@ class Observer(Protocol):
     def run_finished(self, result: RunResult) -> None: ...
 
 
-@dataclass
-class _Position:
-    epoch: int = 0
-    step: int = 0
-    latest: dict[str, float] = field(default_factory=dict)
-    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-
-
 class _NoRun:
     """Stands in for an MLflow run under --no-track."""
 
@@ -102,7 +101,7 @@ class _NoRun:
 
 
 def train(
-    spec: ExperimentSpec | str | Path,
+    spec: ExperimentSpec | str | Path | None = None,
     *,
     overrides: Sequence[str] = (),
     device: str | None = None,
@@ -112,50 +111,122 @@ def train(
     observers: Sequence[Observer] = (),
     plugins: PluginSettings | None = None,
     skip_gradcheck: bool = False,
+    resume: str | Path | None = None,
+    allow_spec_change: bool = False,
+    detect_anomaly: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    stop_at_step: int | None = None,
+    record_losses: bool = False,
 ) -> RunResult:
     """Train the experiment `spec` (a spec or a path to one) and track it in MLflow.
 
     Raises SpecError, DeviceError, DataError, ModelShapeError or PluginError before any MLflow run
-    exists, RunFailed if training fails, Interrupted (run marked KILLED) on Ctrl-C. Plugins load
-    with `plugins` settings (default: from the environment) plus the files the spec lists; their
-    event hooks see the run like `observers` do. Every op the model uses is gradient-checked
-    first (GradcheckFailed, before any run exists) unless `skip_gradcheck`.
+    exists, RunFailed if training fails (the last good checkpoint kept), Interrupted (run marked
+    KILLED, a checkpoint written) on SIGINT or SIGTERM. Plugins load with `plugins` settings
+    (default: from the environment) plus the files the spec lists; their event hooks see the run
+    like `observers` do. Every op the model uses is gradient-checked first (GradcheckFailed,
+    before any run exists) unless `skip_gradcheck`.
+
+    `resume` (a run id or a checkpoint path) goes on from that run's newest checkpoint, in the same
+    MLflow run; `spec` may then be omitted, and a spec that differs from the checkpoint's is refused
+    unless `allow_spec_change`. `detect_anomaly` turns on autograd's anomaly mode, which names the
+    operation that made a NaN. `checkpoint_dir` overrides the spec's checkpoint.dir;
+    `stop_at_step` ends the run after that step, with a checkpoint, as if the spec ended there;
+    `record_losses` keeps every step's loss (RunResult.step_losses).
     """
     started = time.perf_counter()
-    spec, system = _spec_and_plugins(spec, overrides, plugins)
+    resumed = prepare_resume(resume, spec, overrides, plugins=plugins, tracking_uri=tracking_uri, allow_spec_change=allow_spec_change) if resume else None
+    spec, system = _spec_and_plugins(resumed.spec if resumed else spec, overrides, plugins)
     observers = [*observers, PluginEvents(system)]
-    uri, uri_source = resolve_tracking_uri(tracking_uri, spec) if track else (None, "--no-track")
+    uri, uri_source = _tracking_uri(tracking_uri, spec, resumed) if track else (None, "--no-track")
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
     try:
         choice, parts, verdicts = _prepare(spec, system, device, deterministic, skip_gradcheck)
-        run_context = open_run(spec, tracking_uri=uri, tags={**_tags(spec, choice), **plugin_tags(spec, system)}, writer=writer) if uri else nullcontext(_NoRun())
+        run_context = open_run(spec, tracking_uri=uri, tags=run_tags(spec, choice, system), writer=writer,
+                               resume_run_id=resumed.run_id if resumed else None) if uri else nullcontext(_NoRun())
     except BaseException:
         if writer is not None:
             writer.abandon()
         raise
-    position = _Position()
-    with _interruptible(position) as run_holder, run_context as run:
+    position = Position()
+    stop = StopOnSignal()  # signals are deferred to the step's end only while the loop runs
+    with _interruptible(position, stop) as run_holder, run_context as run:
         run_holder.append(run.run_id)
+        loop = _loop_for(spec, parts, run, observers, position, stop, resumed, checkpoint_dir, stop_at_step, record_losses, system)
         if isinstance(run, MlflowRun):
-            _record_start(run, spec, choice, parts, verdicts, skip_gradcheck, position)
-        info = _run_info(spec, choice, parts, run)
+            record_start(run, spec, choice, parts, verdicts, skip_gradcheck, position, resumed, loop.checkpoints.path)
+        info = _run_info(spec, choice, parts, run, resumed)
         for observer in observers:
             observer.run_started(info)
+        _start_generators(spec, resumed)
         loop_began = time.perf_counter()
         try:
-            loop_seconds = _guarded_loop(spec, parts, run, observers, position, system)
+            with stop, torch.autograd.detect_anomaly(check_nan=True) if detect_anomaly else nullcontext():
+                loop_seconds = run_loop(loop)
+        except Exception:
+            if isinstance(run, MlflowRun) and position.checkpoint is not None:
+                keep_checkpoint(run, position.checkpoint)
+            raise
         finally:
             if isinstance(run, MlflowRun) and run.story is not None:
                 run.story.steps, run.story.seconds = position.step, time.perf_counter() - loop_began
         stored_by = time.perf_counter()
         run.close_metrics()
         store_wait_seconds = time.perf_counter() - stored_by
-        model_uri = _record_results(run, spec, parts, position) if isinstance(run, MlflowRun) else None
+        model_uri = record_results(run, spec, parts, position) if isinstance(run, MlflowRun) else None
     result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model,
-                       model_uri, uri_source, store_wait_seconds)
+                       model_uri, uri_source, store_wait_seconds, position.checkpoint, loop.metrics.per_step, getattr(run, "pending_sync", None))
     for observer in observers:
         observer.run_finished(result)
     return result
+
+
+def _loop_for(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: Position, stop: StopOnSignal,
+              resumed: Resumption | None, checkpoint_dir: str | Path | None, stop_at_step: int | None, record_losses: bool,
+              system: PluginSystem) -> Loop:
+    """The loop's state: fresh, or as the checkpoint left it (the global generators: `_start_generators`)."""
+    folder = _checkpoint_folder(spec, run, resumed, checkpoint_dir)
+    data_order = torch.Generator().manual_seed(spec.seed or 0)
+    metrics = StepMetrics()
+    start = None
+    if resumed is not None:
+        start = restore(resumed.state, parts)
+        data_order.set_state(start.order_state)
+        metrics = StepMetrics.from_snapshot(resumed.state["metrics"])
+        position.step, position.epoch, position.checkpoint = start.step, start.epoch - 1, resumed.checkpoint
+        position.history.extend((int(step), dict(values)) for step, values in resumed.state["history"])
+        position.latest.update(resumed.state["latest"])
+    if record_losses:
+        metrics.per_step = []
+    return Loop(spec, parts, run, observers, position, metrics, data_order, folder, stop, start, stop_at_step, system.blame)
+
+
+def _start_generators(spec: ExperimentSpec, resumed: Resumption | None) -> None:
+    """Seed the global generators (or restore them) just before the first step, so that nothing run
+    before the loop (the gradient check, MLflow) changes what the loop draws (dropout and the like).
+    The loop's seed differs from the one that initialised the weights, so its draws are not theirs."""
+    if resumed is not None:
+        set_rng_states(resumed.state["rng"])
+    else:
+        seed_everything(((spec.seed or 0) * 2654435761 + 1) % 2**32)
+
+
+def _checkpoint_folder(spec: ExperimentSpec, run: Any, resumed: Resumption | None, checkpoint_dir: str | Path | None) -> CheckpointFolder:
+    """checkpoint.dir/RUN_ID (or SPEC-NAME-TIME under --no-track); a resumed run keeps its folder."""
+    if resumed is not None and checkpoint_dir is None:
+        folder = resumed.folder
+    else:
+        name = run.run_id or f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        folder = Path(checkpoint_dir or spec.checkpoint.dir) / name
+    return CheckpointFolder(folder.absolute(), spec.checkpoint.keep_last)
+
+
+def _tracking_uri(cli_uri: str | None, spec: ExperimentSpec, resumed: Resumption | None) -> tuple[str, str]:
+    """The store as usual; a resumed run, unless told otherwise, goes on in the store it was tracked in."""
+    uri, source = resolve_tracking_uri(cli_uri, spec)
+    if resumed is not None and resumed.tracking_uri and source in ("default", "spec tracking.uri"):
+        return resumed.tracking_uri, "the checkpoint"
+    return uri, source
 
 
 def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, deterministic: bool | None,
@@ -172,177 +243,43 @@ def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, det
     return choice, parts, list(verdicts)
 
 
-def _record_start(run: MlflowRun, spec: ExperimentSpec, choice: DeviceChoice, parts: Components, verdicts: Sequence[OpReport],
-                  skip_gradcheck: bool, position: _Position) -> None:
-    """Before the first step: the gradient verdicts, the datasets, and the run's description."""
-    if verdicts:
-        log_reports(run.client, run.run_id, verdicts)
-    run.log_datasets(parts.data, spec.data.name)
-    story = RunStory(
-        spec=spec,
-        device=f"{choice.description} ({choice.reason})",
-        model_summary=model_summary(parts.model),
-        data_summary=data_summary(spec.data.name, parts.data.n_train, parts.data.n_val, parts.data.source),
-        gradcheck=gradcheck_summary({report.name: report.verdict for report in verdicts}, skip_gradcheck),
-        final_metrics=position.latest,  # the same dict: the description shows the latest values, even of a failed run
-    )
-    run.describe(story)
-
-
-def _record_results(run: MlflowRun, spec: ExperimentSpec, parts: Components, position: _Position) -> str | None:
-    """After the last step: the final checkpoint, the plots and (unless turned off) the model."""
-    run.log_checkpoint(
-        training_state(model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler, spec_data=spec.to_data(),
-                       spec_digest=spec.digest(), seed=spec.seed or 0, epoch=position.epoch, step=position.step)
-    )
-    run.log_figures(run_plots(position.history, parts.model, parts.data, parts.loss_def.target))
-    if not spec.tracking.log_model:
-        return None
-    return run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts))
-
-
-def _spec_and_plugins(spec: ExperimentSpec | str | Path, overrides: Sequence[str], plugins: PluginSettings | None) -> tuple[ExperimentSpec, PluginSystem]:
+def _spec_and_plugins(spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], plugins: PluginSettings | None) -> tuple[ExperimentSpec, PluginSystem]:
     """The spec, read if need be and given a seed if it has none, and the plugins it runs with."""
+    if spec is None:
+        raise KnightctlError("no spec: give a spec file, or --resume a run")
     if not isinstance(spec, ExperimentSpec):
         spec = load_spec(spec, overrides, plugins=plugins)
     system = load_plugins(plugins, files=spec.plugin_paths())
     return spec.with_seed(spec.seed if spec.seed is not None else new_seed()), system
 
 
-def _guarded_loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position, system: PluginSystem) -> float:
-    """The loop, with any unexpected exception turned into RunFailed naming where it happened.
-
-    However the loop ends, the losses of the steps it took since the last evaluation are logged.
-    """
-    metrics = StepMetrics()
-    try:
-        return _loop(spec, parts, run, observers, position, metrics)
-    except BaseException as exc:
-        _log_unfinished(metrics, run, position, parts.optimizer.param_groups[0]["lr"])
-        if isinstance(exc, KnightctlError) or not isinstance(exc, Exception):  # explained already, or a signal
-            raise
-        culprit = system.blame(exc)
-        raised_in = f" in plugin {culprit.name!r} ({culprit.origin})" if culprit else ""
-        raise RunFailed(
-            f"training failed at epoch {position.epoch} (step {position.step}){raised_in}: {type(exc).__name__}: {exc}",
-            hint="the full traceback is stored with the MLflow run as error/traceback.txt" if run.run_id else None,
-        ) from exc
-
-
-def _log_unfinished(metrics: StepMetrics, run: Any, position: _Position, lr: float) -> None:
-    """Log the steps since the last evaluation (of a loop an error or a signal stopped), if readable."""
-    try:
-        if metrics.losses and (not metrics.windows or metrics.windows[-1][0] < position.step):
-            metrics.close_window(position.step, lr)
-        points = metrics.collect()
-    except Exception:  # a non-finite loss among them: the error being raised already says so
-        return
-    run.log_metrics(points)
-    position.history.extend(points)
-
-
-def _loop(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: _Position, metrics: StepMetrics) -> float:
-    """The training loop, as the chapter writes it, plus cheap bookkeeping. Returns its seconds."""
-    config = spec.train
-    batch_size = None if config.batch_size == "full" else config.batch_size
-    eval_every = _eval_interval(config, steps_per_epoch(parts.data.n_train, batch_size))
-    model, loss_fn, optimizer = parts.model, parts.loss_fn, parts.optimizer
-    data_order = torch.Generator().manual_seed(spec.seed or 0)
-    loop_started = since = time.perf_counter()
-    samples = 0
-    model.train()
-    for epoch in range(1, config.epochs + 1):
-        position.epoch = epoch
-        for inputs, targets in epoch_batches(parts.data.train_x, parts.data.train_y, batch_size, data_order):
-            optimizer.zero_grad()
-            loss = loss_fn(model(inputs), targets)
-            loss.backward()
-            clipped_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip else None
-            optimizer.step()
-            position.step += 1
-            samples += len(inputs)
-            metrics.add_loss(loss)
-            if position.step % config.log_every_n_steps == 0:
-                metrics.close_window(position.step, optimizer.param_groups[0]["lr"], clipped_norm)
-        if parts.scheduler is not None:
-            parts.scheduler.step()
-        evaluated = None
-        last = epoch == config.epochs
-        if last or epoch % eval_every == 0:
-            if last and position.step % config.log_every_n_steps:
-                metrics.close_window(position.step, optimizer.param_groups[0]["lr"])
-            values = {"train/grad_norm": gradient_norm(model)} if clipped_norm is None else {}
-            if parts.data.val_x is not None:
-                values.update(evaluate(model, loss_fn, parts.data.val_x, parts.data.val_y, parts.loss_def.target))
-            metrics.add_point(position.step, values)
-            points = metrics.collect()  # the one device synchronisation per evaluation
-            now = time.perf_counter()
-            points.append((position.step, {"epoch": float(epoch), "train/samples_per_s": samples / max(now - since, 1e-9)}))
-            since, samples = now, 0
-            run.log_metrics(points)
-            position.history.extend(points)
-            for _, logged in points:
-                position.latest.update(logged)
-            evaluated = dict(position.latest)
-        for observer in observers:
-            observer.epoch_completed(epoch, position.step, evaluated)
-    return time.perf_counter() - loop_started
-
-
-# With `eval_every_n_epochs: auto`, evaluations are at least this many steps apart. Each costs a
-# validation forward and a device synchronisation: for the chapter's full-batch model about 0.2
-# of a training step (90 us against 450 us here), so every step would add 20%, every 25th under 1%.
-_AUTO_EVAL_MIN_STEPS = 25
-
-
-def _eval_interval(config: TrainSpec, steps_in_epoch: int) -> int:
-    """Epochs between evaluations: as set, or (auto) every epoch unless epochs are under 25 steps."""
-    if config.eval_every_n_epochs != "auto":
-        return int(config.eval_every_n_epochs)
-    return max(1, math.ceil(max(_AUTO_EVAL_MIN_STEPS, config.log_every_n_steps) / steps_in_epoch))
-
-
 @contextmanager
-def _interruptible(position: _Position) -> Iterator[list[str | None]]:
-    """Turn Ctrl-C into Interrupted, after the run has been closed as KILLED."""
+def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str | None]]:
+    """Say how an interrupted run ended (it has been closed as KILLED by then) and how to go on.
+
+    A stop the loop honoured arrives as Interrupted, with its checkpoint; a KeyboardInterrupt is a
+    signal outside the loop, or a second one that stopped the run at once, without a checkpoint.
+    """
     run_ids: list[str | None] = []
     try:
         yield run_ids
+    except Interrupted as interrupted:
+        if interrupted.run_id:
+            interrupted.message += f"; MLflow run {interrupted.run_id} marked KILLED"
+        raise
     except KeyboardInterrupt as exc:
         run_id = run_ids[0] if run_ids else None
         signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        where = f"epoch {position.epoch} (step {position.step})"
-        message = f"{signal_name}: interrupted at {where}" + (f"; MLflow run {run_id} marked KILLED" if run_id else "")
-        raise Interrupted(message, signal_name=signal_name, run_id=run_id) from None
+        again = " again: stopped at once, without a checkpoint," if stop.requested else ":"
+        message = f"{signal_name}{again} interrupted at epoch {position.epoch} (step {position.step})"
+        message += f"; MLflow run {run_id} marked KILLED" if run_id else ""
+        hint = None
+        if position.checkpoint is not None:
+            hint = f"the last checkpoint is {position.checkpoint}; resume with: {resume_command(run_id, position.checkpoint)}"
+        raise Interrupted(message, signal_name=signal_name, run_id=run_id, hint=hint) from None
 
 
-def _tags(spec: ExperimentSpec, choice: DeviceChoice) -> dict[str, str]:
-    import mlflow
-
-    tags = {
-        "knightctl.version": __version__,
-        "torch.version": torch.__version__,
-        "mlflow.version": mlflow.__version__,
-        "python.version": platform.python_version(),
-        "device": choice.description,
-        "device.reason": choice.reason,
-        "seed": str(spec.seed),
-        "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
-        "spec.name": spec.name,
-        "spec.digest": spec.digest(),
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": spec.source.path if spec.source else spec.name,
-    }
-    if spec.description:
-        tags["mlflow.note.content"] = spec.description
-    repository = git_commit(Path.cwd())
-    if repository is not None:
-        tags["mlflow.source.git.commit"], dirty = repository[0], repository[1]
-        tags["git.dirty"] = str(dirty).lower()
-    return tags
-
-
-def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any) -> RunInfo:
+def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any, resumed: Resumption | None) -> RunInfo:
     batch_size = None if spec.train.batch_size == "full" else spec.train.batch_size
     return RunInfo(
         spec_name=spec.name,
@@ -357,9 +294,6 @@ def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run
         run_id=run.run_id,
         experiment_id=run.experiment_id,
         notices=tuple(getattr(run, "notices", ())),
+        resumed_from=resumed_from(resumed),
+        first_epoch=int(resumed.state["epoch"]) + 1 if resumed else 1,
     )
-
-
-def _example(parts: Components) -> Any:
-    """A few real input rows, as float32 NumPy, for the model's signature and input example."""
-    return parts.data.train_x[:5].detach().cpu().numpy()

@@ -10,6 +10,7 @@ Tests marked `cuda` or `mps` need that device and are skipped, never faked, wher
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -28,6 +29,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for device, available in present.items():
             if device in item.keywords and not available:
                 item.add_marker(pytest.mark.skip(reason=f"needs a {device.upper()} device; none here"))
+
+
+@pytest.fixture(autouse=True)
+def _work_in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every test in its own folder: training writes checkpoints/ (and mlflow.db) in the working directory."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

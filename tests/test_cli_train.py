@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,37 +66,6 @@ def test_an_absent_cuda_device_is_an_error_not_a_fallback(tmp_path: Path) -> Non
     assert done.returncode == 2
     assert "--device cuda" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists()
-
-
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_mid_run_marks_the_run_killed(tmp_path: Path, sig: signal.Signals, code: int) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "knightctl", "train", str(ROUND_TABLE), "--set", "train.epochs=1000000", "--set", "train.eval_every_n_epochs=1000",
-         "--set", "train.log_every_n_steps=1", "--device", "cpu"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": ""},
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + 120
-    for line in process.stdout:  # printed just before the first step
-        if line.startswith("MLflow run") or time.monotonic() > deadline:
-            break
-    time.sleep(1.0)  # well inside the loop: a million epochs take minutes
-    process.send_signal(sig)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == code, stderr
-    assert "interrupted at epoch" in stderr and "marked KILLED" in stderr
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("round_table").experiment_id])
-    assert run.info.status == "KILLED"
-    assert "| status | KILLED: " in run.data.tags["mlflow.note.content"]
-    # Every step's loss is stored, those after the last evaluation (at a multiple of 1000) too.
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
-    assert steps == list(range(1, len(steps) + 1))
-    assert len(steps) % 1000 != 0
 
 
 def test_a_tracking_uri_mlflow_cannot_use_is_named_without_a_traceback(tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ def test_unknown_field_without_a_close_match_lists_allowed_fields(tmp_path: Path
     path = write(tmp_path, VALID + "zzz: 1\n")
     _, _, _, message = field_problem(problems_of(path), "zzz")
     assert "did you mean" not in message
-    assert "allowed: data, description, loss, model, name, optimizer, plugins, seed, tracking, train" in message
+    assert "allowed: checkpoint, data, description, loss, model, name, optimizer, plugins, seed, tracking, train" in message
 
 
 # --------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_diverging_loss_fails_the_run_and_marks_it_failed(tmp_path: Path, monkey
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FAILED"
     traceback_text = Path(client.download_artifacts(run.info.run_id, "error/traceback.txt")).read_text()
-    assert "RunFailed" in traceback_text
+    assert "NonFiniteLoss" in traceback_text and "loss became" in traceback_text
 
 
 def test_an_exception_inside_the_loop_fails_the_run_naming_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
