@@ -41,11 +41,13 @@ CASES = {
     "784-512-512-10 MLP, batch 128": (ROOT / "benchmarks" / "mlp_blobs.yaml", ["train.epochs=8"]),
 }
 RATES = {"every step": ["train.log_every_n_steps=1"], "default": []}
+CHECKPOINTS = tempfile.TemporaryDirectory(prefix="knightctl-benchmark-")  # the runs' checkpoints, removed at exit
 
 
 def training_seconds(spec: Path, overrides: list[str], uri: str | None) -> tuple[float, int]:
     """(seconds of training until its metrics are stored, steps) for one run."""
-    result = train(spec, overrides=[*overrides, "tracking.log_model=false"], device="cpu", tracking_uri=uri, track=uri is not None, skip_gradcheck=True)
+    result = train(spec, overrides=[*overrides, "tracking.log_model=false"], device="cpu", tracking_uri=uri, track=uri is not None, skip_gradcheck=True,
+                   checkpoint_dir=CHECKPOINTS.name)
     return result.loop_seconds + result.store_wait_seconds, result.steps
 
 

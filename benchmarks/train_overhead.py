@@ -33,6 +33,7 @@ from knightctl.spec import load_spec
 from knightctl.training import train
 
 SPEC = Path(__file__).resolve().parent.parent / "experiments" / "round_table.yaml"
+CHECKPOINTS = tempfile.TemporaryDirectory(prefix="knightctl-benchmark-")  # the runs' checkpoints, removed at exit
 
 
 def plain_rate(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int | None, seed: int) -> float:
@@ -84,6 +85,7 @@ def knightctl_rate(overrides: list[str], tracking_uri: str | None, cpu: int) -> 
         tracking_uri=tracking_uri,
         track=tracking_uri is not None,
         observers=[PinTrainingThread(cpu)],
+        checkpoint_dir=CHECKPOINTS.name,
     )
     return result.steps / result.loop_seconds
 
