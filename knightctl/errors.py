@@ -66,6 +66,12 @@ class TrackingError(KnightctlError):
     exit_code = 1
 
 
+class SyncError(KnightctlError):
+    """`knightctl sync` cannot read the journals, or a store it was told to use."""
+
+    exit_code = 1
+
+
 class RunFailed(KnightctlError):
     """Training started but failed (non-finite loss, an exception inside the loop)."""
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from knightctl.errors import KnightctlError, TrackingError
+from knightctl.errors import SyncError, TrackingError
 from knightctl.journal import Counts, Journal, journals
 from knightctl.offline import failure_reason, fail_fast_http, is_connection_error, is_http, shown_path
 from knightctl.runowner import HOST_TAG, PID_TAG, owner_alive
@@ -26,10 +26,6 @@ from knightctl.stores import check_server, sqlite_path
 
 _NOTE_TAG = "mlflow.note.content"  # the run's description (tracking.NOTE_TAG)
 _PAGE = 1000  # runs per search request
-
-
-class SyncError(KnightctlError):
-    """A store `knightctl sync` was told to use cannot be read."""
 
 
 @dataclass(frozen=True)
