@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _PARAM_BATCH = 100  # params per log_batch call, MLflow's own limit
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+RUN_NAME_TAG = "mlflow.runName"
 
 
 def resolve_tracking_uri(cli_uri: str | None, spec: ExperimentSpec | None = None) -> tuple[str, str]:
@@ -200,8 +201,9 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         if resume_run_id is not None:
             client, experiment_id, run_id, notices = reopen_run(tracking_uri, resume_run_id, tags=tags)
         else:
+            run_name = tags.get(RUN_NAME_TAG) or spec.tracking.run_name or spec.name  # a sweep names its trials
             client, experiment_id, run_id, notices = create_run(
-                tracking_uri, spec.tracking.experiment or spec.name, run_name=spec.tracking.run_name or spec.name, tags=tags
+                tracking_uri, spec.tracking.experiment or spec.name, run_name=run_name, tags={k: v for k, v in tags.items() if k != RUN_NAME_TAG}
             )
     except BaseException:
         writer.abandon()

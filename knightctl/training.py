@@ -117,6 +117,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     stop_at_step: int | None = None,
     record_losses: bool = False,
+    tags: Mapping[str, str] | None = None,
 ) -> RunResult:
     """Train the experiment `spec` (a spec or a path to one) and track it in MLflow.
 
@@ -132,7 +133,8 @@ def train(
     unless `allow_spec_change`. `detect_anomaly` turns on autograd's anomaly mode, which names the
     operation that made a NaN. `checkpoint_dir` overrides the spec's checkpoint.dir;
     `stop_at_step` ends the run after that step, with a checkpoint, as if the spec ended there;
-    `record_losses` keeps every step's loss (RunResult.step_losses).
+    `record_losses` keeps every step's loss (RunResult.step_losses). `tags` are added to the run's
+    (a sweep's trial: `mlflow.parentRunId`, and `mlflow.runName` for its name).
     """
     started = time.perf_counter()
     resumed = prepare_resume(resume, spec, overrides, plugins=plugins, tracking_uri=tracking_uri, allow_spec_change=allow_spec_change) if resume else None
@@ -142,7 +144,7 @@ def train(
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
     try:
         choice, parts, verdicts = _prepare(spec, system, device, deterministic, skip_gradcheck)
-        run_context = open_run(spec, tracking_uri=uri, tags=run_tags(spec, choice, system), writer=writer,
+        run_context = open_run(spec, tracking_uri=uri, tags={**run_tags(spec, choice, system), **(tags or {})}, writer=writer,
                                resume_run_id=resumed.run_id if resumed else None) if uri else nullcontext(_NoRun())
     except BaseException:
         if writer is not None:

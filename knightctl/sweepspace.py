@@ -1,0 +1,109 @@
+"""A sweep's trials: a grid over spec paths, or random draws from distributions; each a list of `--set`s.
+
+`--grid optimizer.lr=0.1,0.01` takes the values as written; `--random optimizer.lr=loguniform:1e-4:1e-1`
+draws them (`uniform:LOW:HIGH`, `loguniform:LOW:HIGH`, `int:LOW:HIGH`, `choice:A,B,C`) from a
+generator seeded with the sweep's seed, so the same command draws the same trials. Either way a
+trial is `PATH=VALUE` strings that go through the same parser and typing as `--set`: the spec
+decides what a value means, and a bad path or value is the spec error `--set` would give.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from itertools import product
+from typing import Sequence
+
+from knightctl.errors import KnightctlError
+
+_DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+
+
+class SweepError(KnightctlError):
+    """A --grid or --random option that cannot be read."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the sweep: its overrides, and a key that names it across reruns."""
+
+    overrides: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256("\n".join(sorted(self.overrides)).encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        """`lr=0.01 batch_size=32`: each path's last part and its value, for run names and tables."""
+        return " ".join(f"{path.rsplit('.', 1)[-1]}={value}" for path, value in (item.split("=", 1) for item in self.overrides))
+
+
+def grid_trials(grids: Sequence[str]) -> list[Trial]:
+    """Every combination of `PATH=V1,V2,...` options, in the order given (the last varies fastest)."""
+    axes = [[f"{path}={value}" for value in values] for path, values in (_split_option(option, "--grid") for option in grids)]
+    return [Trial(tuple(combination)) for combination in product(*axes)]
+
+
+def random_trials(options: Sequence[str], count: int, seed: int) -> list[Trial]:
+    """`count` draws of every `PATH=DISTRIBUTION:ARGS` option, from a generator seeded with `seed`."""
+    draws = random.Random(seed)
+    parsed = [(path, _distribution(path, text)) for path, text in (_path_and_text(option, "--random") for option in options)]
+    return [Trial(tuple(f"{path}={draw(draws)}" for path, draw in parsed)) for _ in range(count)]
+
+
+def sweep_key(spec_digest: str, trials: Sequence[Trial]) -> str:
+    """Names a sweep across reruns: the same spec and the same trials give the same key."""
+    return hashlib.sha256((spec_digest + "".join(sorted(t.key for t in trials))).encode()).hexdigest()[:16]
+
+
+def _path_and_text(option: str, flag: str) -> tuple[str, str]:
+    path, equals, text = option.partition("=")
+    if not equals or not path.strip() or not text.strip():
+        raise SweepError(f"{flag} {option!r}: expected PATH=VALUES, e.g. optimizer.lr=0.1,0.01")
+    return path.strip(), text.strip()
+
+
+def _split_option(option: str, flag: str) -> tuple[str, list[str]]:
+    """`PATH=A,B,[1, 2]` -> PATH, ["A", "B", "[1, 2]"]: commas inside brackets or braces stay."""
+    path, text = _path_and_text(option, flag)
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    values.append(current.strip())
+    if any(not value for value in values):
+        raise SweepError(f"{flag} {option!r}: an empty value between commas")
+    return path, values
+
+
+def _distribution(path: str, text: str):  # type: ignore[no-untyped-def]
+    """A function drawing one value (as --set text) from `NAME:ARGS`."""
+    name, _, args = text.partition(":")
+    where = f"--random {path}={text}"
+    if name == "choice":
+        choices = _split_option(f"{path}={args}", "--random")[1]
+        return lambda draws: draws.choice(choices)
+    if name not in _DISTRIBUTIONS:
+        raise SweepError(f"{where}: unknown distribution {name!r}; use {', '.join(_DISTRIBUTIONS)}")
+    low_text, _, high_text = args.partition(":")
+    try:
+        low, high = (int(low_text), int(high_text)) if name == "int" else (float(low_text), float(high_text))
+    except ValueError:
+        raise SweepError(f"{where}: expected {name}:LOW:HIGH with {'integers' if name == 'int' else 'numbers'}") from None
+    if not low < high or (name == "loguniform" and low <= 0):
+        raise SweepError(f"{where}: needs LOW < HIGH" + (", both above 0" if name == "loguniform" else ""))
+    if name == "int":
+        return lambda draws: str(draws.randint(low, high))
+    if name == "loguniform":
+        return lambda draws: repr(math.exp(draws.uniform(math.log(low), math.log(high))))
+    return lambda draws: repr(draws.uniform(low, high))
