@@ -185,9 +185,11 @@ def _close_parent(client: Any, outcome: SweepResult, status: str) -> None:
     """The best value and run on the parent, its ranked table as the description, and its status."""
     from mlflow.entities import Metric, RunTag
 
+    from knightctl.tracking import NOTE_TAG
+
     ranked = outcome.ranked()
     best = outcome.best
-    tags = {"mlflow.note.content": _table(outcome, ranked)}
+    tags = {NOTE_TAG: _table(outcome, ranked)}
     metrics = []
     if best is not None and best.value is not None:
         tags |= {"knightctl.best_run_id": best.run_id or "", "knightctl.best_trial": " ".join(best.trial.overrides)}
