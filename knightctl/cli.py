@@ -6,41 +6,16 @@ stays instant.
 
 from __future__ import annotations
 
-import signal
 import sys
-from typing import Any, Callable, NoReturn
 
 import click
 
 from knightctl._version import __version__
-from knightctl.errors import KnightctlError, Terminated
-
-_SET_HELP = "Override a spec value, PATH=VALUE (e.g. optimizer.lr=0.01, model.0.out_features=8); repeatable."
-
-
-def _fail(error: BaseException, code: int) -> NoReturn:
-    from knightctl.console import make_console, render_error
-
-    render_error(make_console(stderr=True), error)
-    sys.exit(code)
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def _run(action: Callable[[], Any]) -> Any:
-    """Call the library; a KnightctlError becomes its message and exit code, never a traceback.
-
-    SIGTERM is raised as `Terminated` (a KeyboardInterrupt) so that it closes a run like Ctrl-C.
-    """
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return action()
-    except KnightctlError as error:
-        _fail(error, error.exit_code)
-    except KeyboardInterrupt as interrupt:
-        _fail(KnightctlError("interrupted"), 143 if isinstance(interrupt, Terminated) else 130)
+from knightctl.clicommon import SET_HELP as _SET_HELP
+from knightctl.clicommon import load_plugins_warned as _load_plugins
+from knightctl.clicommon import plugin_settings as _plugin_settings
+from knightctl.clicommon import run_library as _run
+from knightctl.clitrain import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -55,68 +30,7 @@ def main(ctx: click.Context, plugins_dirs: tuple[str, ...], disabled: tuple[str,
     ctx.obj = {"dirs": plugins_dirs, "disable": disabled, "no_external": no_external_plugins, "strict": strict_plugins}
 
 
-def _plugin_settings() -> Any:
-    """The plugin settings: the environment's, with the command line's options on top."""
-    from knightctl.plugins import PluginSettings
-
-    return PluginSettings.from_env().override(**click.get_current_context().find_root().obj)
-
-
-def _load_plugins(settings: Any) -> Any:
-    """Load the plugins (idempotent) and warn about any that failed, before the command goes on."""
-    from knightctl.console import make_console, render_warnings
-    from knightctl.plugins import load
-
-    system = _run(lambda: load(settings))
-    render_warnings(make_console(stderr=True), system.warnings())
-    return system
-
-
-@main.command()
-@click.argument("spec", type=click.Path(dir_okay=False), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
-@click.option("--device", default=None, metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).")
-@click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).")
-@click.option("--no-track", is_flag=True, help="Train without MLflow.")
-@click.option("--deterministic", is_flag=True, default=None, help="Use deterministic algorithms only (slower on CUDA).")
-@click.option("--skip-gradcheck", is_flag=True, help="Train even if an op the model uses fails its gradient check (or without checking).")
-@click.option("--resume", default=None, metavar="RUN|PATH", help="Go on from the newest checkpoint of a run (its MLflow run id) or a checkpoint file or folder; SPEC is then optional.")
-@click.option("--allow-spec-change", is_flag=True, help="With --resume: go on even if the spec (or --set) differs from the checkpoint's.")
-@click.option("--detect-anomaly", is_flag=True, help="Turn on autograd's anomaly mode, which names the operation that made a NaN (slow).")
-@click.option("--verify-resume", is_flag=True, help="Also train stopped halfway and resumed, and check that the result is bit-identical.")
-def train(spec: str | None, overrides: tuple[str, ...], device: str | None, tracking_uri: str | None, no_track: bool, deterministic: bool | None,
-          skip_gradcheck: bool, resume: str | None, allow_spec_change: bool, detect_anomaly: bool, verify_resume: bool) -> None:
-    """Train the experiment in SPEC and log it to MLflow; or go on with --resume."""
-    from knightctl.console import ProgressObserver, make_console, render_resume_verdict, render_summary
-
-    if spec is None and resume is None:
-        raise click.UsageError("give a SPEC to train, or --resume RUN|PATH to go on with one")
-    if verify_resume and resume is not None:
-        raise click.UsageError("--verify-resume trains a SPEC from the start; it does not combine with --resume")
-    settings = _plugin_settings()
-    _load_plugins(settings)
-    console = make_console()
-    progress = ProgressObserver(console)
-    options = dict(device=device, tracking_uri=tracking_uri, track=not no_track, deterministic=deterministic, plugins=settings,
-                   skip_gradcheck=skip_gradcheck, detect_anomaly=detect_anomaly)
-    try:
-        if verify_resume:
-            from knightctl.resumecheck import verify_resume as check_resume
-
-            verdict = _run(lambda: check_resume(spec, overrides=overrides, observers=[progress], **options))
-            result = verdict.result
-        else:
-            from knightctl.training import train as train_experiment
-
-            result = _run(lambda: train_experiment(spec, overrides=overrides, observers=[progress], resume=resume,
-                                                   allow_spec_change=allow_spec_change, **options))
-    finally:
-        progress.close()
-    render_summary(console, result)
-    if verify_resume:
-        render_resume_verdict(console, verdict)
-        if not verdict.identical:
-            sys.exit(1)
+main.add_command(train)
 
 
 @main.command()

@@ -21,11 +21,12 @@ from torch import nn
 
 from knightctl.checkpoint import CheckpointFolder
 from knightctl.data import epoch_batches, steps_per_epoch
+from knightctl.distributed import SINGLE, PeerLost, is_peer_lost
 from knightctl.errors import Interrupted, KnightctlError, RunFailed
 from knightctl.metrics import NonFiniteLoss, StepMetrics, evaluate, gradient_norm
 from knightctl.stopping import StopOnSignal
 from knightctl.stores import absolute_uri
-from knightctl.trainstate import ResumePoint, training_state
+from knightctl.trainstate import ResumePoint, rng_states, training_state
 
 
 @dataclass
@@ -64,17 +65,28 @@ class Loop:
     start: ResumePoint | None = None  # set when resuming
     stop_at_step: int | None = None  # end there, with a checkpoint, as if the spec did (--verify-resume)
     blame: Any = None  # PluginSystem.blame: which plugin raised an exception
+    ranks: Any = SINGLE  # distributed.Ranks in a distributed job: shards, reductions, agreement
+    module: nn.Module | None = None  # what the steps call: the model, or its DistributedDataParallel wrapper
 
     def save_checkpoint(self) -> Path:
-        """Log the losses not yet logged (proving them finite), then write where the run stands."""
+        """Log the losses not yet logged (proving them finite), then write where the run stands.
+
+        In a distributed job every rank gets here at the same step; rank 0 writes, with every
+        rank's generators, and the others note the file it wrote."""
         self.log(self.metrics.collect())
         parameters = [p.detach() for p in self.parts.model.parameters()]
         if parameters and not bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
             raise RunFailed(f"the model's weights are no longer finite at step {self.position.step}; no checkpoint was written")
+        rank_generators = self.ranks.gather(rng_states())
+        if not self.ranks.is_main:
+            self.position.checkpoint = self.checkpoints.file_for(self.position.step)
+            return self.position.checkpoint
         state = training_state(
             parts=self.parts, point=self.position.resume_point(self.data_order), spec=self.spec, run_id=self.run.run_id,
             tracking_uri=absolute_uri(self.run.tracking_uri) if self.run.tracking_uri else None, metrics=self.metrics.snapshot(), history=self.position.history, latest=self.position.latest,
         )
+        if rank_generators is not None:
+            state["rank_rng"] = rank_generators
         self.position.checkpoint = self.checkpoints.save(state)
         return self.position.checkpoint
 
@@ -113,15 +125,24 @@ def run_loop(loop: Loop) -> float:
             hint=f"resume with: {resume_command(loop.run.run_id, path)}", signal_name=name, run_id=loop.run.run_id, checkpoint=path,
         ) from None
     except BaseException as exc:
-        _log_unfinished(loop, exc.step - 1 if isinstance(exc, NonFiniteLoss) else loop.position.step)
+        # Ranks of a distributed job fail one at a time, so their losses can no longer be reduced
+        # together: a collective now would wait for, or mismatch with, a rank that is elsewhere.
+        if not loop.ranks.distributed:
+            _log_unfinished(loop, exc.step - 1 if isinstance(exc, NonFiniteLoss) else loop.position.step)
         if not isinstance(exc, Exception):  # a second signal: out at once, no checkpoint
             raise
+        if is_peer_lost(exc) and not isinstance(exc, PeerLost):  # DDP's own gradient all-reduce, in backward
+            lost = PeerLost(f"another rank of this job stopped at step {loop.position.step + 1}",
+                            hint="the first rank that failed says why; this one only lost its connection to it")
+            lost.hint = "; ".join(filter(None, [lost.hint, loop.resume_hint()]))
+            raise lost from exc
         if isinstance(exc, KnightctlError):  # explained already; where to go on from is news
             exc.hint = "; ".join(filter(None, [exc.hint, loop.resume_hint()]))
             raise
         culprit = loop.blame(exc) if loop.blame else None
         raised_in = f" in plugin {culprit.name!r} ({culprit.origin})" if culprit else ""
-        traceback_note = "the full traceback is stored with the MLflow run as error/traceback.txt; " if loop.run.run_id else ""
+        stored = loop.run.run_id and loop.ranks.is_main  # (a distributed job's launcher stores another rank's)
+        traceback_note = "the full traceback is stored with the MLflow run as error/traceback.txt; " if stored else ""
         raise RunFailed(
             f"training failed at epoch {loop.position.epoch} (step {loop.position.step}){raised_in}: {type(exc).__name__}: {exc}",
             hint=traceback_note + loop.resume_hint(),
@@ -147,15 +168,13 @@ def _log_unfinished(loop: Loop, last_good_step: int) -> None:
 
 def _loop(loop: Loop) -> float:
     """The training loop, as the chapter writes it, plus cheap bookkeeping. Returns its seconds."""
-    spec, parts, position, metrics, stop = loop.spec, loop.parts, loop.position, loop.metrics, loop.stop
-    config = spec.train
+    spec, parts, position, metrics, stop, config = loop.spec, loop.parts, loop.position, loop.metrics, loop.stop, loop.spec.train
     batch_size = None if config.batch_size == "full" else config.batch_size
-    steps_in_epoch = steps_per_epoch(parts.data.n_train, batch_size)
-    eval_every = eval_interval(config, steps_in_epoch)
+    eval_every = eval_interval(config, steps_per_epoch(parts.data.n_train, batch_size))
     checkpoint_every = checkpoint_interval(spec)
-    # Reading a CPU loss back costs nothing; on an accelerator it waits for the device.
-    check_every = 1 if parts.data.train_x.device.type == "cpu" else config.log_every_n_steps
-    model, loss_fn, optimizer = parts.model, parts.loss_fn, parts.optimizer
+    check_every = check_interval(config, parts.data.train_x.device, loop.ranks)
+    model, loss_fn, optimizer, ranks = parts.model, parts.loss_fn, parts.optimizer, loop.ranks
+    module = loop.module or model  # what trains: the model, or its DistributedDataParallel wrapper
     first_epoch, skip = (loop.start.epoch, loop.start.batch) if loop.start else (1, 0)
     stop_at = loop.stop_at_step if loop.stop_at_step is not None else -1
     loop_started = since = time.perf_counter()
@@ -166,16 +185,17 @@ def _loop(loop: Loop) -> float:
         position.order_state = loop.data_order.get_state()
         clipped_norm = None
         for inputs, targets in epoch_batches(parts.data.train_x, parts.data.train_y, batch_size, loop.data_order, skip):
-            if stop.requested is not None or position.step == stop_at:
+            if position.step == stop_at or _stop_asked(stop, ranks, position.step, check_every):
                 raise _StopRequested()
+            samples += len(inputs)
+            inputs, targets, weight = ranks.shard(inputs, targets)
             optimizer.zero_grad()
-            loss = loss_fn(model(inputs), targets)
+            loss = loss_fn(module(inputs), targets) if weight == 1.0 else _weighted_loss(module, loss_fn, inputs, targets, weight)
             loss.backward()
             clipped_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip else None
             optimizer.step()
             position.step += 1
             position.batch += 1
-            samples += len(inputs)
             metrics.add_loss(loss)
             if position.step % check_every == 0:
                 metrics.verify(epoch)
@@ -204,9 +224,31 @@ def _loop(loop: Loop) -> float:
             observer.epoch_completed(epoch, position.step, evaluated)
         if last or epoch % checkpoint_every == 0:
             loop.save_checkpoint()
-        if stop.requested is not None and not last:  # after the last step, finishing is the better stop
+        if not last and not ranks.distributed and stop.requested is not None:  # finishing beats stopping after the last step
             raise _StopRequested()
     return time.perf_counter() - loop_started
+
+
+def _stop_asked(stop: StopOnSignal, ranks: Any, step: int, check_every: int) -> bool:
+    """Whether to stop before the next step. One process reads its flag (tens of ns); the ranks of a
+    distributed job must stop at the same step, or the others wait for it forever, so they agree
+    once per `check_every` steps, in one small all-reduce."""
+    if not ranks.distributed:
+        return stop.requested is not None
+    if step % check_every:
+        return False
+    stop.requested = ranks.agree_stop(stop.requested)
+    return stop.requested is not None
+
+
+def _weighted_loss(module: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, weight: float) -> torch.Tensor:
+    """A rank's share of the global batch's mean loss (distributed.py). A rank with no rows of a
+    small last batch still runs forward and backward, with a loss of zero, because DDP's gradient
+    all-reduce needs every rank."""
+    outputs = module(inputs)
+    if weight == 0.0:
+        return outputs.sum() * 0.0
+    return loss_fn(outputs, targets) * weight
 
 
 # With `eval_every_n_epochs: auto`, evaluations are at least this many steps apart. Each costs a
@@ -224,6 +266,12 @@ def eval_interval(config: Any, steps_in_epoch: int) -> int:
     if config.eval_every_n_epochs != "auto":
         return int(config.eval_every_n_epochs)
     return max(1, math.ceil(max(_AUTO_EVAL_MIN_STEPS, config.log_every_n_steps) / steps_in_epoch))
+
+
+def check_interval(config: Any, device: torch.device, ranks: Any) -> int:
+    """Steps between finiteness checks of the loss. Reading a CPU loss back costs nothing; on an
+    accelerator it waits for the device; the ranks of a distributed job must agree, in a collective."""
+    return 1 if device.type == "cpu" and not ranks.distributed else config.log_every_n_steps
 
 
 def checkpoint_interval(spec: Any) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,6 +32,8 @@ class StepMetrics:
 
     verified: int = 0  # losses[:verified] are known to be finite
     per_step: list[float] | None = None  # every step's loss as read back, when a caller wants them all
+    # In a distributed job, the mean over ranks of a stacked tensor (one collective per read-back).
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def add_loss(self, loss: torch.Tensor) -> None:
         self.losses.append(loss.detach())
@@ -39,6 +42,11 @@ class StepMetrics:
         """Raise RunFailed naming the first non-finite loss since the last check (one device sync)."""
         fresh = self.losses[self.verified :]
         if not fresh:
+            return
+        if self.reduce is not None:  # every rank must see the same verdict, or they part ways
+            floats = self.reduce(torch.stack([t.reshape(()).float() for t in fresh])).tolist()
+            _check_finite(floats, self.first_step + len(self.carried) + self.verified, epoch)
+            self.verified = len(self.losses)
             return
         # One loss: item() is 0.4 us on the CPU, against 7 us for an isfinite kernel and its bool().
         finite = math.isfinite(fresh[0].item()) if len(fresh) == 1 else bool(torch.isfinite(torch.stack(fresh)).all())
@@ -75,7 +83,8 @@ class StepMetrics:
         tensors = list(self.losses)
         tensors += [norm for _, _, norm in self.windows if norm is not None]
         tensors += [v for _, values in self.points for v in values.values() if isinstance(v, torch.Tensor)]
-        floats = torch.stack([t.reshape(()).float() for t in tensors]).tolist() if tensors else []
+        stacked = torch.stack([t.reshape(()).float() for t in tensors]) if tensors else None
+        floats = [] if stacked is None else (self.reduce(stacked) if self.reduce else stacked).tolist()
         fresh, rest = floats[: len(self.losses)], iter(floats[len(self.losses) :])
         _check_finite(fresh, self.first_step + len(self.carried))
         if self.per_step is not None:

@@ -8,96 +8,32 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from knightctl.build import Components, build_components, dry_forward
 from knightctl.checkpoint import CheckpointFolder
 from knightctl.data import steps_per_epoch
+from knightctl.distributed import Single, joined
 from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
 from knightctl.errors import Interrupted, KnightctlError, Terminated
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.run import preflight
+from knightctl.jobs import JobRecord, agreed_resume, write_job
 from knightctl.loop import Loop, Position, resume_command, run_loop
 from knightctl.metrics import StepMetrics
 from knightctl.plugins import PluginEvents, PluginSettings, PluginSystem
 from knightctl.plugins import load as load_plugins
 from knightctl.resume import Resumption, prepare_resume
+from knightctl.runresult import NoRun, Observer, RunInfo, RunResult
 from knightctl.runrecord import keep_checkpoint, record_results, record_start, resumed_from, run_tags
 from knightctl.spec import ExperimentSpec, load_spec
 from knightctl.stopping import StopOnSignal
 from knightctl.tracking import MlflowRun, open_run, resolve_tracking_uri, start_writer
 from knightctl.trainstate import restore, set_rng_states
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a run is about to do; observers receive it before the first step."""
-
-    spec_name: str
-    device: str
-    device_reason: str
-    seed: int
-    epochs: int
-    steps_per_epoch: int
-    n_train: int
-    n_val: int
-    tracking_uri: str | None
-    run_id: str | None
-    experiment_id: str | None
-    notices: tuple[str, ...] = ()  # about the tracking store, worth a line on screen
-    resumed_from: str | None = None  # "step 340 of checkpoint PATH" when the run goes on from one
-    first_epoch: int = 1
-
-
-@dataclass
-class RunResult:
-    """What a finished run did: final metrics, every logged point, timings and the model."""
-
-    info: RunInfo
-    final_metrics: dict[str, float]
-    history: list[tuple[int, dict[str, float]]]
-    steps: int
-    seconds: float
-    loop_seconds: float
-    model: nn.Module
-    model_uri: str | None = None
-    tracking_uri_source: str = ""
-    store_wait_seconds: float = 0.0  # after the loop, until every queued metric was stored
-    checkpoint: Path | None = None  # the final checkpoint
-    step_losses: list[float] | None = None  # every step's loss, in order, when asked for (record_losses)
-    pending_sync: str | None = None  # what waits in the local journal for a tracking server that went away
-
-    @property
-    def run_id(self) -> str | None:
-        return self.info.run_id
-
-
-class Observer(Protocol):
-    """Watches a run; the console's progress bar is one. Called on the training thread."""
-
-    def run_started(self, info: RunInfo) -> None: ...
-
-    def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None: ...
-
-    def run_finished(self, result: RunResult) -> None: ...
-
-
-class _NoRun:
-    """Stands in for an MLflow run under --no-track."""
-
-    run_id = experiment_id = tracking_uri = None
-
-    def log_metrics(self, points: list[tuple[int, Mapping[str, float]]]) -> None:
-        pass
-
-    def close_metrics(self) -> None:
-        pass
 
 
 def train(
@@ -135,17 +71,35 @@ def train(
     `stop_at_step` ends the run after that step, with a checkpoint, as if the spec ended there;
     `record_losses` keeps every step's loss (RunResult.step_losses). `tags` are added to the run's
     (a sweep's trial: `mlflow.parentRunId`, and `mlflow.runName` for its name).
+
+    Under torchrun (RANK and WORLD_SIZE set) this process is one rank of a distributed job
+    (distributed.py): it trains its shard of every batch in DistributedDataParallel; rank 0 alone
+    runs the gradient check, tracks in MLflow and writes checkpoints; after a restart the job goes
+    on from its newest checkpoint (jobs.py).
     """
+    with joined() as ranks:
+        return _train(ranks, spec, overrides, device, tracking_uri, track, deterministic, observers, plugins, skip_gradcheck, resume,
+                      allow_spec_change, detect_anomaly, checkpoint_dir, stop_at_step, record_losses, tags)
+
+
+def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], device: str | None, tracking_uri: str | None,
+           track: bool, deterministic: bool | None, observers: Sequence[Observer], plugins: PluginSettings | None, skip_gradcheck: bool,
+           resume: str | Path | None, allow_spec_change: bool, detect_anomaly: bool, checkpoint_dir: str | Path | None, stop_at_step: int | None,
+           record_losses: bool, tags: Mapping[str, str] | None) -> RunResult:
     started = time.perf_counter()
+    resume = agreed_resume(ranks, resume, spec, tracking_uri) if ranks.distributed else resume
     resumed = prepare_resume(resume, spec, overrides, plugins=plugins, tracking_uri=tracking_uri, allow_spec_change=allow_spec_change) if resume else None
     spec, system = _spec_and_plugins(resumed.spec if resumed else spec, overrides, plugins)
-    observers = [*observers, PluginEvents(system)]
-    uri, uri_source = _tracking_uri(tracking_uri, spec, resumed) if track else (None, "--no-track")
+    spec = spec.with_seed(ranks.broadcast(spec.seed))  # a generated seed is rank 0's
+    observers = [*observers, PluginEvents(system)] if ranks.is_main else []
+    if ranks.distributed:
+        tags = {**(tags or {}), "knightctl.world_size": str(ranks.world_size), "knightctl.restarts": str(ranks.restart_count)}
+    uri, uri_source = _tracking_uri(tracking_uri, spec, resumed) if track and ranks.is_main else (None, "--no-track")
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
     try:
-        choice, parts, verdicts = _prepare(spec, system, device, deterministic, skip_gradcheck)
+        choice, parts, verdicts = _prepare(spec, system, device, deterministic, skip_gradcheck or not ranks.is_main, ranks)
         run_context = open_run(spec, tracking_uri=uri, tags={**run_tags(spec, choice, system), **(tags or {})}, writer=writer,
-                               resume_run_id=resumed.run_id if resumed else None) if uri else nullcontext(_NoRun())
+                               resume_run_id=resumed.run_id if resumed else None) if uri else nullcontext(NoRun())
     except BaseException:
         if writer is not None:
             writer.abandon()
@@ -153,14 +107,17 @@ def train(
     position = Position()
     stop = StopOnSignal()  # signals are deferred to the step's end only while the loop runs
     with _interruptible(position, stop) as run_holder, run_context as run:
+        run.run_id = ranks.broadcast(run.run_id)
         run_holder.append(run.run_id)
-        loop = _loop_for(spec, parts, run, observers, position, stop, resumed, checkpoint_dir, stop_at_step, record_losses, system)
+        loop = _loop_for(spec, parts, run, observers, position, stop, resumed, checkpoint_dir, stop_at_step, record_losses, system, ranks)
+        if ranks.distributed and ranks.is_main and ranks.job_id:
+            write_job(ranks.job_id, JobRecord(run.run_id, str(loop.checkpoints.path), run.tracking_uri, ranks.world_size))
         if isinstance(run, MlflowRun):
             record_start(run, spec, choice, parts, verdicts, skip_gradcheck, position, resumed, loop.checkpoints.path)
-        info = _run_info(spec, choice, parts, run, resumed)
+        info = _run_info(spec, choice, parts, run, resumed, ranks.world_size)
         for observer in observers:
             observer.run_started(info)
-        _start_generators(spec, resumed)
+        _start_generators(spec, resumed, ranks)
         loop_began = time.perf_counter()
         try:
             with stop, torch.autograd.detect_anomaly(check_nan=True) if detect_anomaly else nullcontext():
@@ -185,9 +142,12 @@ def train(
 
 def _loop_for(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: Position, stop: StopOnSignal,
               resumed: Resumption | None, checkpoint_dir: str | Path | None, stop_at_step: int | None, record_losses: bool,
-              system: PluginSystem) -> Loop:
-    """The loop's state: fresh, or as the checkpoint left it (the global generators: `_start_generators`)."""
+              system: PluginSystem, ranks: Single) -> Loop:
+    """The loop's state: fresh, or as the checkpoint left it (the global generators: `_start_generators`).
+
+    Every rank of a distributed job draws the same data order; rank 0 names the checkpoint folder."""
     folder = _checkpoint_folder(spec, run, resumed, checkpoint_dir)
+    folder = CheckpointFolder(Path(ranks.broadcast(str(folder.path))), folder.keep_last)
     data_order = torch.Generator().manual_seed(spec.seed or 0)
     metrics = StepMetrics()
     start = None
@@ -200,17 +160,26 @@ def _loop_for(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequ
         position.latest.update(resumed.state["latest"])
     if record_losses:
         metrics.per_step = []
-    return Loop(spec, parts, run, observers, position, metrics, data_order, folder, stop, start, stop_at_step, system.blame)
+    metrics.reduce = ranks.reducer()
+    return Loop(spec, parts, run, observers, position, metrics, data_order, folder, stop, start, stop_at_step, system.blame,
+                ranks, ranks.wrap(parts.model))
 
 
-def _start_generators(spec: ExperimentSpec, resumed: Resumption | None) -> None:
+def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: Single) -> None:
     """Seed the global generators (or restore them) just before the first step, so that nothing run
     before the loop (the gradient check, MLflow) changes what the loop draws (dropout and the like).
-    The loop's seed differs from the one that initialised the weights, so its draws are not theirs."""
-    if resumed is not None:
+    The loop's seed differs from the one that initialised the weights, so its draws are not theirs;
+    each rank of a distributed job gets its own (rank 0's is a single process's)."""
+    if resumed is None:
+        seed_everything(((spec.seed or 0) * 2654435761 + 1 + 7919 * ranks.rank) % 2**32)
+        return
+    per_rank = resumed.state.get("rank_rng")  # written by a distributed job
+    if per_rank is not None and len(per_rank) == ranks.world_size:
+        set_rng_states(per_rank[ranks.rank])
+    elif per_rank is None and not ranks.distributed:
         set_rng_states(resumed.state["rng"])
-    else:
-        seed_everything(((spec.seed or 0) * 2654435761 + 1) % 2**32)
+    else:  # a different number of processes: fresh draws, distinct per rank
+        seed_everything(((spec.seed or 0) * 2654435761 + int(resumed.state["step"]) + 7919 * ranks.rank) % 2**32)
 
 
 def _checkpoint_folder(spec: ExperimentSpec, run: Any, resumed: Resumption | None, checkpoint_dir: str | Path | None) -> CheckpointFolder:
@@ -232,10 +201,13 @@ def _tracking_uri(cli_uri: str | None, spec: ExperimentSpec, resumed: Resumption
 
 
 def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, deterministic: bool | None,
-             skip_gradcheck: bool) -> tuple[DeviceChoice, Components, list[OpReport]]:
+             skip_gradcheck: bool, ranks: Single) -> tuple[DeviceChoice, Components, list[OpReport]]:
     """The device, seed and components; a dry forward and the ops' gradient check, before any run exists."""
     assert spec.seed is not None
     choice = resolve_device(device or spec.train.device)
+    if ranks.distributed:
+        where = f"{ranks.world_size} processes in DistributedDataParallel; this is rank {ranks.rank}"
+        choice = DeviceChoice(ranks.device(choice.device), f"{choice.reason}; {where}")
     if spec.train.deterministic if deterministic is None else deterministic:
         set_deterministic(True)  # never switched off here: a caller may have switched it on
     seed_everything(spec.seed)
@@ -281,7 +253,7 @@ def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str 
         raise Interrupted(message, signal_name=signal_name, run_id=run_id, hint=hint) from None
 
 
-def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any, resumed: Resumption | None) -> RunInfo:
+def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any, resumed: Resumption | None, world_size: int) -> RunInfo:
     batch_size = None if spec.train.batch_size == "full" else spec.train.batch_size
     return RunInfo(
         spec_name=spec.name,
@@ -298,4 +270,5 @@ def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run
         notices=tuple(getattr(run, "notices", ())),
         resumed_from=resumed_from(resumed),
         first_epoch=int(resumed.state["epoch"]) + 1 if resumed else 1,
+        world_size=world_size,
     )

@@ -1,0 +1,78 @@
+"""What a training run reports: RunInfo before the first step, RunResult at the end, and the Observer protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Protocol
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run is about to do; observers receive it before the first step."""
+
+    spec_name: str
+    device: str
+    device_reason: str
+    seed: int
+    epochs: int
+    steps_per_epoch: int
+    n_train: int
+    n_val: int
+    tracking_uri: str | None
+    run_id: str | None
+    experiment_id: str | None
+    notices: tuple[str, ...] = ()  # about the tracking store, worth a line on screen
+    resumed_from: str | None = None  # "step 340 of checkpoint PATH" when the run goes on from one
+    first_epoch: int = 1
+    world_size: int = 1  # processes training together (distributed data parallel when over 1)
+
+
+@dataclass
+class RunResult:
+    """What a finished run did: final metrics, every logged point, timings and the model."""
+
+    info: RunInfo
+    final_metrics: dict[str, float]
+    history: list[tuple[int, dict[str, float]]]
+    steps: int
+    seconds: float
+    loop_seconds: float
+    model: nn.Module
+    model_uri: str | None = None
+    tracking_uri_source: str = ""
+    store_wait_seconds: float = 0.0  # after the loop, until every queued metric was stored
+    checkpoint: Path | None = None  # the final checkpoint
+    step_losses: list[float] | None = None  # every step's loss, in order, when asked for (record_losses)
+    pending_sync: str | None = None  # what waits in the local journal for a tracking server that went away
+
+    @property
+    def run_id(self) -> str | None:
+        return self.info.run_id
+
+
+class Observer(Protocol):
+    """Watches a run; the console's progress bar is one. Called on the training thread."""
+
+    def run_started(self, info: RunInfo) -> None: ...
+
+    def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None: ...
+
+    def run_finished(self, result: RunResult) -> None: ...
+
+
+class NoRun:
+    """Stands in for an MLflow run under --no-track, and on every rank but 0 of a distributed job."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        self.run_id = run_id  # in a distributed job, rank 0's run: it names the checkpoint folder
+        self.experiment_id: str | None = None
+        self.tracking_uri: str | None = None
+
+    def log_metrics(self, points: list[tuple[int, Mapping[str, float]]]) -> None:
+        pass
+
+    def close_metrics(self) -> None:
+        pass

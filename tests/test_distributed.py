@@ -1,0 +1,138 @@
+"""Distributed training: `knightctl train --nproc-per-node 2` (gloo, real processes) against one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from knightctl.checkpoint import CheckpointFolder, load_checkpoint
+from knightctl.distributed import Ranks
+from knightctl.launch import RankFailure, cause
+from knightctl.training import train
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_GATE = ROOT / "tests" / "plugins" / "step_gate.py"
+
+# The chapter's model with an identity layer that can crash one rank (tests/plugins/step_gate.py).
+# 320 training rows in batches of 45: seven of 45 and a last one of 5, which two ranks split 2 and 3,
+# so the loss weighting of uneven shards is part of what must match.
+GATED_SPEC = textwrap.dedent(
+    f"""\
+    name: gated
+    seed: 3
+    data: {{name: battles, n_samples: 400, noise: 0.1, val_fraction: 0.2}}
+    plugins: [{STEP_GATE}]
+    model:
+      - {{type: linear, in_features: 2, out_features: 5}}
+      - relu
+      - test_gate
+      - {{type: linear, in_features: 5, out_features: 1}}
+    loss: bce_with_logits
+    optimizer: {{name: adam, lr: 0.1}}
+    train: {{epochs: 6, batch_size: 45, log_every_n_steps: 4}}
+    checkpoint: {{every_n_epochs: 2}}
+    """
+)
+
+
+def _knightctl(*args: str, crash_step: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NO_COLOR": "1"}
+    if crash_step is not None:
+        env.update(KNIGHTCTL_CRASH_STEP=str(crash_step), KNIGHTCTL_CRASH_RANK="1")
+    return subprocess.run([sys.executable, "-m", "knightctl", *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
+    newest = CheckpointFolder(folder).latest()
+    assert newest is not None, f"no checkpoint in {folder}"
+    return load_checkpoint(newest)["model"]
+
+
+def _assert_close(distributed: dict[str, torch.Tensor], single: dict[str, torch.Tensor]) -> None:
+    assert distributed.keys() == single.keys()
+    for name in single:
+        # Two ranks sum each batch in two halves: the same step up to float32 rounding.
+        torch.testing.assert_close(distributed[name], single[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_two_ranks_train_the_chapters_model_to_the_weights_of_one_process(tmp_path: Path) -> None:
+    spec = ROOT / "experiments" / "round_table.yaml"
+    done = _knightctl("train", str(spec), "--nproc-per-node", "2", "--no-track", "--set", "train.epochs=60")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "2 processes in DistributedDataParallel" in " ".join(done.stdout.split())
+    assert done.stdout.count("round_table: finished") == 1  # rank 0 alone reports
+    [folder] = (tmp_path / "checkpoints").iterdir()
+    single = train(spec, overrides=["train.epochs=60"], track=False, checkpoint_dir=tmp_path / "single")
+    assert _final_weights(folder).keys() == single.model.state_dict().keys()
+    _assert_close(_final_weights(folder), single.model.state_dict())
+
+
+def test_a_crashing_rank_fails_the_job_naming_the_rank_and_the_run_ends_failed(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "spec.yaml").write_text(GATED_SPEC)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = _knightctl("train", "spec.yaml", "--nproc-per-node", "2", "--tracking-uri", uri, crash_step=20)
+    assert done.returncode == 1, done.stderr
+    error = " ".join(done.stderr.split())
+    assert "distributed training failed: rank 1 exited with code 1 (then rank 0 stopped too)" in error
+    assert "RuntimeError: test crash in rank 1 at step 20" in error
+    assert "Traceback" not in done.stderr
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("gated").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["knightctl.failed_rank"] == "1"
+    assert "| status | FAILED: rank 1 failed |" in run.data.tags["mlflow.note.content"]
+    assert "test crash in rank 1 at step 20" in run.data.tags["mlflow.note.content"]
+    stored = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "error")}
+    assert "error/rank-1-traceback.txt" in stored
+    assert f"knightctl train --resume {run.info.run_id} --nproc-per-node 2" in error  # rank 0 checkpointed step 16
+
+
+def test_a_restarted_job_goes_on_from_its_checkpoint_to_the_weights_and_losses_of_one_process(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "spec.yaml").write_text(GATED_SPEC)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = _knightctl("train", "spec.yaml", "--nproc-per-node", "2", "--max-restarts", "1", "--tracking-uri", uri, crash_step=20)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step 16" in " ".join(done.stdout.split())  # the checkpoint after epoch 2 (8 steps an epoch)
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("gated").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["knightctl.world_size"] == "2" and run.data.tags["knightctl.restarts"] == "1"
+    single = train(tmp_path / "spec.yaml", track=False, checkpoint_dir=tmp_path / "single")
+    _assert_close(_final_weights(tmp_path / "checkpoints" / run.info.run_id), single.model.state_dict())
+    # The logged losses are the global batches' (reduced over ranks), each step once despite the restart.
+    logged = {point.step: point.value for point in client.get_metric_history(run.info.run_id, "train/loss")}
+    expected = {step: values["train/loss"] for step, values in single.history if "train/loss" in values}
+    assert sorted(logged) == sorted(expected) == list(range(4, 49, 4))
+    assert logged == pytest.approx(expected, rel=1e-4)
+
+
+def test_uneven_shards_weigh_their_rows_so_the_ranks_average_is_the_batch_mean() -> None:
+    inputs, targets = torch.arange(5.0).reshape(5, 1), torch.arange(5.0)
+    shards = [Ranks(rank=rank, world_size=2).shard(inputs, targets) for rank in range(2)]
+    assert [len(x) for x, _, _ in shards] == [2, 3]
+    assert torch.equal(torch.cat([x for x, _, _ in shards]), inputs)
+    # mean over ranks of (shard mean * weight) == mean over the whole batch
+    weighted = [x.mean() * weight for x, _, weight in shards]
+    assert float(sum(weighted) / 2) == pytest.approx(float(inputs.mean()))
+    empty = Ranks(rank=0, world_size=4).shard(inputs[:2], targets[:2])
+    assert len(empty[0]) == 0 and empty[2] == 0.0
+
+
+def test_the_cause_is_the_first_failure_that_is_not_a_consequence_of_another() -> None:
+    crashed = RankFailure(3, 1, "RuntimeError: boom", None, peer_lost=False, traceback=None, time=105.0)
+    lost = RankFailure(0, 1, "another rank of this job stopped", None, peer_lost=True, traceback=None, time=100.0)
+    stopped = RankFailure(1, -15, "", None, peer_lost=False, traceback=None, time=101.0)  # the agent's SIGTERM
+    assert cause([lost, stopped, crashed]) is crashed
+    killed = RankFailure(2, -9, "", None, peer_lost=False, traceback=None, time=103.0)
+    assert cause([lost, killed, crashed]) is killed
+    assert cause([lost, stopped]) is lost  # nothing but consequences: the earliest
