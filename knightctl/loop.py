@@ -212,7 +212,7 @@ def _loop(loop: Loop) -> float:
                 metrics.close_window(position.step, optimizer.param_groups[0]["lr"])
             values = {"train/grad_norm": gradient_norm(model)} if clipped_norm is None else {}
             if parts.data.val_x is not None:
-                values.update(evaluate(model, loss_fn, parts.data.val_x, parts.data.val_y, parts.loss_def.target))
+                values.update(_validation(parts, ranks))
             metrics.add_point(position.step, values)
             points = metrics.collect()  # the one device synchronisation per evaluation
             now = time.perf_counter()
@@ -227,6 +227,16 @@ def _loop(loop: Loop) -> float:
         if not last and not ranks.distributed and stop.requested is not None:  # finishing beats stopping after the last step
             raise _StopRequested()
     return time.perf_counter() - loop_started
+
+
+def _validation(parts: Any, ranks: Any) -> dict[str, torch.Tensor | float]:
+    """Validation metrics as device tensors. The ranks of a distributed job each take a slice of the
+    validation rows, weighted like a batch's, so that the mean over ranks is the whole set's."""
+    x, y, weight = parts.data.val_x, parts.data.val_y, 1.0
+    if ranks.distributed and len(x) >= ranks.world_size:
+        x, y, weight = ranks.shard(x, y)
+    values = evaluate(parts.model, parts.loss_fn, x, y, parts.loss_def.target)
+    return values if weight == 1.0 else {name: value * weight for name, value in values.items()}
 
 
 def _stop_asked(stop: StopOnSignal, ranks: Any, step: int, check_every: int) -> bool:

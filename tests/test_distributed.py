@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,44 @@ def test_a_restarted_job_goes_on_from_its_checkpoint_to_the_weights_and_losses_o
     assert logged == pytest.approx(expected, rel=1e-4)
 
 
+def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "spec.yaml").write_text(GATED_SPEC)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    env = {**os.environ, "NO_COLOR": "1", "KNIGHTCTL_GATE_STEP": "22", "KNIGHTCTL_GATE_DIR": str(gate)}
+    command = [sys.executable, "-m", "knightctl", "train", "spec.yaml", "--nproc-per-node", "2", "--tracking-uri", uri]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (gate / "reached").exists() and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (gate / "reached").exists(), launcher.communicate(timeout=30)
+        launcher.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches knightctl; torchrun's agent passes it on, once
+        time.sleep(1.0)  # the signal lands on the ranks while step 22 is held
+        (gate / "release").touch()
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 130, err
+    client = MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("gated").experiment_id])
+    assert run.info.status == "KILLED"
+    # The ranks agree once per logging window (4 steps): both stop after step 24, and rank 0 checkpoints it.
+    assert [p.name for p in CheckpointFolder(tmp_path / "checkpoints" / run.info.run_id).checkpoints()][-1] == "step-000000024.pt"
+    resume = f"knightctl train --resume {run.info.run_id} --nproc-per-node 2"
+    assert resume in " ".join(err.split())
+    done = _knightctl(*resume.split()[1:], "--tracking-uri", uri)
+    assert done.returncode == 0, done.stderr
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    single = train(tmp_path / "spec.yaml", track=False, checkpoint_dir=tmp_path / "single")
+    _assert_close(_final_weights(tmp_path / "checkpoints" / run.info.run_id), single.model.state_dict())
+    steps = [point.step for point in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == list(range(4, 49, 4))
+
+
 def test_uneven_shards_weigh_their_rows_so_the_ranks_average_is_the_batch_mean() -> None:
     inputs, targets = torch.arange(5.0).reshape(5, 1), torch.arange(5.0)
     shards = [Ranks(rank=rank, world_size=2).shard(inputs, targets) for rank in range(2)]
@@ -136,3 +176,22 @@ def test_the_cause_is_the_first_failure_that_is_not_a_consequence_of_another() -
     killed = RankFailure(2, -9, "", None, peer_lost=False, traceback=None, time=103.0)
     assert cause([lost, killed, crashed]) is killed
     assert cause([lost, stopped]) is lost  # nothing but consequences: the earliest
+
+
+@pytest.mark.cuda
+def test_one_rank_on_cuda_trains_through_nccl(tmp_path: Path) -> None:
+    spec = ROOT / "experiments" / "round_table.yaml"
+    done = _knightctl("train", str(spec), "--nproc-per-node", "1", "--device", "cuda", "--no-track", "--set", "train.epochs=30")
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "cuda:0" in done.stdout and "1 processes in DistributedDataParallel" in " ".join(done.stdout.split())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_gpus_train_the_chapters_model_to_the_weights_of_one(tmp_path: Path) -> None:
+    spec = ROOT / "experiments" / "round_table.yaml"
+    done = _knightctl("train", str(spec), "--nproc-per-node", "2", "--device", "cuda", "--no-track", "--set", "train.epochs=60")
+    assert done.returncode == 0, done.stderr + done.stdout
+    [folder] = (tmp_path / "checkpoints").iterdir()
+    single = train(spec, overrides=["train.epochs=60"], device="cuda", track=False, checkpoint_dir=tmp_path / "single")
+    _assert_close({k: v.cpu() for k, v in _final_weights(folder).items()}, {k: v.cpu() for k, v in single.model.state_dict().items()})
