@@ -22,7 +22,7 @@ from knightctl.devices import DeviceChoice, new_seed, resolve_device, seed_every
 from knightctl.errors import Interrupted, KnightctlError, Terminated
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.run import preflight
-from knightctl.jobs import JobRecord, agreed_resume, write_job
+from knightctl.jobs import JobRecord, agreed_resume, job_file, write_job
 from knightctl.loop import Loop, Position, resume_command, run_loop
 from knightctl.metrics import StepMetrics
 from knightctl.plugins import PluginEvents, PluginSettings, PluginSystem
@@ -133,6 +133,8 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, overrides: S
         run.close_metrics()
         store_wait_seconds = time.perf_counter() - stored_by
         model_uri = record_results(run, spec, parts, position) if isinstance(run, MlflowRun) else None
+    if ranks.is_main and ranks.job_id:  # finished: nothing left to restart from
+        job_file(ranks.job_id).unlink(missing_ok=True)
     result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model,
                        model_uri, uri_source, store_wait_seconds, position.checkpoint, loop.metrics.per_step, getattr(run, "pending_sync", None))
     for observer in observers:

@@ -116,6 +116,7 @@ def test_a_restarted_job_goes_on_from_its_checkpoint_to_the_weights_and_losses_o
     expected = {step: values["train/loss"] for step, values in single.history if "train/loss" in values}
     assert sorted(logged) == sorted(expected) == list(range(4, 49, 4))
     assert logged == pytest.approx(expected, rel=1e-4)
+    assert not list((tmp_path / ".knightctl" / "jobs").glob("*.json"))  # a finished job leaves nothing to restart from
 
 
 def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resumes_to_the_same_weights(tmp_path: Path) -> None:
