@@ -38,6 +38,8 @@ def train(ctx: click.Context, spec: str | None, overrides: tuple[str, ...], devi
     if verify_resume and (resume is not None or nproc_per_node is not None or "WORLD_SIZE" in os.environ):
         raise click.UsageError("--verify-resume trains a SPEC from the start in one process; it does not combine with --resume, "
                                "--nproc-per-node or torchrun")
+    if nproc_per_node is not None and "WORLD_SIZE" in os.environ:
+        raise click.UsageError("--nproc-per-node starts the processes itself; under torchrun, leave it to torchrun's own --nproc-per-node")
     if max_restarts and nproc_per_node is None:
         raise click.UsageError("--max-restarts goes with --nproc-per-node (under torchrun, use torchrun's own --max-restarts)")
     if nproc_per_node is not None:

@@ -184,7 +184,7 @@ def _attempt_store(ranks: Ranks, timeout: timedelta) -> Any:
     Under torchrun the agent hosts the store and keeps it across restarts. Without a scope of
     our own, a restarted rank can read the address an earlier attempt's rank published and
     dial a dead process: seen here, with torch 2.13, as a hang or "connection refused" in
-    about one restart in two.
+    restarted jobs, plain torchrun scripts included.
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # ranks started some other way: rank 0 hosts it
         store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks.world_size,
@@ -211,13 +211,12 @@ def joined() -> Iterator[Single]:
 
 def is_peer_lost(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) says another rank went away, rather than what went wrong."""
+    dist_error = getattr(torch.distributed, "DistError", ())  # torch 2.1 and later
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, PeerLost):
+        if isinstance(seen, (PeerLost, dist_error)):
             return True
-        dist_error = getattr(torch.distributed, "DistError", ())
-        text = str(seen)
-        if isinstance(seen, dist_error) or (isinstance(seen, RuntimeError) and any(mark in text for mark in _PEER_LOST_MARKS)):
+        if isinstance(seen, RuntimeError) and any(mark in str(seen) for mark in _PEER_LOST_MARKS):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

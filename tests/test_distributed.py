@@ -43,10 +43,10 @@ GATED_SPEC = textwrap.dedent(
 )
 
 
-def _knightctl(*args: str, crash_step: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def _knightctl(*args: str, crash_step: int | None = None, always: bool = False, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1"}
-    if crash_step is not None:
-        env.update(KNIGHTCTL_CRASH_STEP=str(crash_step), KNIGHTCTL_CRASH_RANK="1")
+    if crash_step is not None:  # rank 1 raises at that step (tests/plugins/step_gate.py), in the first attempt or in all
+        env.update(KNIGHTCTL_CRASH_STEP=str(crash_step), KNIGHTCTL_CRASH_RANK="1", **({"KNIGHTCTL_CRASH_ALWAYS": "1"} if always else {}))
     return subprocess.run([sys.executable, "-m", "knightctl", *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -75,48 +75,31 @@ def test_two_ranks_train_the_chapters_model_to_the_weights_of_one_process(tmp_pa
     _assert_close(_final_weights(folder), single.model.state_dict())
 
 
-def test_a_crashing_rank_fails_the_job_naming_the_rank_and_the_run_ends_failed(tmp_path: Path) -> None:
+def test_a_crashing_rank_is_restarted_from_the_checkpoint_then_fails_the_job_naming_the_rank_and_the_run(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "spec.yaml").write_text(GATED_SPEC)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = _knightctl("train", "spec.yaml", "--nproc-per-node", "2", "--tracking-uri", uri, crash_step=20)
+    # Rank 1 raises at its process's 20th step in every attempt: at step 20, then (resumed at 16) at step 36.
+    done = _knightctl("train", "spec.yaml", "--nproc-per-node", "2", "--max-restarts", "1", "--tracking-uri", uri, crash_step=20, always=True)
     assert done.returncode == 1, done.stderr
+    assert "resuming at step 16" in " ".join(done.stdout.split())  # the restart went on from the checkpoint after epoch 2
     error = " ".join(done.stderr.split())
     assert "distributed training failed: rank 1 exited with code 1 (then rank 0 stopped too)" in error
     assert "RuntimeError: test crash in rank 1 at step 20" in error
     assert "Traceback" not in done.stderr
     client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("gated").experiment_id])
+    [run] = client.search_runs([client.get_experiment_by_name("gated").experiment_id])  # one run across both attempts
     assert run.info.status == "FAILED"
-    assert run.data.tags["knightctl.failed_rank"] == "1"
+    assert run.data.tags["knightctl.failed_rank"] == "1" and run.data.tags["knightctl.restarts"] == "1"
     assert "| status | FAILED: rank 1 failed |" in run.data.tags["mlflow.note.content"]
     assert "test crash in rank 1 at step 20" in run.data.tags["mlflow.note.content"]
     stored = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "error")}
     assert "error/rank-1-traceback.txt" in stored
-    assert f"knightctl train --resume {run.info.run_id} --nproc-per-node 2" in error  # rank 0 checkpointed step 16
-
-
-def test_a_restarted_job_goes_on_from_its_checkpoint_to_the_weights_and_losses_of_one_process(tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    (tmp_path / "spec.yaml").write_text(GATED_SPEC)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = _knightctl("train", "spec.yaml", "--nproc-per-node", "2", "--max-restarts", "1", "--tracking-uri", uri, crash_step=20)
-    assert done.returncode == 0, done.stderr
-    assert "resuming at step 16" in " ".join(done.stdout.split())  # the checkpoint after epoch 2 (8 steps an epoch)
-    client = MlflowClient(uri)
-    [run] = client.search_runs([client.get_experiment_by_name("gated").experiment_id])
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["knightctl.world_size"] == "2" and run.data.tags["knightctl.restarts"] == "1"
-    single = train(tmp_path / "spec.yaml", track=False, checkpoint_dir=tmp_path / "single")
-    _assert_close(_final_weights(tmp_path / "checkpoints" / run.info.run_id), single.model.state_dict())
-    # The logged losses are the global batches' (reduced over ranks), each step once despite the restart.
-    logged = {point.step: point.value for point in client.get_metric_history(run.info.run_id, "train/loss")}
-    expected = {step: values["train/loss"] for step, values in single.history if "train/loss" in values}
-    assert sorted(logged) == sorted(expected) == list(range(4, 49, 4))
-    assert logged == pytest.approx(expected, rel=1e-4)
-    assert not list((tmp_path / ".knightctl" / "jobs").glob("*.json"))  # a finished job leaves nothing to restart from
+    assert f"knightctl train --resume {run.info.run_id} --nproc-per-node 2" in error
+    # Each logged step once: 4..16 before the first crash, 20..32 (the checkpoint at 32) before the second.
+    steps = [point.step for point in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == list(range(4, 33, 4))
 
 
 def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resumes_to_the_same_weights(tmp_path: Path) -> None:
@@ -196,3 +179,16 @@ def test_two_gpus_train_the_chapters_model_to_the_weights_of_one(tmp_path: Path)
     [folder] = (tmp_path / "checkpoints").iterdir()
     single = train(spec, overrides=["train.epochs=60"], device="cuda", track=False, checkpoint_dir=tmp_path / "single")
     _assert_close({k: v.cpu() for k, v in _final_weights(folder).items()}, {k: v.cpu() for k, v in single.model.state_dict().items()})
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--max-restarts", "2"], "--max-restarts goes with --nproc-per-node"),
+    (["--nproc-per-node", "2", "--verify-resume"], "--verify-resume trains a SPEC from the start in one process"),
+])
+def test_launcher_options_that_do_not_fit_are_usage_errors(args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from knightctl.cli import main
+
+    done = CliRunner().invoke(main, ["train", str(ROOT / "experiments" / "round_table.yaml"), *args])
+    assert done.exit_code == 2 and message in " ".join(done.output.split())

@@ -4,8 +4,9 @@ Counting only training forwards (train mode, gradients on), at step $KNIGHTCTL_G
 creates $KNIGHTCTL_GATE_DIR/reached and waits (up to 60 s) for $KNIGHTCTL_GATE_DIR/release: a
 test sends its signals while the step is held, so they land mid-step, at a known step. At step
 $KNIGHTCTL_NAN_STEP it multiplies by NaN instead, so the loss becomes NaN at that step. At step
-$KNIGHTCTL_CRASH_STEP, in the distributed rank $KNIGHTCTL_CRASH_RANK of a job's first attempt
-(torchrun's restart count 0), it raises: a crashing rank, which a restart gets past.
+$KNIGHTCTL_CRASH_STEP of its process, in the distributed rank $KNIGHTCTL_CRASH_RANK, it raises: a
+crashing rank. Only in a job's first attempt (torchrun's restart count 0), which a restart gets
+past, unless $KNIGHTCTL_CRASH_ALWAYS is set.
 
 A `test_drift` layer adds a value that grows with every training forward, kept outside the
 model's state: a run resumed in a new process cannot match the run straight through, which
@@ -32,7 +33,7 @@ class StepGate(nn.Module):
             return x
         self.steps += 1
         if self.steps == int(os.environ.get("KNIGHTCTL_CRASH_STEP", "0")) and os.environ.get("RANK") == os.environ.get("KNIGHTCTL_CRASH_RANK") \
-                and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+                and (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" or os.environ.get("KNIGHTCTL_CRASH_ALWAYS")):
             raise RuntimeError(f"test crash in rank {os.environ['RANK']} at step {self.steps}")
         if self.steps == int(os.environ.get("KNIGHTCTL_NAN_STEP", "0")):
             return x * float("nan")
