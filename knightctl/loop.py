@@ -77,7 +77,7 @@ class Loop:
         parameters = [p.detach() for p in self.parts.model.parameters()]
         if parameters and not bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
             raise RunFailed(f"the model's weights are no longer finite at step {self.position.step}; no checkpoint was written")
-        rank_generators = self.ranks.gather(rng_states())
+        rank_generators = self.ranks.gather(rng_states()) if self.ranks.distributed else None
         if not self.ranks.is_main:
             self.position.checkpoint = self.checkpoints.file_for(self.position.step)
             return self.position.checkpoint

@@ -8,13 +8,12 @@ dashboard tells the story without the terminal.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 
+from knightctl.runnote import amend_note
 from knightctl.tracking import NOTE_TAG
 
 FAILED_RANK_TAG = "knightctl.failed_rank"
-_STATUS_ROW = re.compile(r"^\| status \| .* \|$", re.MULTILINE)
 
 
 def mark_failed(tracking_uri: str, run_id: str, message: str, rank: int, traceback: str | None = None) -> None:
@@ -25,17 +24,12 @@ def mark_failed(tracking_uri: str, run_id: str, message: str, rank: int, traceba
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    row = f"| status | FAILED: rank {rank} failed |".replace("\n", " ")
-    note = _STATUS_ROW.sub(lambda _: row, run.data.tags.get(NOTE_TAG, ""), count=1)
-    note = (note.rstrip("\n") + "\n\n" if note.strip() else "") + f"**The distributed job failed** ({when}): {_escaped(message)}.\n"
+    # One line of markdown: the message's own line breaks and table bars would break the note.
+    sentence = " ".join(message.split()).replace("|", "\\|")
+    note = amend_note(run.data.tags.get(NOTE_TAG, ""), f"FAILED: rank {rank} failed", f"**The distributed job failed** ({when}): {sentence}.")
     client.set_tag(run_id, NOTE_TAG, note)
     client.set_tag(run_id, FAILED_RANK_TAG, str(rank))
     if traceback:
         client.log_text(run_id, traceback, f"error/rank-{rank}-traceback.txt")
     if run.info.status != "FAILED":
         client.set_terminated(run_id, "FAILED")
-
-
-def _escaped(text: str) -> str:
-    """One line of markdown: the message's own line breaks and table bars would break the note."""
-    return " ".join(text.split()).replace("|", "\\|")

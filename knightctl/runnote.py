@@ -7,6 +7,7 @@ check. It is written when the run starts and rewritten when it ends, FAILED and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
@@ -98,6 +99,16 @@ def _results(metrics: Mapping[str, float]) -> list[tuple[str, float]]:
     first = [(key, metrics[key]) for key in _HEADLINE if key in metrics]
     rest = sorted((k, v) for k, v in metrics.items() if k not in _HEADLINE and k not in _NOT_RESULTS and not k.startswith("system/"))
     return first + rest
+
+
+def amend_note(note: str, status: str, paragraph: str) -> str:
+    """A stored description with a new status row and a paragraph at its end: how a run ended, told
+    by a process other than the one that ran it (`knightctl sync`, a distributed job's launcher)."""
+    note = _STATUS_ROW.sub(lambda _: f"| status | {_cell(status)} |", note, count=1)
+    return (note.rstrip("\n") + "\n\n" if note.strip() else "") + paragraph.rstrip("\n") + "\n"
+
+
+_STATUS_ROW = re.compile(r"^\| status \| .* \|$", re.MULTILINE)
 
 
 def _cell(text: str) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 from knightctl.errors import SyncError, TrackingError
 from knightctl.journal import Counts, Journal, journals
 from knightctl.offline import failure_reason, fail_fast_http, is_connection_error, is_http, shown_path
+from knightctl.runnote import amend_note
 from knightctl.runowner import HOST_TAG, PID_TAG, owner_alive
 from knightctl.stores import check_server, sqlite_path
 from knightctl.tracking import NOTE_TAG
@@ -178,8 +179,8 @@ def _mark_killed(client: Any, run_id: str, tags: dict[str, str]) -> None:
     """End the run KILLED; its description's status row and a last line say why."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     reason = f"its process ({tags.get(PID_TAG)} on {tags.get(HOST_TAG)}) ended without closing the run (SIGKILL, a crash or a power cut)"
-    note = tags.get(NOTE_TAG, "").replace("| status | RUNNING |", "| status | KILLED: its process ended without closing the run |", 1)
-    note = (note.rstrip("\n") + "\n\n" if note.strip() else "") + f"**Marked KILLED by `knightctl sync`** on {when}: {reason}.\n"
+    note = amend_note(tags.get(NOTE_TAG, ""), "KILLED: its process ended without closing the run",
+                      f"**Marked KILLED by `knightctl sync`** on {when}: {reason}.")
     client.set_tag(run_id, NOTE_TAG, note)
     client.set_terminated(run_id, "KILLED")
 
