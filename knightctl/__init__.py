@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from knightctl.gradcheck import OpReport, check_op, check_ops  # noqa: F401
     from knightctl.plugins import PluginSettings, PluginSystem  # noqa: F401
     from knightctl.plugins import load as load_plugins  # noqa: F401
-    from knightctl.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
+    from knightctl.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, Sample, SchedulerDef  # noqa: F401
     from knightctl.spec import ExperimentSpec, load_spec  # noqa: F401
     from knightctl.training import RunInfo, RunResult, train  # noqa: F401
     from knightctl.resumecheck import verify_resume  # noqa: F401
@@ -44,6 +44,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SchedulerDef": ("knightctl.registry", "SchedulerDef"),
     "DatasetDef": ("knightctl.registry", "DatasetDef"),
     "OpDef": ("knightctl.registry", "OpDef"),
+    "Sample": ("knightctl.registry", "Sample"),
     "check_op": ("knightctl.gradcheck", "check_op"),
     "check_ops": ("knightctl.gradcheck", "check_ops"),
     "OpReport": ("knightctl.gradcheck", "OpReport"),

@@ -12,7 +12,8 @@ import torch
 from knightctl.plugins import PluginSystem
 from knightctl.registry import OpDef
 
-Form = Literal["custom_op", "autograd.Function", "function"]
+Form = Literal["custom_op", "OpOverload", "OpOverloadPacket", "autograd.Function", "function"]
+LIBRARY_FORMS: tuple[Form, ...] = ("custom_op", "OpOverload", "OpOverloadPacket")  # torch.library ops: opcheck runs
 Support = Literal["yes", "no", "?"]  # "?": not declared and not visible from the form
 
 
@@ -62,9 +63,18 @@ def _function_class(fn: Any) -> type | None:
 
 
 def form_of(fn: Any) -> Form:
+    """What kind of callable an op is: a custom_op, a torch.ops overload (one, or the packet of
+    them: ops defined with `torch.library.Library`/`define`, or a custom_op reached through
+    `torch.ops.ns.name`), an autograd.Function (or a wrapper of one), or a plain function."""
     custom_op = _custom_op_type()
     if custom_op is not None and isinstance(fn, custom_op):
         return "custom_op"
+    # torch.ops.ns.op is an OpOverloadPacket and .default an OpOverload; torch has no public name
+    # for the packet's class, so both are read from torch._ops, where torch.library gets them too.
+    if isinstance(fn, torch._ops.OpOverload):
+        return "OpOverload"
+    if isinstance(fn, torch._ops.OpOverloadPacket):
+        return "OpOverloadPacket"
     return "autograd.Function" if _function_class(fn) is not None else "function"
 
 
@@ -90,6 +100,8 @@ def _vmap(op: OpDef, form: Form) -> Support:
 
 
 def _devices(op: OpDef, form: Form) -> str:
+    if form in ("OpOverload", "OpOverloadPacket"):
+        return "?"  # its kernels live in the dispatcher, which has no public per-device listing
     if form != "custom_op":
         return "any"
     kernels = getattr(op.fn, "_backend_fns", {None: None})  # device type -> kernel; None: every device

@@ -104,6 +104,19 @@ KINDS: tuple[type[ComponentDef], ...] = (LayerDef, LossDef, OptimizerDef, Schedu
 OpLayerKind = Literal["elementwise", "halves"]
 
 
+class Sample:
+    """One sample input of an op: positional and keyword arguments, each any pytree (tuples, lists,
+    dicts, nested) of tensors and other values. `sample_inputs` may yield these or plain tuples."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"Sample({', '.join(parts)})"
+
+
 @dataclass(frozen=True, kw_only=True)
 class OpDef:
     """A differentiable op a plugin offers: checked by `knightctl gradcheck`, usable as a layer.
@@ -112,9 +125,11 @@ class OpDef:
     - `name`: "namespace::op", the name specs and reports use.
     - `fn`: a callable on tensors: a `torch.library.custom_op`, an `autograd.Function`'s `apply`,
       or a plain differentiable function.
-    - `sample_inputs(device, dtype)`: an iterable of argument tuples for `fn`; the floating-point
-      tensors among them are the inputs gradients are checked against. Keep them away from points
-      where the op is not differentiable.
+    - `sample_inputs(device, dtype)`: an iterable of argument tuples for `fn`, or of `Sample`s
+      (positional and keyword arguments); arguments may be nested tuples, lists and dicts. Every
+      floating-point tensor among them is an input gradients are checked against; every
+      floating-point tensor the op returns (nested too) is an output that is checked. Keep them
+      away from points where the op is not differentiable.
 
     Optional (None means "detect it" where detection is possible):
     - `reference`: a pure-torch function computing the same forward, to compare against.
@@ -124,6 +139,8 @@ class OpDef:
     - `vmap`: whether `torch.vmap` batching works.
     - `surrogate_gradient`: why the backward deliberately differs from the true derivative
       (straight-through estimators, gradient reversal); numeric comparison is then not a verdict.
+    - `differentiable`: False for an op with no derivative to check (its verdict is "n/a").
+    - `nondet_tol`: how far two runs of the backward on the same inputs may differ (0: bit-equal).
     - `layer`: how a spec uses it as a layer: "elementwise" (`fn(x)`, the default), "halves" (the
       input's last dimension split in two, `fn(a, b)`, width halved, GLU style) or None (not a layer).
     - `params`: the keyword options a spec may give the layer; passed to `fn` as keyword arguments.
@@ -139,12 +156,21 @@ class OpDef:
     forward_mode: bool | None = None
     vmap: bool | None = None
     surrogate_gradient: str | None = None
+    differentiable: bool = True
+    nondet_tol: float = 0.0
     layer: OpLayerKind | None = "elementwise"
     params: type[Params] = NoParams
     description: str = ""
     plugin: str = ""
 
     kind = "op"
+
+    @classmethod
+    def from_opinfo(cls, opinfo: Any, **overrides: Any) -> OpDef:
+        """An OpDef from a torch `OpInfo` entry, so that existing OpInfo suites check unchanged."""
+        from knightctl.gradcheck.opinfos import from_opinfo
+
+        return from_opinfo(opinfo, **overrides)
 
 
 def _halved_width(params: Any, in_features: int) -> int:

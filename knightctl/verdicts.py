@@ -35,8 +35,8 @@ def render_gradcheck(console: Console, result: GradcheckResult) -> None:
     table.add_column("checks", ratio=1)  # wraps, so the table reads at 80 columns too
     table.add_column("time", no_wrap=True, justify="right")
     for report in reports:
-        verdict = "[bold red]FAILED[/]" if report.verdict == "failed" else "[green]passed[/]"
-        table.add_row(escape(report.name), verdict, ", ".join(_summary(check) for check in report.checks), f"{report.seconds:.2f}s")
+        verdict = {"failed": "[bold red]FAILED[/]", "passed": "[green]passed[/]"}.get(report.verdict, "[dim]n/a[/]")
+        table.add_row(escape(report.label), verdict, ", ".join(_summary(check) for check in report.checks), f"{report.seconds:.2f}s")
     console.print(table)
     for report in reports:
         _render_details(console, report)
@@ -49,7 +49,7 @@ def render_gradcheck(console: Console, result: GradcheckResult) -> None:
 
 
 def _render_details(console: Console, report: OpReport) -> None:
-    name = escape(report.name)
+    name = escape(report.label)
     if report.note:
         console.print(f"[bold]{name}[/]: {escape(report.note)}", soft_wrap=True)
     for check in report.failures:
@@ -59,7 +59,10 @@ def _render_details(console: Console, report: OpReport) -> None:
         if worst is None:
             continue
         output = f"output {worst.output} element {worst.output_element}" if worst.output >= 0 else "a random projection of the outputs"
-        console.print(f"    worst: sample {worst.sample}, {output}, input {worst.input} element {worst.input_element}", markup=False, soft_wrap=True)
+        where = f" ({worst.input_name})" if worst.input_name else ""
+        values = ", ".join(f"{place} = {value:.6g}" for place, value in worst.input_values)
+        at = f", where {values}" if values else ""
+        console.print(f"    worst: sample {worst.sample}, {output}, input {worst.input}{where} element {worst.input_element}{at}", markup=False, soft_wrap=True)
         console.print(
             f"    analytic {worst.analytic:.9g}  numeric {worst.numeric:.9g}  abs error {worst.abs_error:.3g}  rel error {worst.rel_error:.3g}"
             f"  (tolerance {worst.atol:g} + {worst.rtol:g} * |numeric|)",

@@ -156,7 +156,7 @@ def test_the_cli_prints_a_table_and_the_worst_element_and_exits_1(tmp_path: Path
     assert result.exit_code == 1, result.output
     assert "gradcheck: 2 checked, 1 failed (float64, cpu)" in result.output
     assert "gc::wrong_factor: reverse failed (exact): 12 element(s) out of tolerance" in result.output
-    assert "worst: sample 1, output 0 element (1, 0), input 0 element (1, 0)" in result.output
+    assert "worst: sample 1, output 0 element (1, 0), input 0 (args[0]) element (1, 0), where args[0] = " in result.output
     assert "gc::relu_on_kink: 4 non-differentiable point(s)" in result.output and "Traceback" not in result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["verdict"] == "failed" and [op["verdict"] for op in data["ops"]] == ["failed", "passed"]

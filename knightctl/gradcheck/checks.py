@@ -1,41 +1,60 @@
 """`check_op`: every check one op gets, composed from small ones, into one `OpReport`.
 
 The op runs on each of its samples in float64 (MPS has none: there it runs on the CPU and the
-report says so). Checks, in order: the forward against the `reference`; reverse mode; forward
-mode; second order and up; batched gradients (vmap); `torch.library.opcheck` for library ops. A
-capability the op declares it lacks is "unsupported", one it claims and lacks is "failed", and an
-op that raises is "error" naming the exception, never a crash.
+report says so); a sample's arguments and the op's outputs may be any pytree. Checks, in order:
+mutation and grad metadata (contracts.py), which a failure of stops the value checks, since
+their numbers would be meaningless; the forward against the `reference`; reverse mode and
+undefined gradients; linearity and reentrancy of the backward; forward mode; second order and up
+(not after a nondeterministic backward: its finite differences are noise); batched gradients
+(vmap); `torch.library.opcheck` for library ops. A capability the op declares it lacks is
+"unsupported", one it claims and lacks is "failed", an op that raises is "error" naming the
+exception, never a crash, and an op with nothing differentiable is "n/a", never "ok".
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
-from knightctl.gradcheck.derivatives import forward, higher_order, reverse
-from knightctl.gradcheck.jacobian import Target, as_outputs, batched_vjp, vjp
+from knightctl.gradcheck.contracts import check_linearity_and_reentrancy, check_metadata, check_mutation
+from knightctl.gradcheck.derivatives import forward, higher_order, reverse_and_undefined
+from knightctl.gradcheck.jacobian import Target, as_outputs, batched_vjp, is_float_tensor, op_target, vjp
 from knightctl.gradcheck.report import CheckResult, OpReport
-from knightctl.opinfo import form_of
-from knightctl.registry import OpDef
+from knightctl.opinfo import LIBRARY_FORMS, form_of
+from knightctl.registry import OpDef, Sample
 
 DEFAULT_ORDER = 2
+_BLOCKING = ("mutation", "grad metadata")  # after one of these fails, gradient values mean nothing
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _error(check: str, exc: BaseException, sample: int | None = None) -> CheckResult:
     where = f"sample {sample}: " if sample is not None else ""
-    message = str(exc).splitlines()[0] if str(exc) else ""
-    return CheckResult(check, "error", f"{where}{type(exc).__name__}: {message}")
+    return CheckResult(check, "error", f"{where}{_first_line(exc)}")
 
 
-def sample_targets(op: OpDef, device: torch.device) -> list[Target]:
-    """The op's samples in float64 on `device`, differentiated w.r.t. their floating-point tensors."""
+def _as_sample(value: Any) -> Sample:
+    if isinstance(value, Sample):
+        return value
+    return Sample(*value) if isinstance(value, (tuple, list)) else Sample(value)
+
+
+def sample_targets(op: OpDef, device: torch.device, options: Mapping[str, Any] | None = None) -> list[Target]:
+    """The op's samples in float64 on `device` (with `options` as keyword arguments), as targets
+    differentiated w.r.t. every floating-point tensor among their arguments."""
     targets = []
-    for args in op.sample_inputs(device, torch.float64):
-        args = tuple(a.detach().to(device=device, dtype=torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-        wrt = tuple(i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_floating_point())
-        targets.append(Target(op.fn, args, wrt))
+    for value in op.sample_inputs(device, torch.float64):
+        sample = _as_sample(value)
+        target = op_target(op.fn, sample.args, {**sample.kwargs, **(options or {})})
+        leaves = tuple(leaf.detach().to(device=device, dtype=torch.float64) if is_float_tensor(leaf) else leaf for leaf in target.args)
+        target.args = leaves
+        targets.append(target)
     return targets
 
 
@@ -45,7 +64,10 @@ def check_reference(op: OpDef, targets: list[Target], atol: float, rtol: float) 
         return CheckResult("reference", "skipped", "no reference given")
     worst = 0.0
     for s, target in enumerate(targets):
-        got, expected = target.call({}), as_outputs(op.reference(*target.args))
+        args, kwargs = target.structured()
+        got, expected = target.call({}), as_outputs(op.reference(*args, **kwargs))
+        if len(got) != len(expected):
+            return CheckResult("reference", "failed", f"sample {s}: {len(got)} floating-point output(s), the reference {len(expected)}")
         for j, (a, b) in enumerate(zip(got, expected)):
             if a.shape != b.shape:
                 return CheckResult("reference", "failed", f"sample {s} output {j}: shape {tuple(a.shape)}, reference {tuple(b.shape)}")
@@ -70,12 +92,12 @@ def check_batched(op: OpDef, targets: list[Target], atol: float, rtol: float) ->
             leaves = [args[p].detach().requires_grad_() for p in target.wrt]
             for p, leaf in zip(target.wrt, leaves):
                 args[p] = leaf
-            outs = as_outputs(op.fn(*args))
+            outs = as_outputs(target.fn(*args))
             cotangents = [torch.linspace(-1, 1, 3 * o.numel(), dtype=o.dtype, device=o.device).reshape(3, *o.shape) for o in outs]
             batched, fell_back = batched_vjp(outs, leaves, cotangents)
         except Exception as exc:
             status = "failed" if op.vmap else "unsupported"
-            return CheckResult("batched", status, f"sample {s}: torch.vmap raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return CheckResult("batched", status, f"sample {s}: torch.vmap raised {_first_line(exc)}")
         if fell_back:
             return CheckResult("batched", "failed" if op.vmap else "unsupported", f"sample {s}: the backward cannot be batched: {fell_back}")
         looped = [target.call({position: row}) for row in batch]
@@ -87,18 +109,19 @@ def check_batched(op: OpDef, targets: list[Target], atol: float, rtol: float) ->
             single = vjp(outs, leaves, [c[b] for c in cotangents], batched=False)
             for i, (g_batched, g_single) in enumerate(zip(batched, single)):
                 if not torch.allclose(g_batched[b], g_single, atol=atol, rtol=rtol):
-                    return CheckResult("batched", "failed", f"sample {s} input {i}: the batched backward differs from a single one by {float((g_batched[b] - g_single).abs().max()):.3g}")
+                    return CheckResult("batched", "failed", f"sample {s} input {target.input_name(i)}: the batched backward differs from a single one by {float((g_batched[b] - g_single).abs().max()):.3g}")
     return CheckResult("batched", "passed")
 
 
 def check_library(op: OpDef, targets: list[Target]) -> CheckResult:
     """`torch.library.opcheck`: schema, fake tensor, autograd registration, AOT dispatch (not gradient values)."""
     for s, target in enumerate(targets):
-        args = tuple(a.detach().requires_grad_() if i in target.wrt else a for i, a in enumerate(target.args))
+        leaves = [leaf.detach().requires_grad_() if i in target.wrt else leaf for i, leaf in enumerate(target.args)]
+        args, kwargs = target.structured(leaves)
         try:
-            torch.library.opcheck(op.fn, args)
+            torch.library.opcheck(op.fn, tuple(args), kwargs)
         except Exception as exc:
-            return CheckResult("opcheck", "failed", f"sample {s}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            return CheckResult("opcheck", "failed", f"sample {s}: {_first_line(exc)}")
     return CheckResult("opcheck", "passed", "schema, fake tensor, autograd registration, AOT dispatch")
 
 
@@ -114,11 +137,13 @@ def _timed(check: Callable[[], CheckResult], name: str) -> CheckResult:
 
 
 def check_op(
-    op: OpDef, *, device: str = "cpu", order: int | None = None, method: str = "auto", atol: float | None = None, rtol: float | None = None, library: bool = True
+    op: OpDef, *, device: str = "cpu", order: int | None = None, method: str = "auto", atol: float | None = None, rtol: float | None = None,
+    library: bool = True, options: Mapping[str, Any] | None = None,
 ) -> OpReport:
     """Every check for `op` on all its samples in float64; tolerances default to the op's own.
 
-    `library=False` leaves out `torch.library.opcheck` (about a second per op; it checks
+    `options` are keyword arguments given to every sample (the options a spec gives the op as a
+    layer). `library=False` leaves out `torch.library.opcheck` (about a second per op; it checks
     registrations, not gradient values).
     """
     started = time.perf_counter()
@@ -127,24 +152,70 @@ def check_op(
     note = ""
     if device == "mps":
         device, note = "cpu", "MPS has no float64: checked on the CPU"
-    report = OpReport(op.name, op.plugin, device, note=note)
+    report = OpReport(op.name, op.plugin, device, note=note, options=dict(options or {}))
     try:
-        targets = sample_targets(op, torch.device(device))
-        for s, target in enumerate(targets):
-            try:
-                target.call({})
-            except Exception as exc:
-                report.checks.append(_error("forward pass", exc, s))
-                return _finish(report, started)
+        targets = sample_targets(op, torch.device(device), options)
     except Exception as exc:
         report.checks.append(_error("sample_inputs", exc))
         return _finish(report, started)
+    try:
+        mutation, raised = check_mutation(targets)
+    except Exception as exc:
+        mutation, raised = CheckResult("mutation", "skipped"), f"{_first_line(exc)}"
+    if raised:
+        report.checks.append(CheckResult("forward pass", "error", raised))
+        return _finish(report, started)
+    nothing = _nothing_to_check(op, targets)
+    if nothing:
+        report.checks.extend([*([mutation] if mutation.status == "failed" else []), CheckResult("gradients", "unsupported", nothing)])
+        return _finish(report, started)
+    report.checks.append(mutation)
+    if mutation.status == "passed":
+        report.checks.append(_timed(lambda: check_metadata(targets), "grad metadata"))
     report.checks.append(_timed(lambda: check_reference(op, targets, atol, rtol), "reference"))
+    blocked = next((c.check for c in report.checks if c.check in _BLOCKING and c.status == "failed"), None)
+    if blocked:
+        reason = f"not compared: the {blocked} check failed, so gradient values mean nothing"
+        report.checks.extend(CheckResult(name, "skipped", reason) for name in ("reverse", "linearity", "forward", "batched"))
+        return _finish(report, started)
+    _mark_undefined(targets)
     report.checks.extend(_derivative_checks(op, targets, atol, rtol, method, order, report))
     report.checks.append(_timed(lambda: check_batched(op, targets, atol, rtol), "batched"))
-    if library and form_of(op.fn) == "custom_op":
+    if library and form_of(op.fn) in LIBRARY_FORMS:
         report.checks.append(_timed(lambda: check_library(op, targets), "opcheck"))
     return _finish(report, started)
+
+
+def _nothing_to_check(op: OpDef, targets: list[Target]) -> str:
+    """Why nothing differentiable can be compared ("" if something can)."""
+    if not op.differentiable:
+        return "n/a: declared not differentiable"
+    if not targets:
+        return "n/a: sample_inputs gave no samples"
+    if not any(target.wrt for target in targets):
+        return "n/a: no floating-point input"
+    if not any(target.call({}) for target in targets):
+        return "n/a: no differentiable output"
+    return ""
+
+
+def _mark_undefined(targets: list[Target]) -> None:
+    """Record per sample which inputs the backward gives None for (autograd.grad's allow_unused)."""
+    for target in targets:
+        args = list(target.args)
+        leaves = []
+        for position in target.wrt:
+            args[position] = args[position].detach().requires_grad_()
+            leaves.append(args[position])
+        outs = [out for out in as_outputs(target.fn(*args)) if out.requires_grad]
+        if not outs:
+            target.undefined = frozenset(range(len(leaves)))
+            continue
+        try:
+            grads = torch.autograd.grad(outs, leaves, [torch.ones_like(out) for out in outs], allow_unused=True)
+        except Exception:
+            continue  # the reverse check will name the error
+        target.undefined = frozenset(i for i, g in enumerate(grads) if g is None)
 
 
 def _derivative_checks(op: OpDef, targets: list[Target], atol: float, rtol: float, method: str, order: int | None, report: OpReport) -> list[CheckResult]:
@@ -152,13 +223,21 @@ def _derivative_checks(op: OpDef, targets: list[Target], atol: float, rtol: floa
         reason = f"surrogate gradient by design: {op.surrogate_gradient}"
         return [CheckResult("reverse", "skipped", reason), CheckResult("forward", "skipped", reason)]
     results: list[CheckResult] = []
+    undefined: list[CheckResult] = []
 
     def first_order() -> CheckResult:
-        result, tally = reverse("reverse", targets, atol, rtol, method)
+        result, none_result, tally, _ = reverse_and_undefined("reverse", targets, atol, rtol, method)
         report.kinks.extend(tally.kinks.values())
+        undefined.append(none_result)
         return result
 
     results.append(_timed(first_order, "reverse"))
+    results.extend(undefined)
+    try:
+        linear, reentrant = check_linearity_and_reentrancy(targets, atol, rtol, op.nondet_tol)
+    except Exception as exc:
+        linear, reentrant = _error("linearity", exc), CheckResult("reentrant", "skipped", "not run: the backward raised")
+    results.extend([linear, reentrant])
     if op.forward_mode is False:
         results.append(CheckResult("forward", "unsupported", "declared: no forward mode"))
     else:
@@ -166,10 +245,19 @@ def _derivative_checks(op: OpDef, targets: list[Target], atol: float, rtol: floa
         if op.forward_mode and result.status in ("unsupported", "error"):
             result.status = "failed"  # claimed, and does not work
         results.append(result)
+    results.extend(_higher_orders(op, targets, atol, rtol, method, order, nondeterministic=reentrant.status == "failed"))
+    return results
+
+
+def _higher_orders(op: OpDef, targets: list[Target], atol: float, rtol: float, method: str, order: int | None, nondeterministic: bool) -> list[CheckResult]:
+    results = []
     top = order if order is not None else max(DEFAULT_ORDER, op.max_order or 0)
     for n in range(2, top + 1):
         if op.max_order is not None and n > op.max_order:
             results.append(CheckResult(f"order {n}", "unsupported", f"declared: derivatives up to order {op.max_order}"))
+            continue
+        if nondeterministic:
+            results.append(CheckResult(f"order {n}", "skipped", "not compared: the backward is not deterministic (see reentrant), so its finite differences are noise"))
             continue
         result = _timed(lambda n=n: higher_order(n, targets, atol, rtol, method), f"order {n}")  # type: ignore[misc]
         if op.max_order is not None and result.status == "unsupported":

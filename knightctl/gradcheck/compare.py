@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from knightctl.gradcheck.jacobian import NumericChunk, unravel
+from knightctl.gradcheck.jacobian import NumericChunk, Target, unravel
 from knightctl.gradcheck.report import Kink, Mismatch
 
 _KINK_FACTOR = 100.0  # one-sided differences this many tolerances apart mean a kink; smooth ones differ by ~eps * f''
@@ -32,7 +32,7 @@ class Tally:
     atol: float
     rtol: float
     max_abs_error: float = 0.0
-    max_rel_error: float = 0.0  # error / max(|numeric|, atol), over entries whose error exceeds atol
+    max_rel_error: float = 0.0  # error / max(|numeric|, atol), over every entry away from kinks
     failed: int = 0
     worst: Mismatch | None = None
     worst_ratio: float = 0.0
@@ -47,10 +47,10 @@ class Tally:
         smooth_error = error.masked_fill(kinkish, 0.0) if bool(kinkish.any()) else error
         if smooth_error.numel():
             self.max_abs_error = max(self.max_abs_error, float(smooth_error.max()))
+            relative = central.abs().clamp_min_(self.atol)  # error / max(|numeric|, atol), every entry
+            self.max_rel_error = max(self.max_rel_error, float(torch.div(smooth_error, relative, out=relative).max()))
         rows, columns = ((error > self.atol) | kinkish).nonzero().unbind(1)
         if len(rows):
-            relative = smooth_error[rows, columns] / central[rows, columns].abs().clamp_min(self.atol)
-            self.max_rel_error = max(self.max_rel_error, float(relative.max()))
             left = (chunk.mid[j][0, columns] - chunk.down[j][rows, columns]) / chunk.eps
             right = (chunk.up[j][rows, columns] - chunk.mid[j][0, columns]) / chunk.eps
             values = (analytic[rows, columns], central[rows, columns], left, right)
@@ -59,7 +59,9 @@ class Tally:
     def judge_projections(self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor, *, where: tuple[int, int, int], lo: int, in_shape: Sequence[int]) -> None:
         """Judge projections u^T J, (input elements, probes), each against its own tolerance."""
         error = (analytic - central).abs()
-        self.max_abs_error = max(self.max_abs_error, float(error.max()) if error.numel() else 0.0)
+        if error.numel():
+            self.max_abs_error = max(self.max_abs_error, float(error.max()))
+            self.max_rel_error = max(self.max_rel_error, float((error / central.abs().clamp_min(self.atol)).max()))
         rows, columns = torch.ones_like(error, dtype=torch.bool).nonzero().unbind(1)
         flat = (analytic.reshape(-1), central.reshape(-1), left.reshape(-1), right.reshape(-1), tolerance.reshape(-1))
         self._judge_entries(*flat, where=where, inputs=rows + lo, outputs=None, shapes=((), in_shape))
@@ -94,5 +96,18 @@ class Tally:
         error = abs(analytic - numeric)
         return Mismatch(sample, output, input_index, output_element, input_element, analytic, numeric, error, error / max(abs(numeric), self.atol), self.atol, self.rtol)
 
-    def finished_worst(self) -> Mismatch | None:
-        return replace(self.worst, elements_failed=self.failed) if self.worst is not None else None
+    def finished_worst(self, targets: Sequence[Target] = ()) -> Mismatch | None:
+        """The worst mismatch, with how many failed, its input's name and the inputs' values there."""
+        if self.worst is None:
+            return None
+        worst = replace(self.worst, elements_failed=self.failed)
+        if worst.sample >= len(targets):
+            return worst
+        target = targets[worst.sample]
+        inputs = [target.args[p] for p in target.wrt]
+        x = inputs[worst.input]
+        values = [(target.input_name(worst.input), float(x.detach()[worst.input_element]))] if worst.input_element or x.dim() == 0 else []
+        for i, other in enumerate(inputs):  # same-shaped inputs at the same element: y beside x in f(x, y)
+            if i != worst.input and other.shape == x.shape and values:
+                values.append((target.input_name(i), float(other.detach()[worst.input_element])))
+        return replace(worst, input_name=target.input_name(worst.input), input_values=tuple(values))

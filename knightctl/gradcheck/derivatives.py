@@ -9,6 +9,7 @@ can never fail it while a 1% error in any element still shows.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,7 +31,7 @@ def live_copy(target: Target) -> tuple[Target, list[torch.Tensor]]:
     for position in target.wrt:
         args[position] = args[position].detach().requires_grad_()
         leaves.append(args[position])
-    return Target(target.fn, tuple(args), target.wrt, target.vmap_ok), leaves
+    return replace(target, args=tuple(args)), leaves
 
 
 def entries(target: Target) -> int:
@@ -55,36 +56,62 @@ def derivative_of(fn: Callable[..., Any], wrt: Sequence[int], cotangents: Sequen
 
 def reverse(name: str, targets: Sequence[Target], atol: float, rtol: float, method: str, seed: int = 0) -> tuple[CheckResult, Tally]:
     """Reverse mode (vector-Jacobian products) against central differences, every sample."""
-    started = time.perf_counter()
-    tally = Tally(atol, rtol)
-    used = set()
-    for s, target in enumerate(targets):
-        live, xs = live_copy(target)
-        outs = live.call({})
-        exact = method == "exact" or (method == "auto" and entries(target) <= EXACT_MAX_ENTRIES)
-        used.add("exact" if exact else "fast")
-        if exact:
-            _exact(live, outs, xs, tally, s)
-        else:
-            _fast(live, outs, xs, tally, s, torch.Generator(device=xs[0].device).manual_seed(seed + s))
-    status = "failed" if tally.failed else "passed"
-    detail = f"{tally.failed} element(s) out of tolerance" if tally.failed else ""
-    result = CheckResult(name, status, detail, "/".join(sorted(used)), tally.max_abs_error, tally.max_rel_error, tally.finished_worst(), time.perf_counter() - started)
+    result, _, tally, _ = reverse_and_undefined(name, targets, atol, rtol, method, seed)
     return result, tally
 
 
-def _exact(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tally: Tally, sample: int) -> None:
+def reverse_and_undefined(
+    name: str, targets: Sequence[Target], atol: float, rtol: float, method: str, seed: int = 0
+) -> tuple[CheckResult, CheckResult, Tally, Tally]:
+    """Reverse mode, and "undefined grad": inputs whose backward returns None (`Target.undefined`)
+    are judged apart, as a zero gradient against the finite differences, so that a None where the
+    derivative is not zero is told as what it is."""
+    started = time.perf_counter()
+    tally, undefined = Tally(atol, rtol), Tally(atol, rtol)
+    used, none_inputs = set(), set()
+    for s, target in enumerate(targets):
+        live, xs = live_copy(target)
+        outs = live.call({})
+        tallies = [undefined if i in target.undefined else tally for i in range(len(xs))]
+        none_inputs.update(target.input_name(i) for i in target.undefined)
+        exact = method == "exact" or (method == "auto" and entries(target) <= EXACT_MAX_ENTRIES)
+        used.add("exact" if exact else "fast")
+        if exact:
+            _exact(live, outs, xs, tallies, s)
+        else:
+            _fast(live, outs, xs, tallies, s, torch.Generator(device=xs[0].device).manual_seed(seed + s))
+    how = "/".join(sorted(used))
+    seconds = time.perf_counter() - started
+    if not none_inputs:
+        none_result = CheckResult("undefined grad", "passed", "no input's gradient is None")
+    elif undefined.failed:
+        inputs = ", ".join(sorted(none_inputs))
+        detail = f"the backward returns None for {inputs}, whose derivative is not zero ({undefined.failed} element(s))"
+        none_result = _result("undefined grad", undefined, how, 0.0, targets, detail)
+    else:
+        none_result = CheckResult("undefined grad", "passed", f"None only where the derivative is zero ({', '.join(sorted(none_inputs))})", how)
+    return _result(name, tally, how, seconds, targets), none_result, tally, undefined
+
+
+def _result(name: str, tally: Tally, method: str, seconds: float, targets: Sequence[Target], detail: str = "") -> CheckResult:
+    status = "failed" if tally.failed else "passed"
+    detail = detail or (f"{tally.failed} element(s) out of tolerance" if tally.failed else "")
+    return CheckResult(name, status, detail, method, tally.max_abs_error, tally.max_rel_error, tally.finished_worst(targets), seconds)
+
+
+def _exact(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tallies: Sequence[Tally], sample: int) -> None:
     jacobian = analytic_jacobian(outs, xs)  # [output][input]: (in_numel, out_numel)
     for i, x in enumerate(xs):
         for chunk in numeric_chunks(live, outs, i):
             for j, out in enumerate(outs):
-                tally.judge_block(jacobian[j][i][chunk.lo:chunk.hi], chunk, j, where=(sample, j, i), shapes=(out.shape, x.shape))
+                tallies[i].judge_block(jacobian[j][i][chunk.lo:chunk.hi], chunk, j, where=(sample, j, i), shapes=(out.shape, x.shape))
 
 
-def _fast(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tally: Tally, sample: int, generator: torch.Generator) -> None:
+def _fast(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tallies: Sequence[Tally], sample: int, generator: torch.Generator) -> None:
     probes = [torch.randn(_PROBES, *out.shape, dtype=out.dtype, device=out.device, generator=generator) for out in outs]
     projected, _ = batched_vjp(outs, xs, probes)  # u^T J for each input: (probes, *input shape)
     for i, x in enumerate(xs):
+        tally = tallies[i]
         for chunk in numeric_chunks(live, outs, i):
             central = left = right = bound = torch.zeros(chunk.hi - chunk.lo, _PROBES, dtype=x.dtype, device=x.device)
             for j, u in enumerate(probes):
@@ -143,9 +170,7 @@ def forward(targets: Sequence[Target], atol: float, rtol: float) -> CheckResult:
             for chunk in chunks:
                 for j, out in enumerate(outs):
                     tally.judge_block(columns[j][chunk.lo:chunk.hi], chunk, j, where=(s, j, i), shapes=(out.shape, x.shape))
-    status = "failed" if tally.failed else "passed"
-    detail = f"{tally.failed} element(s) out of tolerance" if tally.failed else ""
-    return CheckResult("forward", status, detail, "exact", tally.max_abs_error, tally.max_rel_error, tally.finished_worst(), time.perf_counter() - started)
+    return _result("forward", tally, "exact", time.perf_counter() - started, targets)
 
 
 def _tangent_columns(target: Target, position: int, x: torch.Tensor, outs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:

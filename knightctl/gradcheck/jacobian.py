@@ -14,28 +14,49 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from knightctl.gradcheck.pytree import flatten
+
 EPS = 1e-6  # finite-difference step in float64: truncation ~eps^2, rounding ~1e-16/eps = 1e-10
 _BATCH_ENTRIES = 2**18  # floats per batched evaluation: 2 MiB of float64, which stays in cache
 
 
+def is_float_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
 def as_outputs(value: Any) -> tuple[torch.Tensor, ...]:
-    """The floating-point tensors an op returned, as a tuple."""
-    values = value if isinstance(value, (tuple, list)) else (value,)
-    return tuple(v for v in values if isinstance(v, torch.Tensor) and v.is_floating_point())
+    """The floating-point tensors an op returned, anywhere in its output pytree, as a tuple."""
+    return tuple(leaf for leaf in flatten(value)[0] if is_float_tensor(leaf))
 
 
 @dataclass
 class Target:
-    """`fn(*args)` differentiated with respect to the tensors at positions `wrt`."""
+    """`fn(*args)` differentiated with respect to the tensors at positions `wrt`.
+
+    For an op, `args` are the leaves of its sample's (args, kwargs) pytree and `fn` calls the op on
+    them rebuilt (see `op_target`); `names` says where each leaf sits ("args[0]", "kwargs['w']").
+    """
 
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     wrt: tuple[int, ...]
     vmap_ok: bool = True  # cleared the first time vmap fails on this function
     vmap_error: str = field(default="", repr=False)
+    names: tuple[str, ...] = ()
+    undefined: frozenset[int] = frozenset()  # inputs (indices into wrt) whose backward gives None
+    rebuild: Callable[[Sequence[Any]], Any] | None = field(default=None, repr=False)  # leaves -> (args, kwargs)
+
+    def structured(self, leaves: Sequence[Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The (args, kwargs) the leaves stand for: what the op, its reference and opcheck are called with."""
+        values = self.args if leaves is None else leaves
+        return self.rebuild(values) if self.rebuild is not None else (tuple(values), {})
 
     def inputs(self) -> list[torch.Tensor]:
         return [self.args[i] for i in self.wrt]
+
+    def input_name(self, which: int) -> str:
+        position = self.wrt[which]
+        return self.names[position] if position < len(self.names) else f"args[{position}]"
 
     def call(self, replaced: dict[int, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         return as_outputs(self.fn(*(replaced.get(i, a) for i, a in enumerate(self.args))))
@@ -49,6 +70,19 @@ class Target:
                 self.vmap_ok, self.vmap_error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         rows = [self.call({position: row}) for row in batch]
         return [torch.stack([row[j] for row in rows]) for j in range(len(rows[0]))]
+
+
+def op_target(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
+    """`fn(*args, **kwargs)` as a function of its pytree's leaves, differentiated w.r.t. the floating-point ones."""
+    leaves, rebuild, paths = flatten((tuple(args), dict(kwargs)))
+
+    def on_leaves(*values: Any) -> Any:
+        positional, keywords = rebuild(values)
+        return fn(*positional, **keywords)
+
+    names = tuple(("args" if path.startswith("[0]") else "kwargs") + path[3:] for path in paths)  # "[0][1]" -> "args[1]"
+    wrt = tuple(i for i, leaf in enumerate(leaves) if is_float_tensor(leaf))
+    return Target(on_leaves, tuple(leaves), wrt, names=names, rebuild=rebuild)
 
 
 @dataclass

@@ -41,7 +41,7 @@ def check_model(spec: ExperimentSpec, system: PluginSystem, *, device: str = "cp
         return loss_fn(functional_call(model, dict(zip(names, parameters)), (inputs,)), y)
 
     parameters = tuple(p.detach() for p in model.parameters())
-    target = Target(loss_of, (x, *parameters), tuple(range(1 + len(parameters))), vmap_ok=False)
+    target = Target(loss_of, (x, *parameters), tuple(range(1 + len(parameters))), vmap_ok=False, names=("x", *names))
     report = OpReport(f"model {spec.name}", "", device, note=note or f"inputs: x (first {len(x)} training rows), then {', '.join(names)}")
     result, tally = reverse("reverse", [target], atol, rtol, method)
     report.checks.append(result)

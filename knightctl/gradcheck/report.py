@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 Status = Literal["passed", "failed", "unsupported", "skipped", "error"]
-Verdict = Literal["passed", "failed"]
+Verdict = Literal["passed", "failed", "n/a"]  # n/a: nothing differentiable was compared
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Mismatch:
     atol: float
     rtol: float
     elements_failed: int = 1  # how many elements of this comparison are out of tolerance
+    input_name: str = ""  # where the input sits in the op's arguments: "args[1]", "kwargs['w'][0]"
+    input_values: tuple[tuple[str, float], ...] = ()  # the inputs' values at the worst element
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Kink:
 class CheckResult:
     """One check of one op over all its samples."""
 
-    check: str  # "reference", "reverse", "forward", "order 2", ..., "batched", "opcheck"
+    check: str  # "mutation", "grad metadata", "reference", "reverse", "linearity", ..., "batched", "opcheck"
     status: Status
     detail: str = ""
     method: str = ""  # "exact" (whole Jacobian) or "fast" (random projections), where it applies
@@ -66,10 +68,21 @@ class OpReport:
     kinks: list[Kink] = field(default_factory=list)
     note: str = ""
     seconds: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)  # keyword options every sample was called with
+
+    @property
+    def label(self) -> str:
+        """The op's name, with the options it was checked at: `my::op {alpha: 2.5}`."""
+        if not self.options:
+            return self.name
+        return f"{self.name} {{{', '.join(f'{key}: {value!r}' for key, value in self.options.items())}}}"
 
     @property
     def verdict(self) -> Verdict:
-        return "failed" if any(check.status in ("failed", "error") for check in self.checks) else "passed"
+        """failed if any check failed or raised; passed if one compared something; else n/a."""
+        if any(check.status in ("failed", "error") for check in self.checks):
+            return "failed"
+        return "passed" if any(check.status == "passed" for check in self.checks) else "n/a"
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -79,4 +92,4 @@ class OpReport:
         return next((check for check in self.checks if check.check == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, **asdict(self)}
+        return {"verdict": self.verdict, "label": self.label, **asdict(self)}
