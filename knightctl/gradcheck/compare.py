@@ -54,9 +54,9 @@ class Tally:
             left = (chunk.mid[j][0, columns] - chunk.down[j][rows, columns]) / chunk.eps
             right = (chunk.up[j][rows, columns] - chunk.mid[j][0, columns]) / chunk.eps
             values = (analytic[rows, columns], central[rows, columns], left, right)
-            self._judge_entries(*values, None, where=where, inputs=rows + chunk.lo, outputs=columns, shapes=shapes)
+            self._judge_entries(*values, None, where=where, inputs=chunk.elements[rows], outputs=columns, shapes=shapes)
 
-    def judge_projections(self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor, *, where: tuple[int, int, int], lo: int, in_shape: Sequence[int]) -> None:
+    def judge_projections(self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor, *, where: tuple[int, int, int], elements: torch.Tensor, in_shape: Sequence[int]) -> None:
         """Judge projections u^T J, (input elements, probes), each against its own tolerance."""
         error = (analytic - central).abs()
         if error.numel():
@@ -64,7 +64,7 @@ class Tally:
             self.max_rel_error = max(self.max_rel_error, float((error / central.abs().clamp_min(self.atol)).max()))
         rows, columns = torch.ones_like(error, dtype=torch.bool).nonzero().unbind(1)
         flat = (analytic.reshape(-1), central.reshape(-1), left.reshape(-1), right.reshape(-1), tolerance.reshape(-1))
-        self._judge_entries(*flat, where=where, inputs=rows + lo, outputs=None, shapes=((), in_shape))
+        self._judge_entries(*flat, where=where, inputs=elements[rows], outputs=None, shapes=((), in_shape))
 
     def _judge_entries(
         self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor | None,
@@ -83,7 +83,7 @@ class Tally:
             self.kinks.setdefault((sample, input_index, element), Kink(sample, input_index, element, float(left[k]), float(right[k])))
         if not bool(bad.any()):
             return
-        self.failed += int(bad.sum())
+        self.failed += int(bad.sum()) if outputs is not None else len(set(inputs[bad].tolist()))  # projections: count elements
         ratio = torch.where(bad, error / tol.clamp_min(1e-300), torch.zeros_like(error))
         k = int(ratio.argmax())
         if float(ratio[k]) > self.worst_ratio:

@@ -18,6 +18,7 @@ from knightctl.gradcheck.pytree import flatten
 
 EPS = 1e-6  # finite-difference step in float64: truncation ~eps^2, rounding ~1e-16/eps = 1e-10
 _BATCH_ENTRIES = 2**18  # floats per batched evaluation: 2 MiB of float64, which stays in cache
+_ANALYTIC_ENTRIES = 2**20  # floats per batch of basis cotangents (8 MiB): long runs when transposed
 
 
 def is_float_tensor(value: Any) -> bool:
@@ -87,10 +88,11 @@ def op_target(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, A
 
 @dataclass
 class NumericChunk:
-    """Finite differences for input elements lo..hi-1, input-major: each tensor is (hi - lo, out_numel).
+    """Finite differences for some input elements, input-major: each tensor is (elements, out_numel).
 
     Kept as f(x + eps), f(x - eps) and f(x): central differences for every entry, one-sided ones
-    computed only where they are needed.
+    computed only where they are needed. `elements` are the flat input indices of the rows
+    (lo..hi-1 when the chunk is contiguous).
     """
 
     lo: int
@@ -100,6 +102,7 @@ class NumericChunk:
     mid: list[torch.Tensor]  # (1, out_numel)
     central: list[torch.Tensor]
     eps: float
+    elements: torch.Tensor
 
     def left(self, j: int) -> torch.Tensor:
         return (self.mid[j] - self.down[j]) / self.eps
@@ -108,25 +111,28 @@ class NumericChunk:
         return (self.up[j] - self.mid[j]) / self.eps
 
 
-def numeric_chunks(target: Target, base: Sequence[torch.Tensor], which: int, eps: float = EPS) -> Iterator[NumericChunk]:
-    """d outputs / d input `which`, a batch of perturbed copies of the input at a time."""
+def numeric_chunks(
+    target: Target, base: Sequence[torch.Tensor], which: int, eps: float = EPS, elements: torch.Tensor | None = None
+) -> Iterator[NumericChunk]:
+    """d outputs / d input `which` (at the flat `elements`, default all), a batch of perturbed copies at a time."""
     position = target.wrt[which]
     x = target.args[position].detach()
     n = x.numel()
+    count = n if elements is None else len(elements)
     per_batch = max(1, _BATCH_ENTRIES // max([n, *(out.numel() for out in base)]))
     mid = [f0.detach().reshape(1, -1) for f0 in base]
     with torch.no_grad():
-        for lo in range(0, n, per_batch):
-            hi = min(n, lo + per_batch)
+        for lo in range(0, count, per_batch):
+            hi = min(count, lo + per_batch)
             rows = torch.arange(hi - lo, device=x.device)
-            elements = rows + lo
+            chosen = rows + lo if elements is None else elements[lo:hi]
             plus, minus = x.reshape(1, n).expand(hi - lo, n).clone(), x.reshape(1, n).expand(hi - lo, n).clone()
-            plus[rows, elements] += eps
-            minus[rows, elements] -= eps  # two buffers: an output may be a view of its input
+            plus[rows, chosen] += eps
+            minus[rows, chosen] -= eps  # two buffers: an output may be a view of its input
             up = [f.reshape(hi - lo, -1) for f in target.call_batched(position, plus.reshape(hi - lo, *x.shape))]
             down = [f.reshape(hi - lo, -1) for f in target.call_batched(position, minus.reshape(hi - lo, *x.shape))]
             central = [(u - d).div_(2 * eps) for u, d in zip(up, down)]
-            yield NumericChunk(lo, hi, up, down, mid, central, eps)
+            yield NumericChunk(lo, hi, up, down, mid, central, eps, chosen)
 
 
 def vjp(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], cotangents: Sequence[torch.Tensor], *, batched: bool, create_graph: bool = False) -> list[torch.Tensor]:
@@ -157,18 +163,23 @@ def analytic_jacobian(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Te
     """The whole reverse-mode Jacobian, input-major: [output j][input i] is (in_numel, out_numel).
 
     Built from batches of vector-Jacobian products with basis cotangents (rows of J), written
-    into its transpose so that blocks of input elements are contiguous for the comparison.
+    into its transpose so that blocks of input elements are contiguous for the comparison. The
+    batches are large (_ANALYTIC_ENTRIES): each row of the transpose then takes a long run of
+    each batch, instead of a few values per memory page.
     """
     result = []
     for out in outputs:
         m = out.numel()
         blocks = [torch.empty(x.numel(), m, dtype=x.dtype, device=x.device) for x in inputs]
-        per_batch = max(1, _BATCH_ENTRIES // max(m, *(x.numel() for x in inputs)))
+        per_batch = min(m, max(1, _ANALYTIC_ENTRIES // max(m, *(x.numel() for x in inputs))))
+        basis = torch.zeros(per_batch, m, dtype=out.dtype, device=out.device)
         for start in range(0, m, per_batch):
             stop = min(m, start + per_batch)
-            basis = torch.zeros(stop - start, m, dtype=out.dtype, device=out.device)
-            basis[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
-            grads, _ = batched_vjp([out], inputs, [basis.reshape(stop - start, *out.shape)])
+            rows = torch.arange(stop - start, device=out.device)
+            cotangents = basis[: stop - start]
+            cotangents[rows, rows + start] = 1.0
+            grads, _ = batched_vjp([out], inputs, [cotangents.reshape(stop - start, *out.shape)])
+            cotangents[rows, rows + start] = 0.0  # the buffer is zero again for the next batch
             for block, g in zip(blocks, grads):
                 block[:, start:stop] = g.reshape(stop - start, -1).T
         result.append(blocks)
