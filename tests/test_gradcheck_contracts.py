@@ -145,3 +145,33 @@ def test_the_cli_shows_the_new_checks_and_na_and_the_input_value() -> None:
     assert "linearity FAIL" in result.output and "n/a: no differentiable output" not in result.output.split("\n")[0]
     assert "gf::argmax_only" in result.output and "gradients n/a" in result.output
     assert "where args[0] = " in result.output and "Traceback" not in result.output
+
+
+class _OneElementWrong(torch.autograd.Function):
+    """x**3 whose backward is 1% too large at element 417 only."""
+
+    @staticmethod
+    def forward(x):
+        return x**3
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        scale = torch.ones_like(x)
+        scale[..., 417] = 1.01
+        return grad * 3 * x**2 * scale
+
+
+def test_fast_mode_finds_a_one_percent_error_in_one_element_of_a_thousand() -> None:
+    x = torch.linspace(0.5, 2.0, 1000, dtype=torch.float64)
+    wrong = OpDef(name="t::one_wrong", fn=_OneElementWrong.apply, sample_inputs=lambda d, t: [(x,)], forward_mode=False, vmap=False, max_order=1, layer=None)
+    right = dataclasses.replace(wrong, fn=lambda v: v**3)
+    for method in ("fast", "exact"):
+        reverse = check_op(wrong, method=method).check("reverse")
+        assert reverse.status == "failed" and reverse.method == method and reverse.worst.input_element == (417,)
+        assert reverse.detail == "1 element(s) out of tolerance"
+        assert check_op(right, method=method).check("reverse").status == "passed"
