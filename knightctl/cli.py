@@ -48,20 +48,24 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("ops", nargs=-1, metavar="[OPS]...")
-@click.option("--spec", type=click.Path(dir_okay=False), help="Check the ops SPEC's model uses, and the model with its loss.")
+@click.option("--spec", type=click.Path(dir_okay=False), help="Check the ops SPEC's model uses (on their samples and at the spec's options), and the model with its loss.")
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
 @click.option("--order", type=click.IntRange(1, 5), default=None, help="Check derivatives up to this order (default: 2, or the op's declared maximum).")
 @click.option("--exact", "method", flag_value="exact", help="Compare whole Jacobians, whatever their size.")
 @click.option("--fast", "method", flag_value="fast", help="Compare random projections of the Jacobians.")
-@click.option("--device", default="cpu", metavar="DEVICE", help="cpu, cuda, cuda:N or mps (mps has no float64: checked on the CPU).")
+@click.option("--device", default="cpu", show_default=True, metavar="DEVICE",
+              help="auto, cpu, cuda, cuda:N or mps, resolved as train resolves it (mps has no float64: checked on the CPU).")
 @click.option("--atol", type=float, default=None, help="Absolute tolerance for every op (default: each op's own, 1e-5).")
 @click.option("--rtol", type=float, default=None, help="Relative tolerance for every op (default: each op's own, 1e-3).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON to this file.")
 @click.option("--heatmaps", "heatmap_dir", type=click.Path(file_okay=False), default=None, help="Write a PNG heatmap per failing op into this folder.")
 @click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI for the gradcheck run.")
 @click.option("--no-track", is_flag=True, help="Do not log the verdicts to MLflow.")
-def gradcheck(ops: tuple[str, ...], spec: str | None, order: int | None, method: str | None, device: str, atol: float | None, rtol: float | None,
-              json_path: str | None, heatmap_dir: str | None, tracking_uri: str | None, no_track: bool) -> None:
+def gradcheck(ops: tuple[str, ...], spec: str | None, overrides: tuple[str, ...], order: int | None, method: str | None, device: str,
+              atol: float | None, rtol: float | None, json_path: str | None, heatmap_dir: str | None, tracking_uri: str | None, no_track: bool) -> None:
     """Check gradients numerically in float64: every op (or OPS), and a spec's model. Exit 1 if any fails."""
+    if overrides and spec is None:
+        raise click.UsageError("--set overrides a spec value: give the spec with --spec")
     from knightctl.console import make_console
     from knightctl.gradcheck.run import gradcheck as check_gradients
     from knightctl.verdicts import render_gradcheck
@@ -70,7 +74,7 @@ def gradcheck(ops: tuple[str, ...], spec: str | None, order: int | None, method:
     _load_plugins(settings)
     result = _run(
         lambda: check_gradients(
-            ops, spec=spec, plugins=settings, device=device, order=order, method=method or "auto", atol=atol, rtol=rtol,
+            ops, spec=spec, overrides=overrides, plugins=settings, device=device, order=order, method=method or "auto", atol=atol, rtol=rtol,
             json_path=json_path, heatmap_dir=heatmap_dir, track=not no_track, tracking_uri=tracking_uri,
         )
     )

@@ -215,7 +215,9 @@ def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, det
     seed_everything(spec.seed)
     parts = build_components(spec, system.registry, choice.device, spec.seed)
     dry_forward(parts, spec)
-    verdicts = [] if skip_gradcheck else preflight(spec, system, "cpu" if choice.device.type == "mps" else str(choice.device))
+    # The ops at the spec's options, and the model when small (gradcheck/run.py); on MPS, which has
+    # no float64, the checks run on the CPU and their reports say so.
+    verdicts = [] if skip_gradcheck else preflight(spec, system, str(choice.device), parts.model)
     return choice, parts, list(verdicts)
 
 

@@ -66,7 +66,7 @@ def test_the_description_tells_the_runs_story(reviewed) -> None:
     assert "| data | battles: 800 training rows, 200 validation rows" in note
     assert "| model | Linear(2→10) → knight::sigmoid_gate → Linear(5→5) → knight::smooth_relu → Linear(5→1); 66 parameters |" in note
     assert "480 steps in" in note  # 60 epochs of 8
-    assert "| gradient check | passed: knight::sigmoid_gate passed, knight::smooth_relu passed |" in note
+    assert "| gradient check | passed: knight::sigmoid_gate passed, knight::smooth_relu passed, model excalibur passed |" in note
     accuracy = result.final_metrics["val/accuracy"]
     assert f"**Final metrics:** val/accuracy {accuracy:.4g} · val/loss" in note
 
@@ -127,7 +127,7 @@ def test_artifacts_hold_spec_plots_gradcheck_report_and_checkpoint(reviewed) -> 
     for plot in ("plots/training_curves.png", "plots/decision_boundary.png"):
         assert download(client, run_id, plot).read_bytes().startswith(PNG_MAGIC), plot
     report = json.loads(download(client, run_id, "gradcheck/report.json").read_text())
-    assert report["verdict"] == "passed" and {op["name"] for op in report["ops"]} == {"knight::sigmoid_gate", "knight::smooth_relu"}
+    assert report["verdict"] == "passed" and {op["name"] for op in report["ops"]} == {"knight::sigmoid_gate", "knight::smooth_relu", "model excalibur"}
     checkpoint = load_checkpoint(download(client, run_id, "checkpoints/final.pt"))
     assert checkpoint["step"] == 480 and checkpoint["epoch"] == 60 and checkpoint["seed"] == 42
     for name, value in result.model.state_dict().items():

@@ -13,6 +13,7 @@ exception, never a crash, and an op with nothing differentiable is "n/a", never 
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any, Callable, Mapping
 
@@ -45,13 +46,27 @@ def _as_sample(value: Any) -> Sample:
     return Sample(*value) if isinstance(value, (tuple, list)) else Sample(value)
 
 
+def _with_options(fn: Any, sample: Sample, options: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The sample's arguments with `options` in place of the ones it gives, positionally or by name."""
+    args, kwargs = tuple(sample.args), {**sample.kwargs}
+    if not options:
+        return args, kwargs
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):  # no signature to read (some C callables): options go by name
+        return args, {**kwargs, **options}
+    bound.arguments.update(options)
+    return tuple(bound.args), dict(bound.kwargs)
+
+
 def sample_targets(op: OpDef, device: torch.device, options: Mapping[str, Any] | None = None) -> list[Target]:
     """The op's samples in float64 on `device` (with `options` as keyword arguments), as targets
     differentiated w.r.t. every floating-point tensor among their arguments."""
     targets = []
     for value in op.sample_inputs(device, torch.float64):
         sample = _as_sample(value)
-        target = op_target(op.fn, sample.args, {**sample.kwargs, **(options or {})})
+        args, kwargs = _with_options(op.fn, sample, options or {})
+        target = op_target(op.fn, args, kwargs)
         leaves = tuple(leaf.detach().to(device=device, dtype=torch.float64) if is_float_tensor(leaf) else leaf for leaf in target.args)
         target.args = leaves
         targets.append(target)

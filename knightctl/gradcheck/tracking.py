@@ -1,41 +1,84 @@
-"""Gradient verdicts in MLflow: a tag per op, its largest errors as metrics, the JSON report and
-heatmaps as artifacts; in a training run, or in a run of their own (`knightctl gradcheck`).
+"""Gradient verdicts in MLflow: a tag per op and per check, the errors of each check that compared
+something as metrics, the JSON report and heatmaps as artifacts; in a training run, or in a run of
+their own (`knightctl gradcheck`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from knightctl.gradcheck.report import OpReport
+from knightctl.gradcheck.report import CheckResult, OpReport
 
 DEFAULT_EXPERIMENT = "knightctl-gradcheck"
+_TAGS_PER_BATCH, _METRICS_PER_BATCH = 100, 900  # MLflow's log_batch takes 100 tags and 1000 entities in all
 
 
-def key(name: str) -> str:
-    """An op or model name as an MLflow key: `knight::smooth_relu` -> `knight.smooth_relu`."""
-    return name.replace("::", ".").replace(" ", ".")
+# How each check status reads in a tag, as the table shows it: never a passing 0 for what was not compared.
+_SHOWN = {"passed": "passed", "failed": "failed", "unsupported": "n/a", "skipped": "skip", "error": "error"}
+
+
+def key(label: str) -> str:
+    """An op's label (or a model's name) as an MLflow key part: `knight::smooth_relu` ->
+    `knight.smooth_relu`, `my::op {alpha: 2.5}` -> `my.op.alpha_2.5`, `model round_table` ->
+    `model.round_table`; whatever MLflow refuses in a key becomes `_`."""
+    text = label.replace("::", ".").replace(": ", "_").replace(", ", "_").replace(" {", ".").replace(" ", ".")
+    return re.sub(r"_+", "_", re.sub(r"[^\w.\-]", "_", text)).strip("_.")
+
+
+def check_key(check: str) -> str:
+    """A check's name as a key part: `order 2` -> `order_2`."""
+    return re.sub(r"[^\w.\-]+", "_", check).strip("_")
+
+
+def compared(report: OpReport) -> list[CheckResult]:
+    """The checks that compared something: their errors are measurements (n/a, skip, error are not)."""
+    return [check for check in report.checks if check.status in ("passed", "failed")]
+
+
+def overall(reports: Sequence[OpReport]) -> str:
+    """failed if any failed; passed if any passed; n/a if nothing was compared."""
+    verdicts = {report.verdict for report in reports}
+    return "failed" if "failed" in verdicts else "passed" if "passed" in verdicts or not verdicts else "n/a"
 
 
 def report_json(reports: Sequence[OpReport]) -> str:
-    verdict = "failed" if any(r.verdict == "failed" for r in reports) else "passed"
-    return json.dumps({"verdict": verdict, "ops": [r.to_dict() for r in reports]}, indent=2, default=str)
+    return json.dumps({"verdict": overall(reports), "ops": [r.to_dict() for r in reports]}, indent=2, default=str)
+
+
+def _entries(reports: Sequence[OpReport], now: int) -> tuple[list[Any], list[Any]]:
+    """Tags `gradcheck.<op>` (verdict) and `gradcheck.<op>.<check>` (status, shown as the table
+    shows it), and metrics `gradcheck/<op>[/<check>]/max_abs_error` and `max_rel_error` over the
+    checks that compared something only."""
+    from mlflow.entities import Metric, RunTag
+
+    tags = [RunTag("gradcheck.verdict", overall(reports))]
+    metrics = []
+    for report in reports:
+        op = key(report.label)
+        tags.append(RunTag(f"gradcheck.{op}", report.verdict))
+        tags.extend(RunTag(f"gradcheck.{op}.{check_key(check.check)}", _SHOWN[check.status]) for check in report.checks)
+        measured = compared(report)
+        for check in measured:
+            metrics.append(Metric(f"gradcheck/{op}/{check_key(check.check)}/max_abs_error", check.max_abs_error, now, 0))
+            metrics.append(Metric(f"gradcheck/{op}/{check_key(check.check)}/max_rel_error", check.max_rel_error, now, 0))
+        if measured:
+            metrics.append(Metric(f"gradcheck/{op}/max_abs_error", max(check.max_abs_error for check in measured), now, 0))
+            metrics.append(Metric(f"gradcheck/{op}/max_rel_error", max(check.max_rel_error for check in measured), now, 0))
+    # An op named twice, or a check that appears twice, gives one key: the last one stands, once.
+    return list({metric.key: metric for metric in metrics}.values()), list({tag.key: tag for tag in tags}.values())
 
 
 def log_reports(client: Any, run_id: str, reports: Sequence[OpReport], heatmaps: Sequence[Path] = ()) -> None:
-    """Tags `gradcheck.<op>` = verdict, metrics of the worst errors, and the report and heatmaps as artifacts."""
-    from mlflow.entities import Metric, RunTag
-
-    now = int(time.time() * 1000)
-    tags = [RunTag(f"gradcheck.{key(r.name)}", r.verdict) for r in reports]
-    tags.append(RunTag("gradcheck.verdict", "failed" if any(r.verdict == "failed" for r in reports) else "passed"))
-    metrics = []
-    for r in reports:
-        metrics.append(Metric(f"gradcheck/{key(r.name)}/max_abs_error", max((c.max_abs_error for c in r.checks), default=0.0), now, 0))
-        metrics.append(Metric(f"gradcheck/{key(r.name)}/max_rel_error", max((c.max_rel_error for c in r.checks), default=0.0), now, 0))
-    client.log_batch(run_id, metrics=metrics, tags=tags)
+    """The tags and metrics of `_entries`, and the report and heatmaps as artifacts."""
+    metrics, tags = _entries(reports, int(time.time() * 1000))
+    batches = max(-(-len(tags) // _TAGS_PER_BATCH), -(-len(metrics) // _METRICS_PER_BATCH), 1)
+    for i in range(batches):
+        client.log_batch(run_id, metrics=metrics[i * _METRICS_PER_BATCH:(i + 1) * _METRICS_PER_BATCH],
+                         tags=tags[i * _TAGS_PER_BATCH:(i + 1) * _TAGS_PER_BATCH])
     client.log_text(run_id, report_json(reports), "gradcheck/report.json")
     for heatmap in heatmaps:
         client.log_artifact(run_id, str(heatmap), "gradcheck/heatmaps")
