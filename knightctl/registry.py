@@ -165,13 +165,6 @@ class OpDef:
 
     kind = "op"
 
-    @classmethod
-    def from_opinfo(cls, opinfo: Any, **overrides: Any) -> OpDef:
-        """An OpDef from a torch `OpInfo` entry, so that existing OpInfo suites check unchanged."""
-        from knightctl.gradcheck.opinfos import from_opinfo
-
-        return from_opinfo(opinfo, **overrides)
-
 
 def _halved_width(params: Any, in_features: int) -> int:
     if in_features % 2:
