@@ -213,7 +213,7 @@ def _refusal(failed: list[OpReport], reports: list[OpReport], spec: ExperimentSp
     return GradcheckFailed(
         f"the gradient check failed for {what}:{lines}",
         reports=reports,
-        hint=f"`{reproduce_command(spec, system.settings, device)}` shows where and by how much; --skip-gradcheck trains anyway",
+        hint=f"`{reproduce_command(spec, system, device)}` shows where and by how much; --skip-gradcheck trains anyway",
     )
 
 
@@ -221,13 +221,14 @@ def _who(report: OpReport) -> str:
     return f"{report.label} (plugin {report.plugin!r})" if report.plugin else report.label
 
 
-def reproduce_command(spec: ExperimentSpec, settings: PluginSettings, device: str) -> str:
+def reproduce_command(spec: ExperimentSpec, system: PluginSystem, device: str) -> str:
     """The `knightctl gradcheck --spec` command that checks what `train` checked: the spec's file,
     its `--set` overrides, the plugin options and the device (ops from the spec's `plugins:` come
     with the spec)."""
-    if spec.source is None:  # a spec built in code: only its ops can be named
-        return shlex.join(["knightctl", *_plugin_flags(settings), "gradcheck", *ops_used(components_used(spec), load(settings)), *_device_flag(device)])
-    words = ["knightctl", *_plugin_flags(settings), "gradcheck", "--spec", spec.source.path]
+    words = ["knightctl", *_plugin_flags(system.settings), "gradcheck"]
+    if spec.source is None:  # a spec built in code, with no file to name: its ops, at their samples only
+        return shlex.join([*words, *ops_used(components_used(spec), system), *_device_flag(device)])
+    words += ["--spec", spec.source.path]
     for override in spec.source.overrides:
         words += ["--set", override]
     return shlex.join([*words, *_device_flag(device)])
