@@ -18,7 +18,7 @@ import torch.autograd.forward_ad as fwAD
 
 from knightctl.gradcheck.compare import Tally
 from knightctl.gradcheck.fastmode import fast_reverse
-from knightctl.gradcheck.jacobian import Target, analytic_jacobian, as_outputs, batched_vjp, numeric_chunks, vjp
+from knightctl.gradcheck.jacobian import Target, analytic_jacobian, as_outputs, numeric_chunks, vjp
 from knightctl.gradcheck.report import CheckResult
 
 EXACT_MAX_ENTRIES = 2**20  # Jacobian entries per sample up to which "auto" compares them all (8 MiB)
