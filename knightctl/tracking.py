@@ -210,8 +210,7 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         raise
     writer.attach(run_id)
     run = MlflowRun(client, run_id, experiment_id, tracking_uri, writer, notices)
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
+    restore_uri = fluent_tracking_uri(tracking_uri)
     mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model; a resumed run is RUNNING again
     status, ending = "FAILED", ""
     try:
@@ -228,7 +227,29 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         _log_failure(run, exc)
         raise
     finally:
-        _finish(run, status, ending, previous_uri)
+        _finish(run, status, ending, restore_uri)
+
+
+def fluent_tracking_uri(tracking_uri: str) -> Callable[[], None]:
+    """Point MLflow's fluent API at `tracking_uri`; the function returned puts everything back.
+
+    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into os.environ, so without this a
+    run's store outlived it: the next `train` in the same process (a sweep, a notebook) and every
+    subprocess it started took that variable before their own spec's `tracking.uri`.
+    """
+    import mlflow
+
+    previous_uri, previous_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+
+    def restore() -> None:
+        mlflow.set_tracking_uri(previous_uri)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+    return restore
 
 
 def start_writer(tracking_uri: str) -> MetricWriter:
@@ -236,10 +257,8 @@ def start_writer(tracking_uri: str) -> MetricWriter:
     return MetricWriter(tracking_uri, system_metrics=True)
 
 
-def _finish(run: MlflowRun, status: str, ending: str, previous_uri: str) -> None:
+def _finish(run: MlflowRun, status: str, ending: str, restore_uri: Callable[[], None]) -> None:
     """Store what was queued, tell the story's end, and close the run with `status`."""
-    import mlflow
-
     try:
         if not run.writer.closed:  # the error path: store what was queued before closing the run
             run.close_metrics()
@@ -257,7 +276,7 @@ def _finish(run: MlflowRun, status: str, ending: str, previous_uri: str) -> None
             fallback.end_run(status)  # the status is journaled if the server is gone
             run.pending_sync = fallback.pending_sync()
         finally:
-            mlflow.set_tracking_uri(previous_uri)
+            restore_uri()
 
 
 def _first_line(exc: BaseException) -> str:

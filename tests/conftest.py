@@ -40,15 +40,15 @@ def _work_in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.fixture
 def load_logged_model() -> Callable[[str, str], Any]:
     """Load a `models:/` URI from the store at `tracking_uri` (MLflow resolves it against the global one)."""
-    import mlflow
     import mlflow.pytorch
 
+    from knightctl.tracking import fluent_tracking_uri
+
     def load(tracking_uri: str, model_uri: str) -> Any:
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(tracking_uri)
+        restore = fluent_tracking_uri(tracking_uri)  # puts MLFLOW_TRACKING_URI back as well
         try:
             return mlflow.pytorch.load_model(model_uri)
         finally:
-            mlflow.set_tracking_uri(previous)
+            restore()
 
     return load

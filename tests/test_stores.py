@@ -113,3 +113,13 @@ def test_an_unmigrated_mlruns_beside_an_existing_store_is_noted(tmp_path: Path, 
     (notice,) = result.info.notices
     assert f"holds runs of an MLflow file store that {uri} does not show" in notice
     assert "mlflow migrate-filestore --source ./mlruns --target sqlite:///mlruns-migrated.db" in notice
+
+
+def test_a_run_leaves_no_tracking_uri_behind_for_the_next_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI; the next spec's own tracking.uri must still win."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    stores = [tmp_path / "first.db", tmp_path / "second.db"]
+    run_ids = [train(ROUND_TABLE, overrides=[*QUICK, f"tracking.uri=sqlite:///{store}"]).run_id for store in stores]
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    for store, run_id in zip(stores, run_ids):
+        assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "FINISHED"
