@@ -25,7 +25,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def register_ops(register: Callable[[OpDef], None]) -> None:
-    """Register differentiable ops (an `OpDef` each): gradient-checked, and usable as layers."""
+    """Register differentiable ops (an `OpDef` each, or a PyTorch `OpInfo` entry, taken as
+    `OpDef.from_opinfo(entry)`): gradient-checked, and usable as layers."""
 
 
 @hookspec

@@ -24,7 +24,7 @@ from knightctl.builtin import DEFAULT_PLUGINS
 from knightctl.errors import PluginError
 from knightctl.pluginfiles import PluginFileError, describe_exception, file_digest, import_plugin_file
 from knightctl.plugins import ENTRY_POINT_GROUP, PluginInfo, PluginSettings, PluginSystem
-from knightctl.registry import Registry
+from knightctl.registry import Registry, as_definition
 
 REGISTRATION_HOOKS: tuple[str, ...] = (
     "register_ops",
@@ -128,7 +128,7 @@ class _Loader:
         hooks = self._check_hooks(plugin)
         self.manager.register(plugin, name=info.name)
         try:
-            definitions = self._registrations(info.name, info.path)
+            definitions = [as_definition(value, plugin=info.name) for value in self._registrations(info.name, info.path)]
             for definition in definitions:
                 self.registry.check(definition, plugin=info.name)
         except (_Failed, PluginError) as exc:

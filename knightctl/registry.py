@@ -106,7 +106,13 @@ OpLayerKind = Literal["elementwise", "halves"]
 
 class Sample:
     """One sample input of an op: positional and keyword arguments, each any pytree (tuples, lists,
-    dicts, nested) of tensors and other values. `sample_inputs` may yield these or plain tuples."""
+    dicts, nested) of tensors and other values. `sample_inputs` may yield these or plain tuples.
+
+    `select_output`, where set, maps the op's output to the part whose gradients are checked (the
+    rest is not differentiable or not of interest), as OpInfo's `output_process_fn_grad` does.
+    """
+
+    select_output: Callable[[Any], Any] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args = args
@@ -127,9 +133,10 @@ class OpDef:
       or a plain differentiable function.
     - `sample_inputs(device, dtype)`: an iterable of argument tuples for `fn`, or of `Sample`s
       (positional and keyword arguments); arguments may be nested tuples, lists and dicts. Every
-      floating-point tensor among them is an input gradients are checked against; every
-      floating-point tensor the op returns (nested too) is an output that is checked. Keep them
-      away from points where the op is not differentiable.
+      floating-point tensor among them is an input gradients are checked against, unless some of
+      a sample's tensors have `requires_grad=True`: then only those are, and the rest are constants
+      (as in `torch.autograd.gradcheck`). Every floating-point tensor the op returns (nested too)
+      is an output that is checked. Keep them away from points where the op is not differentiable.
 
     Optional (None means "detect it" where detection is possible):
     - `reference`: a pure-torch function computing the same forward, to compare against.
@@ -164,6 +171,24 @@ class OpDef:
     plugin: str = ""
 
     kind = "op"
+
+    @classmethod
+    def from_opinfo(cls, info: Any, *, namespace: str = "opinfo", **changes: Any) -> OpDef:
+        """The op a PyTorch `OpInfo` entry describes, named "namespace::name" (see gradcheck/opinfos.py)."""
+        from knightctl.gradcheck.opinfos import from_opinfo  # imports torch, which this module does not
+
+        return from_opinfo(info, namespace=namespace, **changes)
+
+
+def as_definition(value: object, *, plugin: str) -> object:
+    """What a plugin passed to `register`, as a definition: an OpInfo entry (or anything of its
+    shape) becomes the op it describes (`OpDef.from_opinfo`); anything else is left to `check`."""
+    if isinstance(value, OpDef) or not (callable(getattr(value, "sample_inputs", None)) and callable(getattr(value, "op", None))):
+        return value
+    try:
+        return OpDef.from_opinfo(value)
+    except PluginError as exc:
+        raise PluginError(f"plugin {plugin!r}: {exc.message}", hint=exc.hint) from exc
 
 
 def _halved_width(params: Any, in_features: int) -> int:
@@ -206,7 +231,9 @@ class Registry:
         """Refuse a definition that is not one, has a bad name, or lacks what its kind needs."""
         if not isinstance(definition, _ALL_KINDS):
             kinds = ", ".join(cls.__name__ for cls in _ALL_KINDS)
-            raise PluginError(f"plugin {plugin!r} registered {definition!r}, which is not one of {kinds}")
+            shown = repr(definition)
+            shown = shown if len(shown) <= 100 else shown[:97] + "..."  # a dataclass's repr can run to pages
+            raise PluginError(f"plugin {plugin!r} registered {shown}, which is not one of {kinds}")
         what = f"plugin {plugin!r}: {definition.kind} {definition.name!r}"
         if not isinstance(definition.name, str) or not _NAME.match(definition.name):
             raise PluginError(f"{what}: names are letters, digits, '_', '.', '-', optionally as 'namespace::name'")

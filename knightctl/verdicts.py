@@ -49,27 +49,9 @@ def render_gradcheck(console: Console, result: GradcheckResult) -> None:
 
 
 def _render_details(console: Console, report: OpReport) -> None:
-    name = escape(report.label)
-    if report.note:
-        console.print(f"[bold]{name}[/]: {escape(report.note)}", soft_wrap=True)
-    for check in report.failures:
-        method = f" ({check.method})" if check.method else ""
-        console.print(f"[bold]{name}[/]: {check.check} {check.status}{method}: {escape(check.detail)}", soft_wrap=True)
-        worst = check.worst
-        if worst is None:
-            continue
-        output = f"output {worst.output} element {worst.output_element}" if worst.output >= 0 else "a random projection of the outputs"
-        where = f" ({worst.input_name})" if worst.input_name else ""
-        values = ", ".join(f"{place} = {value:.6g}" for place, value in worst.input_values)
-        at = f", where {values}" if values else ""
-        console.print(f"    worst: sample {worst.sample}, {output}, input {worst.input}{where} element {worst.input_element}{at}", markup=False, soft_wrap=True)
-        console.print(
-            f"    analytic {worst.analytic:.9g}  numeric {worst.numeric:.9g}  abs error {worst.abs_error:.3g}  rel error {worst.rel_error:.3g}"
-            f"  (tolerance {worst.atol:g} + {worst.rtol:g} * |numeric|)",
-            markup=False,
-            soft_wrap=True,
-        )
-    if report.kinks:
-        shown = "; ".join(f"sample {k.sample} input {k.input} element {k.element} (left {k.left:.4g}, right {k.right:.4g})" for k in report.kinks[:4])
-        more = f"; and {len(report.kinks) - 4} more" if len(report.kinks) > 4 else ""
-        console.print(f"[bold]{name}[/]: {len(report.kinks)} non-differentiable point(s), judged by their one-sided derivatives: {escape(shown)}{more}", soft_wrap=True)
+    for line in report.explain():
+        if line.startswith(" "):  # the worst element beneath a failure
+            console.print(line, markup=False, soft_wrap=True)
+        else:
+            name, rest = line[: len(report.label)], line[len(report.label):]
+            console.print(f"[bold]{escape(name)}[/]{escape(rest)}", soft_wrap=True)

@@ -46,6 +46,7 @@ class Target:
     names: tuple[str, ...] = ()
     undefined: frozenset[int] = frozenset()  # inputs (indices into wrt) whose backward gives None
     rebuild: Callable[[Sequence[Any]], Any] | None = field(default=None, repr=False)  # leaves -> (args, kwargs)
+    select_output: Callable[[Any], Any] | None = field(default=None, repr=False)  # the part of the output checked
 
     def structured(self, leaves: Sequence[Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The (args, kwargs) the leaves stand for: what the op, its reference and opcheck are called with."""
@@ -73,17 +74,22 @@ class Target:
         return [torch.stack([row[j] for row in rows]) for j in range(len(rows[0]))]
 
 
-def op_target(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Target:
-    """`fn(*args, **kwargs)` as a function of its pytree's leaves, differentiated w.r.t. the floating-point ones."""
+def op_target(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], select_output: Callable[[Any], Any] | None = None
+) -> Target:
+    """`fn(*args, **kwargs)` (passed through `select_output`) as a function of its pytree's leaves,
+    differentiated w.r.t. the floating-point ones: those that require grad, where any does."""
     leaves, rebuild, paths = flatten((tuple(args), dict(kwargs)))
 
     def on_leaves(*values: Any) -> Any:
         positional, keywords = rebuild(values)
-        return fn(*positional, **keywords)
+        out = fn(*positional, **keywords)
+        return out if select_output is None else select_output(out)
 
     names = tuple(("args" if path.startswith("[0]") else "kwargs") + path[3:] for path in paths)  # "[0][1]" -> "args[1]"
-    wrt = tuple(i for i, leaf in enumerate(leaves) if is_float_tensor(leaf))
-    return Target(on_leaves, tuple(leaves), wrt, names=names, rebuild=rebuild)
+    floats = [i for i, leaf in enumerate(leaves) if is_float_tensor(leaf)]
+    marked = [i for i in floats if leaves[i].requires_grad]  # the sample says which; the rest are constants
+    return Target(on_leaves, tuple(leaves), tuple(marked or floats), names=names, rebuild=rebuild, select_output=select_output)
 
 
 @dataclass

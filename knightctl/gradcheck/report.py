@@ -93,3 +93,30 @@ class OpReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "label": self.label, **asdict(self)}
+
+    def explain(self) -> list[str]:
+        """What went wrong, in plain lines: the note, each failure with its worst element (indented
+        lines beneath it), and the kinks. Empty for an op with nothing to tell."""
+        lines = [f"{self.label}: {self.note}"] if self.note else []
+        for check in self.failures:
+            method = f" ({check.method})" if check.method else ""
+            lines.append(f"{self.label}: {check.check} {check.status}{method}: {check.detail}")
+            if check.worst is not None:
+                lines.extend(_explain_worst(check.worst))
+        if self.kinks:
+            shown = "; ".join(f"sample {k.sample} input {k.input} element {k.element} (left {k.left:.4g}, right {k.right:.4g})" for k in self.kinks[:4])
+            more = f"; and {len(self.kinks) - 4} more" if len(self.kinks) > 4 else ""
+            lines.append(f"{self.label}: {len(self.kinks)} non-differentiable point(s), judged by their one-sided derivatives: {shown}{more}")
+        return lines
+
+
+def _explain_worst(worst: Mismatch) -> list[str]:
+    output = f"output {worst.output} element {worst.output_element}" if worst.output >= 0 else "a random projection of the outputs"
+    where = f" ({worst.input_name})" if worst.input_name else ""
+    values = ", ".join(f"{place} = {value:.6g}" for place, value in worst.input_values)
+    at = f", where {values}" if values else ""
+    return [
+        f"    worst: sample {worst.sample}, {output}, input {worst.input}{where} element {worst.input_element}{at}",
+        f"    analytic {worst.analytic:.9g}  numeric {worst.numeric:.9g}  abs error {worst.abs_error:.3g}  rel error {worst.rel_error:.3g}"
+        f"  (tolerance {worst.atol:g} + {worst.rtol:g} * |numeric|)",
+    ]
