@@ -87,5 +87,11 @@ def set_deterministic(enabled: bool) -> None:
         # cuBLAS needs a fixed workspace for reproducible matmuls; it is read when CUDA starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = False
+    if torch.backends.flags_frozen():
+        # Importing torch's own test utilities (as a plugin that defines OpInfo entries does)
+        # freezes attribute assignment to the cudnn flags. set_flags is the function torch's
+        # `cudnn.flags()` context uses; it takes None for the flags to leave alone.
+        torch.backends.cudnn.set_flags(_benchmark=False, _deterministic=enabled, _fp32_precision=None)
+    else:
+        torch.backends.cudnn.deterministic = enabled
+        torch.backends.cudnn.benchmark = False

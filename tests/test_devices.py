@@ -6,6 +6,8 @@ the tests that train on CUDA or MPS are marked and run only where that device ex
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,20 @@ def test_deterministic_mode_switches_on_and_off() -> None:
     finally:
         set_deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled()
+    assert not torch.backends.cudnn.deterministic
+
+
+def test_deterministic_mode_works_after_torch_test_utilities_froze_the_flags() -> None:
+    """A plugin defining OpInfo entries imports torch's test utilities, which freeze the cudnn
+    flags for the whole process (a subprocess, since nothing public thaws them)."""
+    script = (
+        "import torch\ntorch.backends.disable_global_flags()\n"
+        "from knightctl.devices import set_deterministic\n"
+        "set_deterministic(True)\nassert torch.backends.cudnn.deterministic and torch.are_deterministic_algorithms_enabled()\n"
+        "set_deterministic(False)\nassert not torch.backends.cudnn.deterministic\nprint('switched')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "switched", done.stderr
 
 
 @pytest.mark.cuda
