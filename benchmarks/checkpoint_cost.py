@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from knightctl.build import build_components
-from knightctl.checkpoint import save_checkpoint
-from knightctl.plugins import load as load_plugins
-from knightctl.spec import load_spec
-from knightctl.training import train
-from knightctl.trainstate import rng_states
+from knightctl.training.build import build_components
+from knightctl.checkpoint.files import save_checkpoint
+from knightctl.plugins.loader import load as load_plugins
+from knightctl.spec.model import load_spec
+from knightctl.training.run import train
+from knightctl.checkpoint.state import rng_states
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"chapter model": ROOT / "experiments" / "round_table.yaml", "784-512-512-10 MLP": ROOT / "benchmarks" / "mlp_blobs.yaml"}

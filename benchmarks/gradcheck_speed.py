@@ -46,7 +46,8 @@ import torch
 
 from knightctl import OpDef
 from knightctl.gradcheck import check_op, check_ops
-from knightctl.plugins import PluginSettings, load
+from knightctl.plugins.system import PluginSettings
+from knightctl.plugins.loader import load
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3  # torch.autograd.gradcheck's defaults, knightctl's EPS

@@ -30,10 +30,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from knightctl.build import build_components
-from knightctl.plugins import load as load_plugins
-from knightctl.spec import load_spec
-from knightctl.training import train
+from knightctl.training.build import build_components
+from knightctl.plugins.loader import load as load_plugins
+from knightctl.spec.model import load_spec
+from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {

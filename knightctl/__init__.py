@@ -11,40 +11,41 @@ from typing import TYPE_CHECKING, Any
 
 from knightctl._version import __version__
 from knightctl.errors import KnightctlError
-from knightctl.hookspecs import hookimpl
+from knightctl.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from knightctl.devices import DeviceChoice, resolve_device  # noqa: F401
+    from knightctl.training.devices import DeviceChoice, resolve_device  # noqa: F401
     from knightctl.gradcheck import OpReport, check_op, check_ops  # noqa: F401
-    from knightctl.plugins import PluginSettings, PluginSystem  # noqa: F401
-    from knightctl.plugins import load as load_plugins  # noqa: F401
-    from knightctl.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, Sample, SchedulerDef  # noqa: F401
-    from knightctl.spec import ExperimentSpec, load_spec  # noqa: F401
-    from knightctl.training import RunInfo, RunResult, train  # noqa: F401
-    from knightctl.resumecheck import verify_resume  # noqa: F401
-    from knightctl.checkpoint import load_checkpoint  # noqa: F401
+    from knightctl.plugins.system import PluginSettings, PluginSystem  # noqa: F401
+    from knightctl.plugins.loader import load as load_plugins  # noqa: F401
+    from knightctl.plugins.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, Sample, SchedulerDef  # noqa: F401
+    from knightctl.spec.model import ExperimentSpec, load_spec  # noqa: F401
+    from knightctl.plugins.events import RunInfo, RunResult  # noqa: F401
+    from knightctl.training.run import train  # noqa: F401
+    from knightctl.checkpoint.verify import verify_resume  # noqa: F401
+    from knightctl.checkpoint.files import load_checkpoint  # noqa: F401
 
 _LAZY: dict[str, tuple[str, str]] = {
-    "load_spec": ("knightctl.spec", "load_spec"),
-    "ExperimentSpec": ("knightctl.spec", "ExperimentSpec"),
-    "train": ("knightctl.training", "train"),
-    "RunInfo": ("knightctl.training", "RunInfo"),
-    "RunResult": ("knightctl.training", "RunResult"),
-    "verify_resume": ("knightctl.resumecheck", "verify_resume"),
-    "load_checkpoint": ("knightctl.checkpoint", "load_checkpoint"),
-    "resolve_device": ("knightctl.devices", "resolve_device"),
-    "DeviceChoice": ("knightctl.devices", "DeviceChoice"),
-    "load_plugins": ("knightctl.plugins", "load"),
-    "PluginSystem": ("knightctl.plugins", "PluginSystem"),
-    "PluginSettings": ("knightctl.plugins", "PluginSettings"),
-    "Params": ("knightctl.registry", "Params"),
-    "LayerDef": ("knightctl.registry", "LayerDef"),
-    "LossDef": ("knightctl.registry", "LossDef"),
-    "OptimizerDef": ("knightctl.registry", "OptimizerDef"),
-    "SchedulerDef": ("knightctl.registry", "SchedulerDef"),
-    "DatasetDef": ("knightctl.registry", "DatasetDef"),
-    "OpDef": ("knightctl.registry", "OpDef"),
-    "Sample": ("knightctl.registry", "Sample"),
+    "load_spec": ("knightctl.spec.model", "load_spec"),
+    "ExperimentSpec": ("knightctl.spec.model", "ExperimentSpec"),
+    "train": ("knightctl.training.run", "train"),
+    "RunInfo": ("knightctl.plugins.events", "RunInfo"),
+    "RunResult": ("knightctl.plugins.events", "RunResult"),
+    "verify_resume": ("knightctl.checkpoint.verify", "verify_resume"),
+    "load_checkpoint": ("knightctl.checkpoint.files", "load_checkpoint"),
+    "resolve_device": ("knightctl.training.devices", "resolve_device"),
+    "DeviceChoice": ("knightctl.training.devices", "DeviceChoice"),
+    "load_plugins": ("knightctl.plugins.loader", "load"),
+    "PluginSystem": ("knightctl.plugins.system", "PluginSystem"),
+    "PluginSettings": ("knightctl.plugins.system", "PluginSettings"),
+    "Params": ("knightctl.plugins.registry", "Params"),
+    "LayerDef": ("knightctl.plugins.registry", "LayerDef"),
+    "LossDef": ("knightctl.plugins.registry", "LossDef"),
+    "OptimizerDef": ("knightctl.plugins.registry", "OptimizerDef"),
+    "SchedulerDef": ("knightctl.plugins.registry", "SchedulerDef"),
+    "DatasetDef": ("knightctl.plugins.registry", "DatasetDef"),
+    "OpDef": ("knightctl.plugins.registry", "OpDef"),
+    "Sample": ("knightctl.plugins.registry", "Sample"),
     "check_op": ("knightctl.gradcheck", "check_op"),
     "check_ops": ("knightctl.gradcheck", "check_ops"),
     "OpReport": ("knightctl.gradcheck", "OpReport"),

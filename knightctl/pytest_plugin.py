@@ -21,7 +21,7 @@ import pytest
 
 if TYPE_CHECKING:
     from knightctl.gradcheck.report import OpReport
-    from knightctl.registry import OpDef
+    from knightctl.plugins.registry import OpDef
 
 COLLECTOR_ID = "knightctl-ops"
 
@@ -48,7 +48,8 @@ class KnightctlOps(pytest.Collector):
 
     def collect(self) -> list[pytest.Item]:
         from knightctl.errors import KnightctlError
-        from knightctl.plugins import PluginSettings, load
+        from knightctl.plugins.system import PluginSettings
+        from knightctl.plugins.loader import load
 
         config = self.config
         here = config.invocation_params.dir
@@ -83,7 +84,7 @@ class OpItem(pytest.Item):
         self.op = op
 
     def runtest(self) -> None:
-        from knightctl.devices import resolve_device
+        from knightctl.training.devices import resolve_device
         from knightctl.errors import KnightctlError
         from knightctl.gradcheck.checks import check_op
 

@@ -42,7 +42,7 @@ def load_logged_model() -> Callable[[str, str], Any]:
     """Load a `models:/` URI from the store at `tracking_uri` (MLflow resolves it against the global one)."""
     import mlflow.pytorch
 
-    from knightctl.tracking import fluent_tracking_uri
+    from knightctl.tracking.run import fluent_tracking_uri
 
     def load(tracking_uri: str, model_uri: str) -> Any:
         restore = fluent_tracking_uri(tracking_uri)  # puts MLFLOW_TRACKING_URI back as well

@@ -17,9 +17,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from test_resume import STEPS_PER_EPOCH, write_spec
 
-from knightctl.checkpoint import CheckpointFolder, _serialise, _with_checksum, load_checkpoint, save_checkpoint
+from knightctl.checkpoint.files import CheckpointFolder, _serialise, _with_checksum, load_checkpoint, save_checkpoint
 from knightctl.errors import CheckpointError, PluginError, RunFailed
-from knightctl.training import train
+from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 NOISY_EVENTS = ROOT / "tests" / "plugins" / "noisy_events.py"
@@ -151,7 +151,7 @@ def test_a_spec_without_a_seed_gets_one_that_is_logged_stored_and_kept_on_resume
 
 @pytest.mark.cuda
 def test_a_resumed_run_on_cuda_with_deterministic_algorithms_is_bit_identical(tmp_path: Path) -> None:
-    from knightctl.resumecheck import verify_resume
+    from knightctl.checkpoint.verify import verify_resume
 
     verdict = verify_resume(write_spec(tmp_path), track=False, skip_gradcheck=True, device="cuda", deterministic=True)
     assert verdict.identical, verdict.first_difference

@@ -15,8 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from knightctl.cli import main
-from knightctl.pluginfiles import import_plugin_file
+from knightctl.cli.commands import main
+from knightctl.plugins.files import import_plugin_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

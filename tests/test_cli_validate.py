@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from knightctl.spec import load_spec
+from knightctl.spec.model import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 ROUND_TABLE = REPO / "experiments" / "round_table.yaml"
@@ -259,7 +259,7 @@ def test_validate_bad_spec_imports_neither_torch_nor_mlflow(tmp_path: Path) -> N
 
 
 def _help_invocations() -> list[tuple[str, ...]]:
-    from knightctl.cli import main
+    from knightctl.cli.commands import main
 
     return [("--help",), ("-h",), *((name, "--help") for name in sorted(main.commands))]
 

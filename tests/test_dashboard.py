@@ -17,12 +17,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from knightctl.build import build_components
-from knightctl.checkpoint import load_checkpoint
-from knightctl.plugins import load as load_plugins
-from knightctl.spec import load_spec
-from knightctl.tracking import flatten
-from knightctl.training import train
+from knightctl.training.build import build_components
+from knightctl.checkpoint.files import load_checkpoint
+from knightctl.plugins.loader import load as load_plugins
+from knightctl.spec.model import load_spec
+from knightctl.tracking.run import flatten
+from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 EXCALIBUR = ROOT / "experiments" / "excalibur.yaml"

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from knightctl.devices import resolve_device, set_deterministic
+from knightctl.training.devices import resolve_device, set_deterministic
 from knightctl.errors import DeviceError
-from knightctl.training import train
+from knightctl.training.run import train
 
 ROUND_TABLE = Path(__file__).resolve().parent.parent / "experiments" / "round_table.yaml"
 
@@ -96,7 +96,7 @@ def test_deterministic_mode_works_after_torch_test_utilities_froze_the_flags() -
     flags for the whole process (a subprocess, since nothing public thaws them)."""
     script = (
         "import torch\ntorch.backends.disable_global_flags()\n"
-        "from knightctl.devices import set_deterministic\n"
+        "from knightctl.training.devices import set_deterministic\n"
         "set_deterministic(True)\nassert torch.backends.cudnn.deterministic and torch.are_deterministic_algorithms_enabled()\n"
         "set_deterministic(False)\nassert not torch.backends.cudnn.deterministic\nprint('switched')\n"
     )

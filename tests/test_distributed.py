@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from knightctl.checkpoint import CheckpointFolder, load_checkpoint
-from knightctl.distributed import Ranks
-from knightctl.launch import RankFailure, cause
-from knightctl.training import train
+from knightctl.checkpoint.files import CheckpointFolder, load_checkpoint
+from knightctl.distributed.ranks import Ranks
+from knightctl.distributed.launch import RankFailure, cause
+from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_GATE = ROOT / "tests" / "plugins" / "step_gate.py"
@@ -188,7 +188,7 @@ def test_two_gpus_train_the_chapters_model_to_the_weights_of_one(tmp_path: Path)
 def test_launcher_options_that_do_not_fit_are_usage_errors(args: list[str], message: str) -> None:
     from click.testing import CliRunner
 
-    from knightctl.cli import main
+    from knightctl.cli.commands import main
 
     done = CliRunner().invoke(main, ["train", str(ROOT / "experiments" / "round_table.yaml"), *args])
     assert done.exit_code == 2 and message in " ".join(done.output.split())

@@ -16,8 +16,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from pydantic import ValidationError
 
-from knightctl.pluginfiles import import_plugin_file
-from knightctl.registry import OpDef, Registry
+from knightctl.plugins.files import import_plugin_file
+from knightctl.plugins.registry import OpDef, Registry
 
 PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 GRAIL = PLUGINS / "knightctl-grail"

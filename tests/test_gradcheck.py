@@ -12,16 +12,17 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from knightctl import OpDef
-from knightctl.cli import main
+from knightctl.cli.commands import main
 from knightctl.errors import GradcheckFailed
 from knightctl.gradcheck import check_op
 from knightctl.gradcheck.derivatives import EXACT_MAX_ENTRIES
 from knightctl.gradcheck.models import check_model
 from knightctl.gradcheck.run import gradcheck
-from knightctl.pluginfiles import import_plugin_file
-from knightctl.plugins import PluginSettings, load
-from knightctl.spec import load_spec
-from knightctl.training import train
+from knightctl.plugins.files import import_plugin_file
+from knightctl.plugins.system import PluginSettings
+from knightctl.plugins.loader import load
+from knightctl.spec.model import load_spec
+from knightctl.training.run import train
 from plugin_specs import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent

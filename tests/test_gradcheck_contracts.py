@@ -13,12 +13,12 @@ import torch
 from click.testing import CliRunner
 
 from knightctl import OpDef, Sample
-from knightctl.cli import main
+from knightctl.cli.commands import main
 from knightctl.gradcheck import check_op
 from knightctl.gradcheck.jacobian import op_target
 from knightctl.gradcheck.pytree import flatten
-from knightctl.opinfo import form_of
-from knightctl.pluginfiles import import_plugin_file
+from knightctl.plugins.opsupport import form_of
+from knightctl.plugins.files import import_plugin_file
 
 FORMS_FILE = Path(__file__).resolve().parent / "plugins" / "gradcheck_forms.py"
 FORMS = import_plugin_file(FORMS_FILE)

@@ -18,7 +18,7 @@ from knightctl import OpDef
 from knightctl.errors import PluginError
 from knightctl.gradcheck.checks import check_op
 from knightctl.gradcheck.run import gradcheck
-from knightctl.plugins import PluginSettings
+from knightctl.plugins.system import PluginSettings
 
 opinfo_core = pytest.importorskip("torch.testing._internal.opinfo.core", reason="torch's OpInfo needs expecttest (pip install -e '.[test]')")
 OpInfo, SampleInput = opinfo_core.OpInfo, opinfo_core.SampleInput

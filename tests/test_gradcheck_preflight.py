@@ -20,14 +20,15 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from knightctl.build import build_components
-from knightctl.cli import main
+from knightctl.training.build import build_components
+from knightctl.cli.commands import main
 from knightctl.errors import GradcheckFailed
 from knightctl.gradcheck import heatmap
 from knightctl.gradcheck.run import PREFLIGHT_MAX_PARAMETERS, gradcheck, preflight
-from knightctl.plugins import PluginSettings, load
-from knightctl.spec import load_spec
-from knightctl.training import train
+from knightctl.plugins.system import PluginSettings
+from knightctl.plugins.loader import load
+from knightctl.spec.model import load_spec
+from knightctl.training.run import train
 from plugin_specs import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from knightctl.errors import RunFailed, TrackingError
-from knightctl.metrics import StepMetrics, gradient_norm
-from knightctl.metricwriter import MetricWriter
+from knightctl.training.metrics import StepMetrics, gradient_norm
+from knightctl.tracking.metricwriter import MetricWriter
 
 
 def test_windows_average_their_own_steps_across_collections() -> None:
@@ -88,7 +88,7 @@ def test_the_sqlite_bulk_insert_stores_what_log_batch_stores(store_run: tuple[Ml
     """Same rows, same latest values, NaN and inf and repeats included, as MLflow's own log_batch."""
     from mlflow.entities import Metric
 
-    from knightctl.sqlitemetrics import SqliteMetricSink
+    from knightctl.tracking.sqlitemetrics import SqliteMetricSink
 
     client, uri, bulk_run = store_run
     reference_run = client.create_run(client.get_experiment_by_name("writer").experiment_id).info.run_id
@@ -113,7 +113,7 @@ def test_the_sqlite_bulk_insert_stores_what_log_batch_stores(store_run: tuple[Ml
 
 
 def test_the_bulk_insert_refuses_a_deleted_run_as_log_batch_does(store_run: tuple[MlflowClient, str, str]) -> None:
-    from knightctl.sqlitemetrics import InactiveRun, SqliteMetricSink
+    from knightctl.tracking.sqlitemetrics import InactiveRun, SqliteMetricSink
 
     client, uri, run_id = store_run
     client.delete_run(run_id)

@@ -16,7 +16,7 @@ MOVES = ("attack", "feint", "retreat")
 
 
 def test_spec_loads() -> None:
-    from knightctl.spec import load_spec
+    from knightctl.spec.model import load_spec
 
     spec = load_spec(SPEC).to_data()
     assert spec["name"] == "mordred"
@@ -27,8 +27,8 @@ def test_spec_loads() -> None:
 
 
 def test_csv_gives_three_named_classes() -> None:
-    from knightctl.plugins import load
-    from knightctl.spec import load_spec
+    from knightctl.plugins.loader import load
+    from knightctl.spec.model import load_spec
 
     options = load_spec(SPEC).to_data()["data"]
     dataset = load().registry.get("dataset", "csv")
@@ -44,7 +44,7 @@ def test_csv_gives_three_named_classes() -> None:
 
 @pytest.mark.slow
 def test_mlp_predicts_mordreds_moves() -> None:
-    from knightctl.training import train
+    from knightctl.training.run import train
 
     result = train(SPEC, track=False, device="cpu")  # the CPU, where the accuracy margin was measured
     assert (result.info.n_train, result.info.n_val) == (480, 120)

@@ -11,8 +11,8 @@ import torch
 from matplotlib.image import imread
 from torch import nn
 
-from knightctl.data import Split
-from knightctl.plots import (
+from knightctl.training.data import Split
+from knightctl.tracking.plots import (
     BOUNDARY_ARTIFACT,
     CURVES_ARTIFACT,
     decision_boundary,
@@ -298,7 +298,7 @@ def test_run_plots_names_the_artifacts_and_leaves_out_what_does_not_apply(binary
 
 def test_importing_is_cheap_and_the_curves_need_neither_torch_nor_pyplot(tmp_path) -> None:
     script = (
-        "import sys, knightctl.plots as p\n"
+        "import sys, knightctl.tracking.plots as p\n"
         "assert 'matplotlib' not in sys.modules and 'torch' not in sys.modules\n"
         "p.save_png(p.training_curves([(1, {'train/loss': 1.0})]), sys.argv[1])\n"
         "assert 'matplotlib.pyplot' not in sys.modules and 'torch' not in sys.modules\n"

@@ -10,9 +10,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from knightctl.errors import DeviceError, GradcheckFailed, PluginError, RunFailed
-from knightctl.pluginfiles import file_digest
-from knightctl.plugins import PluginSettings
-from knightctl.training import train
+from knightctl.plugins.files import file_digest
+from knightctl.plugins.system import PluginSettings
+from knightctl.training.run import train
 from plugin_specs import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from knightctl.errors import PluginError, SpecError
-from knightctl.plugins import PluginSettings, load
-from knightctl.spec import load_spec
+from knightctl.plugins.system import PluginSettings
+from knightctl.plugins.loader import load
+from knightctl.spec.model import load_spec
 from plugin_specs import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent

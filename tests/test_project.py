@@ -51,7 +51,7 @@ def test_every_experiment_starts_with_how_to_run_it() -> None:
 def test_every_hook_is_in_the_readme_hook_reference_with_its_arguments() -> None:
     import inspect
 
-    from knightctl import hookspecs
+    from knightctl.plugins import hookspecs
 
     reference = (ROOT / "README.md").read_text().split("## Hook reference", 1)[1].split("\n## ", 1)[0]
     hooks = {name: f for name, f in vars(hookspecs).items() if hasattr(f, f"{hookspecs.PROJECT_NAME}_spec")}

@@ -72,7 +72,7 @@ def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path:
 def test_the_logged_model_loads_back_from_the_server(server: str, tmp_path: Path, load_logged_model) -> None:
     import torch
 
-    from knightctl.training import train
+    from knightctl.training.run import train
 
     result = train(ROUND_TABLE, overrides=["train.epochs=5", "tracking.experiment=remote-model"], tracking_uri=server, device="cpu")
     loaded = load_logged_model(server, result.model_uri)

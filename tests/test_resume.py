@@ -18,9 +18,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from knightctl.checkpoint import load_checkpoint
+from knightctl.checkpoint.files import load_checkpoint
 from knightctl.errors import CheckpointError, ResumeError
-from knightctl.training import train
+from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE_PLUGIN = ROOT / "tests" / "plugins" / "step_gate.py"
@@ -229,7 +229,7 @@ def test_verify_resume_reports_bit_identical_results(tmp_path: Path) -> None:
 
 
 def test_verify_resume_notices_state_kept_outside_the_checkpoint(tmp_path: Path) -> None:
-    from knightctl.resumecheck import verify_resume
+    from knightctl.checkpoint.verify import verify_resume
 
     verdict = verify_resume(write_spec(tmp_path, layer="test_drift"), track=False, skip_gradcheck=True)
     assert not verdict.identical

@@ -21,10 +21,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from knightctl.cli import main
+from knightctl.cli.commands import main
 from knightctl.errors import TrackingError
-from knightctl.runlist import compare_runs, list_runs
-from knightctl.runtables import duration, render_runs, significant
+from knightctl.tracking.runlist import compare_runs, list_runs
+from knightctl.console.runs import duration, render_runs, significant
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
@@ -59,7 +59,7 @@ def _add_run(client: MlflowClient, experiment_id: str, name: str, start_ms: int,
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """Seven runs, newest first: round_table (trained by knightctl), grail/lancelot, percival (RUNNING),
     mordred (KILLED), galahad (FAILED), knights/lancelot, and a decoy named after a prefix of galahad's id."""
-    from knightctl.training import train
+    from knightctl.training.run import train
 
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder}/mlflow.db"
@@ -213,7 +213,7 @@ def test_a_missing_store_is_an_error_that_creates_nothing(tmp_path: Path, runner
 def test_formats_and_status_colours() -> None:
     assert [significant(v) for v in (0.6349999, 1234.5678, 0.000012345, 12345.6, 0.2, None)] == ["0.6350", "1235", "1.234e-05", "1.235e+04", "0.2000", "-"]
     assert [duration(s) for s in (12.34, 59.96, 245, 7500, None)] == ["12.3 s", "1 min 00 s", "4 min 05 s", "2 h 05 min", "-"]
-    from knightctl.runlist import RunSummary
+    from knightctl.tracking.runlist import RunSummary
 
     failed = RunSummary("f" * 32, "galahad", "knights", "FAILED", "cpu", {}, None, None, 1.0)
     colour = Console(force_terminal=True, color_system="standard", width=80, record=True)

@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ports import free_port
 
-from knightctl.journal import Journal
+from knightctl.tracking.offline.journal import Journal
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"

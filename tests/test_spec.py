@@ -16,9 +16,9 @@ import yaml
 from pydantic import ValidationError
 
 from knightctl.errors import SpecError
-from knightctl.plugins import load as load_plugins
-from knightctl.spec import ExperimentSpec, load_spec
-from knightctl.specfile import read_spec_file
+from knightctl.plugins.loader import load as load_plugins
+from knightctl.spec.model import ExperimentSpec, load_spec
+from knightctl.spec.file import read_spec_file
 
 # Line numbers below refer to this text; `edit()` refuses to touch anything it does not find once.
 VALID = """\

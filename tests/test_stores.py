@@ -15,8 +15,8 @@ from ports import free_port
 from mlflow.tracking import MlflowClient
 
 from knightctl.errors import TrackingError
-from knightctl.stores import sqlite_path
-from knightctl.training import train
+from knightctl.tracking.stores import sqlite_path
+from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"

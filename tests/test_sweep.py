@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from knightctl.errors import SpecError
-from knightctl.sweep import PARENT_TAG, sweep
-from knightctl.sweepspace import SweepError, grid_trials, random_trials
+from knightctl.sweep.run import PARENT_TAG, sweep
+from knightctl.sweep.space import SweepError, grid_trials, random_trials
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"

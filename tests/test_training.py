@@ -13,11 +13,11 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from knightctl.build import build_components
+from knightctl.training.build import build_components
 from knightctl.errors import DataError, ModelShapeError, RunFailed
-from knightctl.plugins import load as load_plugins
-from knightctl.spec import load_spec
-from knightctl.training import train
+from knightctl.plugins.loader import load as load_plugins
+from knightctl.spec.model import load_spec
+from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"

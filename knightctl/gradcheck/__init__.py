@@ -13,7 +13,7 @@ from knightctl.gradcheck.checks import check_op
 from knightctl.gradcheck.report import CheckResult, Kink, Mismatch, OpReport
 
 if TYPE_CHECKING:
-    from knightctl.plugins import PluginSystem
+    from knightctl.plugins.system import PluginSystem
 
 __all__ = ["check_op", "check_ops", "CheckResult", "Kink", "Mismatch", "OpReport"]
 

@@ -23,8 +23,8 @@ from knightctl.gradcheck.contracts import check_linearity_and_reentrancy, check_
 from knightctl.gradcheck.derivatives import forward, higher_order, reverse_and_undefined
 from knightctl.gradcheck.jacobian import Target, as_outputs, batched_vjp, is_float_tensor, op_target, vjp
 from knightctl.gradcheck.report import CheckResult, OpReport
-from knightctl.opinfo import LIBRARY_FORMS, form_of
-from knightctl.registry import OpDef, Sample
+from knightctl.plugins.opsupport import LIBRARY_FORMS, form_of
+from knightctl.plugins.registry import OpDef, Sample
 
 DEFAULT_ORDER = 2
 _BLOCKING = ("mutation", "grad metadata")  # after one of these fails, gradient values mean nothing

@@ -12,12 +12,12 @@ import time
 import torch
 from torch.func import functional_call
 
-from knightctl.build import build_components
+from knightctl.training.build import build_components
 from knightctl.gradcheck.derivatives import reverse
 from knightctl.gradcheck.jacobian import Target
 from knightctl.gradcheck.report import OpReport
-from knightctl.plugins import PluginSystem
-from knightctl.spec import ExperimentSpec
+from knightctl.plugins.system import PluginSystem
+from knightctl.spec.model import ExperimentSpec
 
 MODEL_ROWS = 8  # training rows the loss is taken over: enough to cover every path, small enough to be exact
 

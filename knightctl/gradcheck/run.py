@@ -18,18 +18,19 @@ from typing import Any, Sequence
 
 import torch
 
-from knightctl.devices import resolve_device
+from knightctl.training.devices import resolve_device
 from knightctl.errors import GradcheckFailed, KnightctlError, PluginError
 from knightctl.gradcheck.checks import check_op, sample_targets
 from knightctl.gradcheck.heatmap import write_heatmap
 from knightctl.gradcheck.models import check_model
 from knightctl.gradcheck.report import CheckResult, OpReport
 from knightctl.gradcheck.tracking import DEFAULT_EXPERIMENT, log_gradcheck_run, report_json
-from knightctl.plugins import PluginSettings, PluginSystem, load
-from knightctl.plugintags import components_used
-from knightctl.registry import OpDef
-from knightctl.spec import ExperimentSpec
-from knightctl.tracking import resolve_tracking_uri
+from knightctl.plugins.system import PluginSettings, PluginSystem
+from knightctl.plugins.loader import load
+from knightctl.tracking.plugintags import components_used
+from knightctl.plugins.registry import OpDef
+from knightctl.spec.model import ExperimentSpec
+from knightctl.tracking.run import resolve_tracking_uri
 
 # The model check differentiates the loss with respect to every parameter by finite differences:
 # two forward passes of the whole model per parameter. Under 10,000 parameters that stays around
@@ -165,7 +166,7 @@ def _select(names: Sequence[str], spec: str | Path | None, overrides: Sequence[s
     """The plugins, the spec (if any), and the ops to check: named, the spec's, or all."""
     loaded_spec = None
     if spec is not None:
-        from knightctl.spec import load_spec
+        from knightctl.spec.model import load_spec
 
         loaded_spec = load_spec(spec, overrides, plugins=plugins)
     system = load(plugins, files=loaded_spec.plugin_paths() if loaded_spec else ())

@@ -86,7 +86,7 @@ def log_reports(client: Any, run_id: str, reports: Sequence[OpReport], heatmaps:
 
 def log_gradcheck_run(tracking_uri: str, reports: Sequence[OpReport], heatmaps: Sequence[Path], *, experiment: str, run_name: str) -> tuple[str, str]:
     """A FINISHED run holding the verdicts; returns (experiment id, run id)."""
-    from knightctl.stores import create_run
+    from knightctl.tracking.stores import create_run
 
     client, experiment_id, run_id, _ = create_run(tracking_uri, experiment, run_name=run_name, tags={"mlflow.source.type": "LOCAL"})
     status = "FAILED"

@@ -1,0 +1,58 @@
+"""What every command shares: the library call that maps errors to exit codes, and the plugin settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any, Callable, NoReturn
+
+import click
+
+from knightctl.errors import KnightctlError, Terminated
+from knightctl.distributed.launch import LAUNCHED_ENV
+
+SET_HELP = "Override a spec value, PATH=VALUE (e.g. optimizer.lr=0.01, model.0.out_features=8); repeatable."
+
+
+def fail(error: BaseException, code: int) -> NoReturn:
+    from knightctl.console.core import make_console, render_error
+
+    if not os.environ.get(LAUNCHED_ENV):  # a rank started by `train --nproc-per-node`, which reports the first failure
+        render_error(make_console(stderr=True), error)
+    sys.exit(code)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def run_library(action: Callable[[], Any]) -> Any:
+    """Call the library; a KnightctlError becomes its message and exit code, never a traceback.
+
+    SIGTERM is raised as `Terminated` (a KeyboardInterrupt) so that it closes a run like Ctrl-C.
+    """
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return action()
+    except KnightctlError as error:
+        fail(error, error.exit_code)
+    except KeyboardInterrupt as interrupt:
+        fail(KnightctlError("interrupted"), 143 if isinstance(interrupt, Terminated) else 130)
+
+
+def plugin_settings() -> Any:
+    """The plugin settings: the environment's, with the command line's options on top."""
+    from knightctl.plugins.system import PluginSettings
+
+    return PluginSettings.from_env().override(**click.get_current_context().find_root().obj)
+
+
+def load_plugins_warned(settings: Any) -> Any:
+    """Load the plugins (idempotent) and warn about any that failed, before the command goes on."""
+    from knightctl.console.core import make_console, render_warnings
+    from knightctl.plugins.loader import load
+
+    system = run_library(lambda: load(settings))
+    render_warnings(make_console(stderr=True), system.warnings())
+    return system

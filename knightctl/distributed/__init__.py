@@ -1,0 +1,21 @@
+"""Several processes: a rank's process group, shard and collectives (`ranks`), `--nproc-per-node`
+(`launch`), a restarted job's record (`jobs`) and naming the rank that failed it (`failures`).
+"""
+
+from knightctl._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "JobRecord": "jobs",
+    "LAUNCHED_ENV": "launch",
+    "PeerLost": "ranks",
+    "RankFailure": "launch",
+    "Ranks": "ranks",
+    "SINGLE": "ranks",
+    "Single": "ranks",
+    "agreed_resume": "jobs",
+    "cause": "launch",
+    "is_peer_lost": "ranks",
+    "job_file": "jobs",
+    "joined": "ranks",
+    "write_job": "jobs",
+})

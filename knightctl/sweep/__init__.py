@@ -1,0 +1,15 @@
+"""`knightctl sweep`: the trials a sweep asks for (`space`) and running them in worker processes as
+MLflow runs nested under one parent (`run`).
+"""
+
+from knightctl._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "PARENT_TAG": "run",
+    "SweepError": "space",
+    "SweepResult": "run",
+    "TrialResult": "run",
+    "grid_trials": "space",
+    "random_trials": "space",
+    "sweep": "run",
+})

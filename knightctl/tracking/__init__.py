@@ -1,0 +1,46 @@
+"""MLflow: a run's lifecycle (`run`), checking a store first (`stores`), metrics written off the
+training process (`metricwriter`, `sqlitemetrics`), what a run records (`record`, `note`,
+`datasets`, `plots`, `plugintags`), who owns a running run (`owner`), reading runs back (`runlist`)
+and serving the UI (`ui`). `offline` keeps what a lost server could not take.
+"""
+
+from knightctl._lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "BOUNDARY_ARTIFACT": "plots",
+    "CURVES_ARTIFACT": "plots",
+    "InactiveRun": "sqlitemetrics",
+    "MetricWriter": "metricwriter",
+    "MlflowRun": "run",
+    "NOTE_TAG": "run",
+    "RunComparison": "runlist",
+    "RunSummary": "runlist",
+    "SqliteMetricSink": "sqlitemetrics",
+    "absolute_uri": "stores",
+    "amend_note": "note",
+    "check_servable": "ui",
+    "check_store": "stores",
+    "compare_runs": "runlist",
+    "components_used": "plugintags",
+    "create_run": "stores",
+    "decision_boundary": "plots",
+    "decision_grid": "plots",
+    "experiment_id_for": "stores",
+    "flatten": "run",
+    "fluent_tracking_uri": "run",
+    "keep_checkpoint": "record",
+    "list_runs": "runlist",
+    "open_run": "run",
+    "record_results": "record",
+    "record_start": "record",
+    "resolve_tracking_uri": "run",
+    "resumed_from": "record",
+    "run_plots": "plots",
+    "run_tags": "record",
+    "save_png": "plots",
+    "serve_ui": "ui",
+    "sqlite_path": "stores",
+    "start_writer": "run",
+    "store_lock": "stores",
+    "training_curves": "plots",
+})

@@ -1,0 +1,298 @@
+"""Write a run's metrics to MLflow from a separate process, off the training process's GIL.
+
+Storing a metric is pure-Python work (a bulk insert on sqlite, sqlitemetrics.py; a REST call
+to a server). From a thread, that work would hold the training process's GIL and slow the loop;
+from its own process it runs on another core. The training side only appends tuples to a list
+and, at each flush, hands the list to a multiprocessing queue. The process also samples system
+metrics (CPU, memory, GPU), which describe the machine, not the process.
+
+Starting the writer costs its own import of MLflow (about 2 s of CPU here). It is started before
+the run exists, so that the import overlaps with building the model; `attach()` then names the
+run, and `wait_ready()` makes sure the writer has found it before the first training step.
+
+The writer process ignores SIGINT and SIGTERM: a Ctrl-C in a terminal reaches the whole process
+group, and the writer must outlive the trainer's clean-up to write what was queued. It stops on
+the sentinel `None`, or when its parent has died.
+
+If an http tracking server goes away mid-run, batches wait in the run's journal until it is back
+(outbox.py), and the writer's MLflow calls fail fast instead of retrying for minutes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from knightctl.errors import TrackingError
+from knightctl.tracking.offline.journal import Journal, journal_root
+from knightctl.tracking.offline.fallback import FAIL_FAST_ENV
+from knightctl.tracking.offline.outbox import Outbox
+from knightctl.tracking.sqlitemetrics import MetricTuple, SqliteMetricSink
+from knightctl.tracking.stores import sqlite_path
+
+_BATCH_LIMIT = 1000  # metrics per log_batch call: MLflow's own limit
+_CLOSE_TIMEOUT_S = 300.0  # a large backlog on a slow store still gets written
+# A sqlite log_batch costs about 7 ms plus 0.1 ms per metric here: written as they arrive (an
+# epoch's worth, often 20-30 metrics), the fixed part dominates and the writer falls behind a fast
+# loop. Gathering for a fifth of a second first makes calls fuller, and leaves at most that much
+# to write after the last step; the dashboard lags by as much.
+_COALESCE_S = 0.2
+_SYSTEM_SAMPLING_S = 5.0  # seconds between system metric samples (MLflow's default is 10)
+
+
+class MetricWriter:
+    """Buffers metrics in memory and ships them to a writer process in batches.
+
+    The process starts at once and imports MLflow while the caller prepares the run; `attach`
+    then names the run (or `abandon` stops it if no run comes).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str | None = None, *, system_metrics: bool = False, journal_dir: Path | None = None) -> None:
+        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and open sqlite handles
+        self._queue: Any = context.Queue()  # the run id first, then lists of metrics, then None
+        self._status: Any = context.Queue()  # ("ready", ""), then ("done", journaled count); or ("error", message)
+        self._buffer: list[MetricTuple] = []
+        self.journal_root = journal_root(journal_dir)  # where metrics wait while a server is away
+        self._process = context.Process(
+            target=_write_metrics, args=(tracking_uri, self._queue, self._status, system_metrics, str(self.journal_root)),
+            name="knightctl-metrics", daemon=True,
+        )
+        self._process.start()
+        self.run_id: str | None = None
+        self.closed = False
+        self.journaled = 0  # metrics left in the journal at close, for `knightctl sync` to deliver
+        if run_id is not None:
+            self.attach(run_id)
+
+    @property
+    def journal_path(self) -> Path | None:
+        """The run's journal folder (it exists only while something waits in it)."""
+        return self.journal_root / self.run_id if self.run_id else None
+
+    def attach(self, run_id: str) -> None:
+        """Name the run the metrics belong to; the writer opens the store only now."""
+        self.run_id = run_id
+        self._queue.put(run_id)
+
+    def abandon(self) -> None:
+        """Stop a writer whose run never started (or failed to); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self._queue.put(None)
+        self._process.join(5.0)
+        if self._process.is_alive():
+            self._process.terminate()
+        self._release()
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until the writer process has imported MLflow and found the run."""
+        kind, message = self._next_status(timeout_s, "did not start")
+        if kind != "ready":
+            self.closed = True
+            self._process.join(5.0)
+            self._release()
+            raise TrackingError(f"cannot write metrics to MLflow run {self.run_id}: {message}")
+
+    def add(self, step: int, values: Mapping[str, float]) -> None:
+        """Buffer one point per metric at `step`: no I/O, no pickling."""
+        timestamp = int(time.time() * 1000)
+        self._buffer.extend((key, float(value), timestamp, step) for key, value in values.items())
+
+    def flush(self) -> None:
+        """Hand everything buffered to the writer process (it writes while training goes on)."""
+        if self._buffer:
+            self._queue.put(self._buffer)
+            self._buffer = []
+
+    def close(self) -> None:
+        """Flush, wait until every metric is written or journaled, and stop the writer; idempotent.
+
+        Metrics journaled because the server is away do not raise: `journaled` counts them.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.flush()
+        self._queue.put(None)
+        try:
+            kind, message = self._next_status(_CLOSE_TIMEOUT_S, f"did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
+            self._process.join(5.0)  # it exits at once after "done"
+            if self._process.is_alive():
+                self._process.terminate()
+            if kind != "done":
+                raise TrackingError(f"metrics of run {self.run_id} were not all written: {message}")
+            self.journaled = int(message)
+        finally:
+            self._release()
+
+    def _next_status(self, timeout_s: float, failure: str) -> tuple[str, str]:
+        """The writer's next (kind, detail) message, or ("error", why none came): it died, or `failure` after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._status.get(timeout=0.2)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    try:  # a message sent just before it exited
+                        return self._status.get(timeout=0.5)
+                    except queue.Empty:
+                        return "error", f"the writer process exited with code {self._process.exitcode}"
+                if time.monotonic() > deadline:
+                    return "error", f"the writer process {failure}"
+
+    def _release(self) -> None:
+        for channel in (self._queue, self._status):  # their pipes and semaphores, now
+            channel.close()
+            channel.join_thread()
+
+
+def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: bool, journal_dir: str) -> None:
+    """The writer process: wait for the run id, then store the inbox's batches until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The journal is this process's retry: MLflow's own (minutes against a dead server) would stall
+    # every batch behind it. The variables are read at each call, in this process only.
+    os.environ.update(FAIL_FAST_ENV)
+    try:
+        import mlflow.store.tracking.dbmodels.models  # noqa: F401  (the slow imports, before the run exists)
+        import sqlalchemy.dialects.sqlite  # noqa: F401
+        from mlflow.tracking import MlflowClient
+
+        run_id = _wait_for_run(inbox)
+        if run_id is None:
+            os._exit(0)  # abandoned: no run, nothing to write
+        client = MlflowClient(tracking_uri)
+        client.get_run(run_id)  # opens the store and proves the run exists, before training starts
+        store = _MetricStore(client, tracking_uri, run_id)
+        outbox = Outbox(store.write, client, Journal(Path(journal_dir), run_id, tracking_uri), tracking_uri)
+        monitor = _start_system_metrics(tracking_uri, run_id) if system_metrics else None
+        status.put(("ready", ""))
+        parent = multiprocessing.parent_process()
+        stop = False
+        while not stop:
+            batch: list[MetricTuple] = []
+            stop = _gather(inbox, batch, parent, outbox.wait_s())
+            for start in range(0, len(batch), _BATCH_LIMIT):
+                outbox.put(batch[start : start + _BATCH_LIMIT])
+            outbox.retry_if_due()
+        journaled = outbox.close()
+        if monitor is not None:
+            _stop_system_metrics(monitor, last_sample=not outbox.offline)
+        store.close()
+    except BaseException as exc:  # reported to the parent, which raises it as a TrackingError
+        status.put(("error", f"{type(exc).__name__}: {exc}"))
+        raise SystemExit(1) from None
+    status.put(("done", str(journaled)))
+    status.close()
+    status.join_thread()  # the message is in the pipe
+    # Everything is committed: skip the interpreter's teardown of MLflow and SQLAlchemy (about
+    # 0.5 s here), which the trainer would otherwise wait for at the end of every run.
+    os._exit(0)
+
+
+class _MetricStore:
+    """Writes batches with one bulk insert on a sqlite store, with `log_batch` anywhere else.
+
+    If the bulk insert ever fails (its transaction then wrote nothing), this and every later batch
+    go through `log_batch`, which is slower but is MLflow's own.
+    """
+
+    def __init__(self, client: Any, tracking_uri: str, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self.bulk = SqliteMetricSink(tracking_uri, run_id) if sqlite_path(tracking_uri) is not None else None
+
+    def write(self, chunk: list[MetricTuple]) -> None:
+        if self.bulk is not None:
+            try:
+                self.bulk.write(chunk)
+                return
+            except Exception:
+                self.close()
+        from mlflow.entities import Metric
+
+        self.client.log_batch(self.run_id, metrics=[Metric(*entry) for entry in chunk], synchronous=True)
+
+    def close(self) -> None:
+        if self.bulk is not None:
+            self.bulk.close()
+            self.bulk = None
+
+
+def _wait_for_run(inbox: Any) -> str | None:
+    """The run id the trainer sends once it made the run, or None if it gave up (or died)."""
+    parent = multiprocessing.parent_process()
+    while True:
+        try:
+            return inbox.get(timeout=1.0)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return None
+
+
+def _gather(inbox: Any, batch: list[MetricTuple], parent: Any, idle_s: float | None = None) -> bool:
+    """Collect one batch: everything that arrives within _COALESCE_S of the first message, or
+    _BATCH_LIMIT metrics, whichever comes first; or nothing, once `idle_s` passed without a message
+    (a journal delivery is due). True once the sentinel arrived (or the trainer died).
+    """
+    deadline = None  # set by the first message
+    idle_until = None if idle_s is None else time.monotonic() + idle_s
+    while len(batch) < _BATCH_LIMIT:
+        until = deadline if deadline is not None else idle_until
+        wait_s = 1.0 if until is None else min(1.0, until - time.monotonic())
+        if wait_s <= 0:
+            return False
+        try:
+            item = inbox.get(timeout=wait_s)
+        except queue.Empty:
+            if parent is not None and not parent.is_alive():
+                return True  # the trainer died (SIGKILL): nothing more will come
+            continue
+        if item is None:
+            return True
+        batch.extend(item)
+        deadline = deadline or time.monotonic() + _COALESCE_S
+    return False
+
+
+def _start_system_metrics(tracking_uri: str, run_id: str) -> Any:
+    """MLflow's own system metrics monitor (CPU, memory, disk, network; GPU with pynvml), here.
+
+    It samples the whole machine, so it can run in this process rather than in the trainer's.
+    """
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    # Its start, stop and "no GPU" lines would interleave with the trainer's progress output; and
+    # while a server is away, the outbox's one warning says so, not one line per sample.
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics.system_metrics_monitor").addFilter(_quiet_about_lost_server)
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=_SYSTEM_SAMPLING_S, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
+
+
+def _quiet_about_lost_server(record: Any) -> bool:
+    """Drop the monitor's log lines about failed REST calls (MLflow starts them "API request to")."""
+    return "API request to" not in record.getMessage()
+
+
+def _stop_system_metrics(monitor: Any, last_sample: bool = True) -> None:
+    """Stop sampling and store one last sample, so that a run shorter than the interval has one."""
+    if not last_sample:  # the server is away: sending what is buffered, or a last sample, would only time out
+        monitor.mlflow_logger.data = []
+    monitor.finish()
+    if not last_sample:
+        return
+    try:
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception:  # system metrics are context, not results: losing the last sample fails nothing
+        pass

@@ -1,0 +1,116 @@
+"""A training run's description for the MLflow dashboard (`mlflow.note.content`), in markdown.
+
+It is what a reviewer reads first on the run's Overview tab: what was trained, on what data and
+device, how it ended and with which numbers, and whether the custom ops passed their gradient
+check. It is written when the run starts and rewritten when it ends, FAILED and KILLED included.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from knightctl.spec.model import ExperimentSpec
+
+# The metrics a reader looks for first, in this order; any others follow alphabetically.
+_HEADLINE = ("val/accuracy", "val/loss", "train/loss")
+_NOT_RESULTS = ("epoch", "train/lr", "train/samples_per_s")
+
+
+@dataclass
+class RunStory:
+    """What the note says about a run; filled in as the run goes."""
+
+    spec: ExperimentSpec
+    device: str
+    model_summary: str
+    data_summary: str
+    gradcheck: str
+    status: str = "RUNNING"
+    steps: int = 0
+    seconds: float | None = None  # of the training loop, set-up not included
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    ending: str = ""  # why a run did not finish: the error or the signal
+    resumed_from: str | None = None  # the checkpoint a resumed run went on from
+
+
+def model_summary(model: nn.Module) -> str:
+    """`Linear(2→5) → ReLU → Linear(5→1); 21 parameters`: the layers in order and their size."""
+    parts = []
+    for layer in model.children():
+        name = type(layer).__name__
+        if hasattr(layer, "in_features") and hasattr(layer, "out_features"):
+            parts.append(f"{name}({layer.in_features}→{layer.out_features})")
+        elif hasattr(layer, "op_name"):
+            parts.append(str(layer.op_name))
+        else:
+            parts.append(name)
+    n_parameters = sum(p.numel() for p in model.parameters())
+    return f"{' → '.join(parts) or type(model).__name__}; {n_parameters:,} parameters"
+
+
+def data_summary(name: str, n_train: int, n_val: int, source: str) -> str:
+    rows = f"{n_train:,} training rows, {n_val:,} validation rows"
+    return f"{name}: {rows}" + (f" ({source})" if source else "")
+
+
+def gradcheck_summary(verdicts: Mapping[str, str], skipped: bool) -> str:
+    """`passed: knight::smooth_relu` / `failed: ...` / `skipped` / `no custom ops`."""
+    if skipped:
+        return "skipped (--skip-gradcheck)"
+    if not verdicts:
+        return "no custom ops"
+    overall = "failed" if "failed" in verdicts.values() else "passed"
+    return f"{overall}: " + ", ".join(f"{op} {verdict}" for op, verdict in verdicts.items())
+
+
+def render_note(story: RunStory) -> str:
+    """The markdown note: a title, the spec's description, a table of facts, the final metrics."""
+    spec = story.spec
+    scheduler = f", scheduler {spec.optimizer.scheduler.name}" if spec.optimizer.scheduler else ""
+    batch = f"batches of {spec.train.batch_size}" if spec.train.batch_size != "full" else "full batch"
+    duration = f" in {story.seconds:.1f} s" if story.seconds is not None else ""
+    rows = [
+        ("status", story.status + (f": {story.ending}" if story.ending else "")),
+        ("device", story.device),
+        ("data", story.data_summary),
+        ("model", story.model_summary),
+        ("loss, optimizer", f"{spec.loss.name}, {spec.optimizer.name} (lr {spec.optimizer.lr}){scheduler}"),
+        ("training", f"{spec.train.epochs} epochs, {batch}, seed {spec.seed}; {story.steps:,} steps{duration}"),
+        ("gradient check", story.gradcheck),
+    ]
+    if story.resumed_from:
+        rows.insert(1, ("resumed from", story.resumed_from))
+    lines = [f"### {spec.name}", ""]
+    if spec.description:
+        lines += [spec.description.strip(), ""]
+    lines += ["| | |", "|---|---|"] + [f"| {key} | {_cell(value)} |" for key, value in rows]
+    results = _results(story.final_metrics)
+    if results:
+        lines += ["", "**Final metrics:** " + " · ".join(f"{key} {value:.4g}" for key, value in results)]
+    return "\n".join(lines) + "\n"
+
+
+def _results(metrics: Mapping[str, float]) -> list[tuple[str, float]]:
+    first = [(key, metrics[key]) for key in _HEADLINE if key in metrics]
+    rest = sorted((k, v) for k, v in metrics.items() if k not in _HEADLINE and k not in _NOT_RESULTS and not k.startswith("system/"))
+    return first + rest
+
+
+def amend_note(note: str, status: str, paragraph: str) -> str:
+    """A stored description with a new status row and a paragraph at its end: how a run ended, told
+    by a process other than the one that ran it (`knightctl sync`, a distributed job's launcher)."""
+    note = _STATUS_ROW.sub(lambda _: f"| status | {_cell(status)} |", note, count=1)
+    return (note.rstrip("\n") + "\n\n" if note.strip() else "") + paragraph.rstrip("\n") + "\n"
+
+
+_STATUS_ROW = re.compile(r"^\| status \| .* \|$", re.MULTILINE)
+
+
+def _cell(text: str) -> str:
+    """Table cells cannot hold a pipe or a line break."""
+    return text.replace("|", "\\|").replace("\n", " ")

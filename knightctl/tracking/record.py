@@ -1,0 +1,123 @@
+"""What a training run records in MLflow besides its metrics: tags, the start, the results.
+
+Before the first step: the tags (versions, device, seed, spec digest, git commit, plugins, the
+process that owns the run), the gradient verdicts, the datasets and the run's description.
+After the last: the final checkpoint, the plots and the model. A run that fails or is stopped
+keeps its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from knightctl._version import __version__
+from knightctl.training.build import Components
+from knightctl.training.devices import DeviceChoice
+from knightctl.gradcheck.report import OpReport
+from knightctl.gradcheck.tracking import log_reports
+from knightctl.training.loop import Position
+from knightctl.tracking.plots import run_plots
+from knightctl.plugins.system import PluginSystem
+from knightctl.tracking.plugintags import plugin_tags
+from knightctl.checkpoint.resume import CHECKPOINT_DIR_TAG, Resumption
+from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, model_summary
+from knightctl.tracking.owner import owner_tags
+from knightctl.spec.model import ExperimentSpec
+from knightctl.tracking.run import MlflowRun, git_commit
+
+
+def keep_checkpoint(run: MlflowRun, path: Path) -> None:
+    """Store the last good checkpoint with a run that failed or was stopped (best effort)."""
+    try:
+        run.log_file(path, "checkpoints")
+    except Exception as exc:  # the error that ended the run is the one to report
+        warnings.warn(f"could not store checkpoint {path} with MLflow run {run.run_id}: {exc}", stacklevel=1)
+
+
+def record_start(run: MlflowRun, spec: ExperimentSpec, choice: DeviceChoice, parts: Components, verdicts: Sequence[OpReport],
+                 skip_gradcheck: bool, position: Position, resumed: Resumption | None, checkpoint_folder: Path) -> None:
+    """Before the first step: the gradient verdicts, the datasets, and the run's description."""
+    if verdicts:
+        log_reports(run.client, run.run_id, verdicts)
+    if resumed is None:
+        run.log_datasets(parts.data, spec.data.name)
+    tags = {CHECKPOINT_DIR_TAG: str(checkpoint_folder)}
+    if resumed is not None:
+        tags["knightctl.resumed_from"] = f"step {resumed.state['step']}"
+        tags["knightctl.spec_changes"] = "; ".join(resumed.changes) or "none"
+    run.set_tags(tags)
+    story = RunStory(
+        spec=spec,
+        device=f"{choice.description} ({choice.reason})",
+        model_summary=model_summary(parts.model),
+        data_summary=data_summary(spec.data.name, parts.data.n_train, parts.data.n_val, parts.data.source),
+        gradcheck=gradcheck_summary({report.name: report.verdict for report in verdicts}, skip_gradcheck),
+        final_metrics=position.latest,  # the same dict: the description shows the latest values, even of a failed run
+        resumed_from=resumed_from(resumed),
+    )
+    run.describe(story)
+
+
+def record_results(run: MlflowRun, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
+    """After the last step: the final checkpoint (as checkpoints/final.pt), the plots and (unless turned off) the model."""
+    if position.checkpoint is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            final = Path(folder) / "final.pt"
+            shutil.copyfile(position.checkpoint, final)
+            run.log_file(final, "checkpoints")
+    run.log_figures(run_plots(position.history, parts.model, parts.data, parts.loss_def.target))
+    if not spec.tracking.log_model:
+        return None
+    return run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts))
+
+
+def resumed_from(resumed: Resumption | None) -> str | None:
+    """`step 340 (12 epochs done, 4 batches into the next) of PATH`, for the console and the description."""
+    if resumed is None:
+        return None
+    state = resumed.state
+    changed = f"; spec changes allowed: {', '.join(resumed.changes)}" if resumed.changes else ""
+    into_next = f", {state['batch']} batches into the next" if state["batch"] else ""
+    return f"step {state['step']} ({state['epoch']} epochs done{into_next}) of {resumed.checkpoint}{changed}"
+
+
+def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -> dict[str, str]:
+    """The run's tags, set when it starts (and again, with this process as owner, when it resumes)."""
+    import mlflow
+
+    tags = {
+        **plugin_tags(spec, system),
+        **owner_tags(),
+        "knightctl.version": __version__,
+        "torch.version": torch.__version__,
+        "mlflow.version": mlflow.__version__,
+        "python.version": platform.python_version(),
+        "device": choice.description,
+        "device.reason": choice.reason,
+        "seed": str(spec.seed),
+        "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
+        "spec.name": spec.name,
+        "spec.digest": spec.digest(),
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": spec.source.path if spec.source else spec.name,
+    }
+    if spec.description:
+        tags["mlflow.note.content"] = spec.description
+    repository = git_commit(Path.cwd())
+    if repository is not None:
+        tags["mlflow.source.git.commit"], dirty = repository[0], repository[1]
+        tags["git.dirty"] = str(dirty).lower()
+    return tags
+
+
+def _example(parts: Components) -> Any:
+    """A few real input rows, as float32 NumPy, for the model's signature and input example."""
+    return parts.data.train_x[:5].detach().cpu().numpy()

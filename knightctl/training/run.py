@@ -1,0 +1,278 @@
+"""`train(spec)`: decide the device and seed once, build, dry-run, then one loop (loop.py), top to bottom.
+
+A run may start fresh or go on from a checkpoint (`resume=`, resume.py): then the weights,
+optimizer, generators and position come from the checkpoint, and the same MLflow run continues.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from knightctl.training.build import Components, build_components, dry_forward
+from knightctl.checkpoint.files import CheckpointFolder
+from knightctl.training.data import steps_per_epoch
+from knightctl.distributed.ranks import Single, joined
+from knightctl.training.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
+from knightctl.errors import Interrupted, KnightctlError, Terminated
+from knightctl.gradcheck.report import OpReport
+from knightctl.gradcheck.run import preflight
+from knightctl.distributed.jobs import JobRecord, agreed_resume, job_file, write_job
+from knightctl.training.loop import Loop, Position, resume_command, run_loop
+from knightctl.training.metrics import StepMetrics
+from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
+from knightctl.plugins.loader import load as load_plugins
+from knightctl.checkpoint.resume import Resumption, prepare_resume
+from knightctl.plugins.events import NoRun, Observer, RunInfo, RunResult
+from knightctl.tracking.record import keep_checkpoint, record_results, record_start, resumed_from, run_tags
+from knightctl.spec.model import ExperimentSpec, load_spec
+from knightctl.training.signals import StopOnSignal
+from knightctl.tracking.run import MlflowRun, open_run, resolve_tracking_uri, start_writer
+from knightctl.checkpoint.state import restore, set_rng_states
+
+
+def train(
+    spec: ExperimentSpec | str | Path | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    deterministic: bool | None = None,
+    observers: Sequence[Observer] = (),
+    plugins: PluginSettings | None = None,
+    skip_gradcheck: bool = False,
+    resume: str | Path | None = None,
+    allow_spec_change: bool = False,
+    detect_anomaly: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    stop_at_step: int | None = None,
+    record_losses: bool = False,
+    tags: Mapping[str, str] | None = None,
+) -> RunResult:
+    """Train the experiment `spec` (a spec or a path to one) and track it in MLflow.
+
+    Raises SpecError, DeviceError, DataError, ModelShapeError or PluginError before any MLflow run
+    exists, RunFailed if training fails (the last good checkpoint kept), Interrupted (run marked
+    KILLED, a checkpoint written) on SIGINT or SIGTERM. Plugins load with `plugins` settings
+    (default: from the environment) plus the files the spec lists; their event hooks see the run
+    like `observers` do. Every op the model uses is gradient-checked first (GradcheckFailed,
+    before any run exists) unless `skip_gradcheck`.
+
+    `resume` (a run id or a checkpoint path) goes on from that run's newest checkpoint, in the same
+    MLflow run; `spec` may then be omitted, and a spec that differs from the checkpoint's is refused
+    unless `allow_spec_change`. `detect_anomaly` turns on autograd's anomaly mode, which names the
+    operation that made a NaN. `checkpoint_dir` overrides the spec's checkpoint.dir;
+    `stop_at_step` ends the run after that step, with a checkpoint, as if the spec ended there;
+    `record_losses` keeps every step's loss (RunResult.step_losses). `tags` are added to the run's
+    (a sweep's trial: `mlflow.parentRunId`, and `mlflow.runName` for its name).
+
+    Under torchrun (RANK and WORLD_SIZE set) this process is one rank of a distributed job
+    (distributed.py): it trains its shard of every batch in DistributedDataParallel; rank 0 alone
+    runs the gradient check, tracks in MLflow and writes checkpoints; after a restart the job goes
+    on from its newest checkpoint (jobs.py).
+    """
+    with joined() as ranks:
+        return _train(ranks, spec, overrides, device, tracking_uri, track, deterministic, observers, plugins, skip_gradcheck, resume,
+                      allow_spec_change, detect_anomaly, checkpoint_dir, stop_at_step, record_losses, tags)
+
+
+def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], device: str | None, tracking_uri: str | None,
+           track: bool, deterministic: bool | None, observers: Sequence[Observer], plugins: PluginSettings | None, skip_gradcheck: bool,
+           resume: str | Path | None, allow_spec_change: bool, detect_anomaly: bool, checkpoint_dir: str | Path | None, stop_at_step: int | None,
+           record_losses: bool, tags: Mapping[str, str] | None) -> RunResult:
+    started = time.perf_counter()
+    resume = agreed_resume(ranks, resume, spec, tracking_uri) if ranks.distributed else resume
+    resumed = prepare_resume(resume, spec, overrides, plugins=plugins, tracking_uri=tracking_uri, allow_spec_change=allow_spec_change) if resume else None
+    spec, system = _spec_and_plugins(resumed.spec if resumed else spec, overrides, plugins)
+    spec = spec.with_seed(ranks.broadcast(spec.seed))  # a generated seed is rank 0's
+    observers = [*observers, PluginEvents(system)] if ranks.is_main else []
+    if ranks.distributed:
+        tags = {**(tags or {}), "knightctl.world_size": str(ranks.world_size), "knightctl.restarts": str(ranks.restart_count)}
+    uri, uri_source = _tracking_uri(tracking_uri, spec, resumed) if track and ranks.is_main else (None, "--no-track")
+    writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
+    try:
+        choice, parts, verdicts = _prepare(spec, system, device, deterministic, skip_gradcheck or not ranks.is_main, ranks)
+        run_context = open_run(spec, tracking_uri=uri, tags={**run_tags(spec, choice, system), **(tags or {})}, writer=writer,
+                               resume_run_id=resumed.run_id if resumed else None) if uri else nullcontext(NoRun())
+    except BaseException:
+        if writer is not None:
+            writer.abandon()
+        raise
+    position = Position()
+    stop = StopOnSignal()  # signals are deferred to the step's end only while the loop runs
+    with _interruptible(position, stop) as run_holder, run_context as run:
+        run.run_id = ranks.broadcast(run.run_id)
+        run_holder.append(run.run_id)
+        loop = _loop_for(spec, parts, run, observers, position, stop, resumed, checkpoint_dir, stop_at_step, record_losses, system, ranks)
+        if ranks.distributed and ranks.is_main and ranks.job_id:
+            write_job(ranks.job_id, JobRecord(run.run_id, str(loop.checkpoints.path), run.tracking_uri, ranks.world_size))
+        if isinstance(run, MlflowRun):
+            record_start(run, spec, choice, parts, verdicts, skip_gradcheck, position, resumed, loop.checkpoints.path)
+        info = _run_info(spec, choice, parts, run, resumed, ranks.world_size)
+        for observer in observers:
+            observer.run_started(info)
+        _start_generators(spec, resumed, ranks)
+        loop_began = time.perf_counter()
+        try:
+            with stop, torch.autograd.detect_anomaly(check_nan=True) if detect_anomaly else nullcontext():
+                loop_seconds = run_loop(loop)
+        except Exception:
+            if isinstance(run, MlflowRun) and position.checkpoint is not None:
+                keep_checkpoint(run, position.checkpoint)
+            raise
+        finally:
+            if isinstance(run, MlflowRun) and run.story is not None:
+                run.story.steps, run.story.seconds = position.step, time.perf_counter() - loop_began
+        stored_by = time.perf_counter()
+        run.close_metrics()
+        store_wait_seconds = time.perf_counter() - stored_by
+        model_uri = record_results(run, spec, parts, position) if isinstance(run, MlflowRun) else None
+    if ranks.is_main and ranks.job_id:  # finished: nothing left to restart from
+        job_file(ranks.job_id).unlink(missing_ok=True)
+    result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model,
+                       model_uri, uri_source, store_wait_seconds, position.checkpoint, loop.metrics.per_step, getattr(run, "pending_sync", None))
+    for observer in observers:
+        observer.run_finished(result)
+    return result
+
+
+def _loop_for(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: Position, stop: StopOnSignal,
+              resumed: Resumption | None, checkpoint_dir: str | Path | None, stop_at_step: int | None, record_losses: bool,
+              system: PluginSystem, ranks: Single) -> Loop:
+    """The loop's state: fresh, or as the checkpoint left it (the global generators: `_start_generators`).
+
+    Every rank of a distributed job draws the same data order; rank 0 names the checkpoint folder."""
+    folder = _checkpoint_folder(spec, run, resumed, checkpoint_dir)
+    folder = CheckpointFolder(Path(ranks.broadcast(str(folder.path))), folder.keep_last)
+    data_order = torch.Generator().manual_seed(spec.seed or 0)
+    metrics = StepMetrics()
+    start = None
+    if resumed is not None:
+        start = restore(resumed.state, parts)
+        data_order.set_state(start.order_state)
+        metrics = StepMetrics.from_snapshot(resumed.state["metrics"])
+        position.step, position.epoch, position.checkpoint = start.step, start.epoch - 1, resumed.checkpoint
+        position.history.extend((int(step), dict(values)) for step, values in resumed.state["history"])
+        position.latest.update(resumed.state["latest"])
+    if record_losses:
+        metrics.per_step = []
+    metrics.reduce = ranks.reducer()
+    return Loop(spec, parts, run, observers, position, metrics, data_order, folder, stop, start, stop_at_step, system.blame,
+                ranks, ranks.wrap(parts.model))
+
+
+def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: Single) -> None:
+    """Seed the global generators (or restore them) just before the first step, so that nothing run
+    before the loop (the gradient check, MLflow) changes what the loop draws (dropout and the like).
+    The loop's seed differs from the one that initialised the weights, so its draws are not theirs;
+    each rank of a distributed job gets its own (rank 0's is a single process's)."""
+    if resumed is None:
+        seed_everything(((spec.seed or 0) * 2654435761 + 1 + 7919 * ranks.rank) % 2**32)
+        return
+    per_rank = resumed.state.get("rank_rng")  # written by a distributed job
+    if per_rank is not None and len(per_rank) == ranks.world_size:
+        set_rng_states(per_rank[ranks.rank])
+    elif per_rank is None and not ranks.distributed:
+        set_rng_states(resumed.state["rng"])
+    else:  # a different number of processes: fresh draws, distinct per rank
+        seed_everything(((spec.seed or 0) * 2654435761 + int(resumed.state["step"]) + 7919 * ranks.rank) % 2**32)
+
+
+def _checkpoint_folder(spec: ExperimentSpec, run: Any, resumed: Resumption | None, checkpoint_dir: str | Path | None) -> CheckpointFolder:
+    """checkpoint.dir/RUN_ID (or SPEC-NAME-TIME under --no-track); a resumed run keeps its folder."""
+    if resumed is not None and checkpoint_dir is None:
+        folder = resumed.folder
+    else:
+        name = run.run_id or f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
+        folder = Path(checkpoint_dir or spec.checkpoint.dir) / name
+    return CheckpointFolder(folder.absolute(), spec.checkpoint.keep_last)
+
+
+def _tracking_uri(cli_uri: str | None, spec: ExperimentSpec, resumed: Resumption | None) -> tuple[str, str]:
+    """The store as usual; a resumed run, unless told otherwise, goes on in the store it was tracked in."""
+    uri, source = resolve_tracking_uri(cli_uri, spec)
+    if resumed is not None and resumed.tracking_uri and source in ("default", "spec tracking.uri"):
+        return resumed.tracking_uri, "the checkpoint"
+    return uri, source
+
+
+def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, deterministic: bool | None,
+             skip_gradcheck: bool, ranks: Single) -> tuple[DeviceChoice, Components, list[OpReport]]:
+    """The device, seed and components; a dry forward and the ops' gradient check, before any run exists."""
+    assert spec.seed is not None
+    choice = resolve_device(device or spec.train.device)
+    if ranks.distributed:
+        where = f"{ranks.world_size} processes in DistributedDataParallel; this is rank {ranks.rank}"
+        choice = DeviceChoice(ranks.device(choice.device), f"{choice.reason}; {where}")
+    if spec.train.deterministic if deterministic is None else deterministic:
+        set_deterministic(True)  # never switched off here: a caller may have switched it on
+    seed_everything(spec.seed)
+    parts = build_components(spec, system.registry, choice.device, spec.seed)
+    dry_forward(parts, spec)
+    # The ops at the spec's options, and the model when small (gradcheck/run.py); on MPS, which has
+    # no float64, the checks run on the CPU and their reports say so.
+    verdicts = [] if skip_gradcheck else preflight(spec, system, str(choice.device), parts.model)
+    return choice, parts, list(verdicts)
+
+
+def _spec_and_plugins(spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], plugins: PluginSettings | None) -> tuple[ExperimentSpec, PluginSystem]:
+    """The spec, read if need be and given a seed if it has none, and the plugins it runs with."""
+    if spec is None:
+        raise KnightctlError("no spec: give a spec file, or --resume a run")
+    if not isinstance(spec, ExperimentSpec):
+        spec = load_spec(spec, overrides, plugins=plugins)
+    system = load_plugins(plugins, files=spec.plugin_paths())
+    return spec.with_seed(spec.seed if spec.seed is not None else new_seed()), system
+
+
+@contextmanager
+def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str | None]]:
+    """Say how an interrupted run ended (it has been closed as KILLED by then) and how to go on.
+
+    A stop the loop honoured arrives as Interrupted, with its checkpoint; a KeyboardInterrupt is a
+    signal outside the loop, or a second one that stopped the run at once, without a checkpoint.
+    """
+    run_ids: list[str | None] = []
+    try:
+        yield run_ids
+    except Interrupted as interrupted:
+        if interrupted.run_id:
+            interrupted.message += f"; MLflow run {interrupted.run_id} marked KILLED"
+        raise
+    except KeyboardInterrupt as exc:
+        run_id = run_ids[0] if run_ids else None
+        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        again = " again: stopped at once, without a checkpoint," if stop.requested else ":"
+        message = f"{signal_name}{again} interrupted at epoch {position.epoch} (step {position.step})"
+        message += f"; MLflow run {run_id} marked KILLED" if run_id else ""
+        hint = None
+        if position.checkpoint is not None:
+            hint = f"the last checkpoint is {position.checkpoint}; resume with: {resume_command(run_id, position.checkpoint)}"
+        raise Interrupted(message, signal_name=signal_name, run_id=run_id, hint=hint) from None
+
+
+def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any, resumed: Resumption | None, world_size: int) -> RunInfo:
+    batch_size = None if spec.train.batch_size == "full" else spec.train.batch_size
+    return RunInfo(
+        spec_name=spec.name,
+        device=choice.description,
+        device_reason=choice.reason,
+        seed=spec.seed or 0,
+        epochs=spec.train.epochs,
+        steps_per_epoch=steps_per_epoch(parts.data.n_train, batch_size),
+        n_train=parts.data.n_train,
+        n_val=parts.data.n_val,
+        tracking_uri=run.tracking_uri,
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
+        notices=tuple(getattr(run, "notices", ())),
+        resumed_from=resumed_from(resumed),
+        first_epoch=int(resumed.state["epoch"]) + 1 if resumed else 1,
+        world_size=world_size,
+    )
