@@ -24,7 +24,8 @@ from knightctl.training.build import build_components
 from knightctl.cli.commands import main
 from knightctl.errors import GradcheckFailed
 from knightctl.gradcheck import heatmap
-from knightctl.gradcheck.run import PREFLIGHT_MAX_PARAMETERS, gradcheck, preflight
+from knightctl.gradcheck.preflight import PREFLIGHT_MAX_PARAMETERS, preflight
+from knightctl.gradcheck.run import gradcheck
 from knightctl.plugins.system import PluginSettings
 from knightctl.plugins.loader import load
 from knightctl.spec.model import load_spec

@@ -10,7 +10,7 @@ from typing import Any, Callable, NoReturn
 import click
 
 from knightctl.errors import KnightctlError, Terminated
-from knightctl.distributed.launch import LAUNCHED_ENV
+from knightctl.distributed.jobs import LAUNCHED_ENV
 
 SET_HELP = "Override a spec value, PATH=VALUE (e.g. optimizer.lr=0.01, model.0.out_features=8); repeatable."
 

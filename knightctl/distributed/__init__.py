@@ -6,7 +6,7 @@ from knightctl._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "JobRecord": "jobs",
-    "LAUNCHED_ENV": "launch",
+    "LAUNCHED_ENV": "jobs",
     "PeerLost": "ranks",
     "RankFailure": "launch",
     "Ranks": "ranks",

@@ -20,6 +20,8 @@ from typing import Any
 
 from knightctl.checkpoint.files import CheckpointFolder
 
+LAUNCHED_ENV = "KNIGHTCTL_LAUNCHED_JOB"  # set for the ranks `train --nproc-per-node` starts: they leave their errors to it
+
 JOBS_DIR = Path(".knightctl") / "jobs"
 
 

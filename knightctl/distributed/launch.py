@@ -24,10 +24,7 @@ from typing import Any, Sequence
 
 from knightctl.checkpoint.files import CheckpointFolder
 from knightctl.errors import Interrupted, KnightctlError
-from knightctl.distributed.jobs import read_job
-
-
-LAUNCHED_ENV = "KNIGHTCTL_LAUNCHED_JOB"  # set for the ranks launch() starts: they leave their errors to it
+from knightctl.distributed.jobs import LAUNCHED_ENV, read_job
 
 
 class DistributedFailure(KnightctlError):

@@ -24,7 +24,8 @@ from knightctl.gradcheck.derivatives import forward, higher_order, reverse_and_u
 from knightctl.gradcheck.jacobian import Target, as_outputs, batched_vjp, is_float_tensor, op_target, vjp
 from knightctl.gradcheck.report import CheckResult, OpReport
 from knightctl.plugins.opsupport import LIBRARY_FORMS, form_of
-from knightctl.plugins.registry import OpDef, Sample
+from knightctl.plugins.registry import OpDef
+from knightctl.plugins.sample import Sample
 
 DEFAULT_ORDER = 2
 _BLOCKING = ("mutation", "grad metadata")  # after one of these fails, gradient values mean nothing

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
 from pydantic import BaseModel, ConfigDict
 
 from knightctl.errors import PluginError
-from knightctl.plugins.sample import Sample
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -21,7 +21,7 @@ from knightctl.distributed.ranks import Single, joined
 from knightctl.training.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
 from knightctl.errors import Interrupted, KnightctlError, Terminated
 from knightctl.gradcheck.report import OpReport
-from knightctl.gradcheck.run import preflight
+from knightctl.gradcheck.preflight import preflight
 from knightctl.distributed.jobs import JobRecord, agreed_resume, job_file, write_job
 from knightctl.training.loop import Loop, Position, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
