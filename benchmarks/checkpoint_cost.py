@@ -19,15 +19,18 @@ from pathlib import Path
 
 import torch
 
-from knightctl.training.build import build_components
 from knightctl.checkpoint.files import save_checkpoint
+from knightctl.checkpoint.state import rng_states
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
+from knightctl.training.build import build_components
 from knightctl.training.run import train
-from knightctl.checkpoint.state import rng_states
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"chapter model": ROOT / "experiments" / "round_table.yaml", "784-512-512-10 MLP": ROOT / "benchmarks" / "mlp_blobs.yaml"}
+MODELS = {
+    "chapter model": ROOT / "experiments" / "round_table.yaml",
+    "784-512-512-10 MLP": ROOT / "benchmarks" / "mlp_blobs.yaml",
+}
 
 
 def write_seconds(spec_path: Path, folder: Path) -> tuple[float, int]:
@@ -37,7 +40,13 @@ def write_seconds(spec_path: Path, folder: Path) -> tuple[float, int]:
     loss = parts.loss_fn(parts.model(parts.data.train_x[:64]), parts.data.train_y[:64])
     loss.backward()
     parts.optimizer.step()  # Adam's moment buffers exist from the first step on
-    state = {"format_version": 2, "step": 1, "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(), "rng": rng_states()}
+    state = {
+        "format_version": 2,
+        "step": 1,
+        "model": parts.model.state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "rng": rng_states(),
+    }
     times = []
     for _ in range(7):
         started = time.perf_counter()
@@ -48,7 +57,14 @@ def write_seconds(spec_path: Path, folder: Path) -> tuple[float, int]:
 
 def loop_seconds(every: str, folder: str) -> float:
     overrides = ["train.batch_size=64", "train.epochs=300", f"checkpoint.every_n_epochs={every}"]
-    return train(MODELS["chapter model"], overrides=overrides, device="cpu", track=False, skip_gradcheck=True, checkpoint_dir=folder).loop_seconds
+    return train(
+        MODELS["chapter model"],
+        overrides=overrides,
+        device="cpu",
+        track=False,
+        skip_gradcheck=True,
+        checkpoint_dir=folder,
+    ).loop_seconds
 
 
 def main() -> None:
@@ -64,10 +80,18 @@ def main() -> None:
         for every, label in (("auto", "auto (about 10 a run)"), ("1", "every epoch (300)")):
             ratios = []
             for _ in range(args.pairs):
-                a1, b1, b2, a2 = loop_seconds("300", folder), loop_seconds(every, folder), loop_seconds(every, folder), loop_seconds("300", folder)
+                a1, b1, b2, a2 = (
+                    loop_seconds("300", folder),
+                    loop_seconds(every, folder),
+                    loop_seconds(every, folder),
+                    loop_seconds("300", folder),
+                )
                 ratios.append((b1 + b2) / (a1 + a2))
             shown = ", ".join(f"{r:.2f}" for r in ratios)
-            print(f"chapter model, batch 64, 3900 steps: checkpoints {label} / only the final one = {statistics.median(ratios):.3f}x (pairs: {shown})")
+            print(
+                f"chapter model, batch 64, 3900 steps: checkpoints {label} / only the final one = {statistics.median(ratios):.3f}x (pairs: {shown})"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -76,8 +76,12 @@ def plain_seconds(processes: int, steps: int) -> float:
     with tempfile.TemporaryDirectory(prefix="knightctl-benchmark-") as folder:
         script = Path(folder) / "plain.py"
         script.write_text(_PLAIN)
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] if processes > 1 else []
-        done = subprocess.run([sys.executable, *launcher, str(script), str(steps)], env=env, capture_output=True, text=True, check=True)
+        launcher = (
+            ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"] if processes > 1 else []
+        )
+        done = subprocess.run(
+            [sys.executable, *launcher, str(script), str(steps)], env=env, capture_output=True, text=True, check=True
+        )
     return float(done.stdout.strip().splitlines()[-1])
 
 
@@ -91,19 +95,28 @@ def main() -> None:
     for _ in range(args.pairs):
         a1, b1, b2, a2 = (loop_seconds(n, args.epochs) for n in (1, args.processes, args.processes, 1))
         speedups.append((a1 + a2) / (b1 + b2))
-        print(f"1 process: {(a1 + a2) / 2:.2f} s; {args.processes} processes: {(b1 + b2) / 2:.2f} s; "
-              f"speedup {speedups[-1]:.2f}x, efficiency {speedups[-1] / args.processes:.2f}", flush=True)
+        print(
+            f"1 process: {(a1 + a2) / 2:.2f} s; {args.processes} processes: {(b1 + b2) / 2:.2f} s; "
+            f"speedup {speedups[-1]:.2f}x, efficiency {speedups[-1] / args.processes:.2f}",
+            flush=True,
+        )
     speedup = statistics.median(speedups)
-    print(f"median over {args.pairs} pairs ({os.cpu_count()} cores): {args.processes} DDP processes train {speedup:.2f}x as fast as 1; "
-          f"scaling efficiency {speedup / args.processes:.2f}", flush=True)
+    print(
+        f"median over {args.pairs} pairs ({os.cpu_count()} cores): {args.processes} DDP processes train {speedup:.2f}x as fast as 1; "
+        f"scaling efficiency {speedup / args.processes:.2f}",
+        flush=True,
+    )
     steps = args.epochs * 63  # mlp_blobs: 8,000 training rows in batches of 128
     plain = []
     for _ in range(args.pairs):
         a1, b1, b2, a2 = (plain_seconds(n, steps) for n in (1, args.processes, args.processes, 1))
         plain.append((a1 + a2) / (b1 + b2))
     speedup = statistics.median(plain)
-    print(f"plain PyTorch, the same model and batch ({steps} steps, median of {args.pairs} pairs): {args.processes} DDP processes train "
-          f"{speedup:.2f}x as fast as 1; scaling efficiency {speedup / args.processes:.2f}", flush=True)
+    print(
+        f"plain PyTorch, the same model and batch ({steps} steps, median of {args.pairs} pairs): {args.processes} DDP processes train "
+        f"{speedup:.2f}x as fast as 1; scaling efficiency {speedup / args.processes:.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -39,15 +39,15 @@ import gc
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from knightctl import OpDef
 from knightctl.gradcheck import check_op, check_ops
-from knightctl.plugins.system import PluginSettings
 from knightctl.plugins.loader import load
+from knightctl.plugins.system import PluginSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EPS, ATOL, RTOL = 1e-6, 1e-5, 1e-3  # torch.autograd.gradcheck's defaults, knightctl's EPS
@@ -138,7 +138,9 @@ def knightctl_check(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     """check_op at order 1 with every first-order check on: mutation, grad metadata, reverse,
     undefined grad, linearity, reentrant (forward mode and vmap off, as torch's defaults have them)."""
     del seed  # the projections are seeded per sample inside knightctl
-    op = OpDef(name="bench::op", fn=fn, sample_inputs=lambda device, dtype: [(x,)], forward_mode=False, vmap=False, layer=None)
+    op = OpDef(
+        name="bench::op", fn=fn, sample_inputs=lambda device, dtype: [(x,)], forward_mode=False, vmap=False, layer=None
+    )
     return check_op(op, order=1, method=method, atol=ATOL, rtol=RTOL, library=False).verdict
 
 
@@ -161,14 +163,18 @@ def plugin_ops(rows: list[tuple[str, str, str, str, str]]) -> None:
     print("\n== plugin ops: check_ops(system) over ./plugins (what `knightctl gradcheck` runs) ==")
     started = time.perf_counter()
     system = load(PluginSettings(dirs=(ROOT / "plugins",)))
-    print(f"plugin load {time.perf_counter() - started:.3f} s; {len(system.registry.ops())} ops; failures: {len(system.failures)}")
+    print(
+        f"plugin load {time.perf_counter() - started:.3f} s; {len(system.registry.ops())} ops; failures: {len(system.failures)}"
+    )
     for call in ("cold", "warm"):
         started = time.perf_counter()
         reports = check_ops(system)
         total = time.perf_counter() - started
         print(f"-- {call} (call {1 if call == 'cold' else 2}): {total:.3f} s for {len(reports)} ops")
         for report in reports:
-            checks = "  ".join(f"{c.check}:{c.status}{'/' + c.method if c.method else ''} {c.seconds:.3f}" for c in report.checks)
+            checks = "  ".join(
+                f"{c.check}:{c.status}{'/' + c.method if c.method else ''} {c.seconds:.3f}" for c in report.checks
+            )
             rest = report.seconds - sum(c.seconds for c in report.checks)
             print(f"   {report.name:<22} {report.verdict:<6} {report.seconds:7.3f} s  ({checks}; other {rest:.3f})")
         verdicts = ", ".join(sorted({r.verdict for r in reports}))
@@ -204,7 +210,15 @@ def exact_speed(n: int, pairs: int, skip_torch: bool, rows: list[tuple[str, str,
             f"  torch {t_med:8.3f} s (peak +{max(r.peak_mib for r in theirs):,.0f} MiB, {'/'.join(t_verdicts)})"
             f"  torch/knightctl: median pair {statistics.median(ratios):.2f}x, best-run {best:.2f}x  verdicts {agree}"
         )
-        rows.append((f"exact, squareplus n={n}", fmt_s(k_med), fmt_s(t_med), f"{statistics.median(ratios):.2f}x", f"{'/'.join(k_verdicts)} vs {'/'.join(t_verdicts)} ({agree})"))
+        rows.append(
+            (
+                f"exact, squareplus n={n}",
+                fmt_s(k_med),
+                fmt_s(t_med),
+                f"{statistics.median(ratios):.2f}x",
+                f"{'/'.join(k_verdicts)} vs {'/'.join(t_verdicts)} ({agree})",
+            )
+        )
     else:
         line += "  torch skipped"
         rows.append((f"exact, squareplus n={n}", fmt_s(k_med), "skipped", "-", f"{'/'.join(k_verdicts)} vs -"))
@@ -216,25 +230,55 @@ def wrong_op(seeds: int, rows: list[tuple[str, str, str, str, str]]) -> None:
     x = sample(WRONG_SIZE, seed=1)
     k_exact = Run(lambda: knightctl_check(wrong_squareplus, x, "exact"))
     t_exact = Run(lambda: torch_check(wrong_squareplus, x, fast=False))
-    print(f"exact   knightctl {k_exact.verdict:<6} {k_exact.seconds:.3f} s   torch (fast_mode=False) {t_exact.verdict:<6} {t_exact.seconds:.3f} s")
+    print(
+        f"exact   knightctl {k_exact.verdict:<6} {k_exact.seconds:.3f} s   torch (fast_mode=False) {t_exact.verdict:<6} {t_exact.seconds:.3f} s"
+    )
     ratio = t_exact.seconds / k_exact.seconds
-    rows.append((f"exact, wrong op n={WRONG_SIZE}", fmt_s(k_exact.seconds), fmt_s(t_exact.seconds), f"{ratio:.2f}x", f"{k_exact.verdict} vs {t_exact.verdict}"))
-    for label, fn in (("correct op", squareplus), ("1% wrong at one element", one_wrong_squareplus), ("1% wrong everywhere", wrong_squareplus)):
+    rows.append(
+        (
+            f"exact, wrong op n={WRONG_SIZE}",
+            fmt_s(k_exact.seconds),
+            fmt_s(t_exact.seconds),
+            f"{ratio:.2f}x",
+            f"{k_exact.verdict} vs {t_exact.verdict}",
+        )
+    )
+    for label, fn in (
+        ("correct op", squareplus),
+        ("1% wrong at one element", one_wrong_squareplus),
+        ("1% wrong everywhere", wrong_squareplus),
+    ):
         k_fast = [Run(lambda s=s: knightctl_check(fn, x, "fast", seed=s)) for s in range(seeds)]  # type: ignore[misc]
         t_fast = [Run(lambda s=s: torch_check(fn, x, fast=True, seed=s)) for s in range(seeds)]  # type: ignore[misc]
         k_med = statistics.median(r.seconds for r in k_fast)
         t_med = statistics.median(r.seconds for r in t_fast)
         k_verdicts = "/".join(sorted({r.verdict for r in k_fast}))
         t_verdicts = "/".join(sorted({r.verdict for r in t_fast}))
-        print(f"fast, {label:<24} knightctl {k_verdicts:<6} {k_med:.4f} s   torch (fast_mode=True) {t_verdicts:<6} {t_med:.4f} s   knightctl/torch {k_med / t_med:.2f}x")
-        rows.append((f"fast, {label} n={WRONG_SIZE}", fmt_s(k_med), fmt_s(t_med), f"{t_med / k_med:.2f}x", f"{k_verdicts} vs {t_verdicts} over {seeds} seeds"))
+        print(
+            f"fast, {label:<24} knightctl {k_verdicts:<6} {k_med:.4f} s   torch (fast_mode=True) {t_verdicts:<6} {t_med:.4f} s   knightctl/torch {k_med / t_med:.2f}x"
+        )
+        rows.append(
+            (
+                f"fast, {label} n={WRONG_SIZE}",
+                fmt_s(k_med),
+                fmt_s(t_med),
+                f"{t_med / k_med:.2f}x",
+                f"{k_verdicts} vs {t_verdicts} over {seeds} seeds",
+            )
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000", help="comma-separated input sizes for the exact speed comparison")
-    parser.add_argument("--pairs", type=int, default=5, help=f"A-B pairs per size below {LARGE} (one pair from there on)")
-    parser.add_argument("--skip-torch-10000", action="store_true", help="skip torch's runs at sizes >= 10000 (~30 s each)")
+    parser.add_argument(
+        "--sizes", default="1000,10000", help="comma-separated input sizes for the exact speed comparison"
+    )
+    parser.add_argument(
+        "--pairs", type=int, default=5, help=f"A-B pairs per size below {LARGE} (one pair from there on)"
+    )
+    parser.add_argument(
+        "--skip-torch-10000", action="store_true", help="skip torch's runs at sizes >= 10000 (~30 s each)"
+    )
     parser.add_argument("--seeds", type=int, default=10, help="seeds for the fast modes on the wrong op")
     parser.add_argument("--no-plugins", action="store_true", help="skip the plugin ops")
     args = parser.parse_args()
@@ -242,11 +286,15 @@ def main() -> None:
     torch.set_num_threads(1)  # as the tests run (OMP_NUM_THREADS=1)
     cpu = max(os.sched_getaffinity(0))
     pinned(cpu)
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, 1 torch thread pinned to CPU {cpu}; eps {EPS}, atol {ATOL}, rtol {RTOL}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, 1 torch thread pinned to CPU {cpu}; eps {EPS}, atol {ATOL}, rtol {RTOL}"
+    )
     rows: list[tuple[str, str, str, str, str]] = []
     if not args.no_plugins:
         plugin_ops(rows)
-    print("\n== exact verdict speed: knightctl check_op(order=1, method='exact') vs torch.autograd.gradcheck(fast_mode=False), squareplus; target >= 10x at 1000 ==")
+    print(
+        "\n== exact verdict speed: knightctl check_op(order=1, method='exact') vs torch.autograd.gradcheck(fast_mode=False), squareplus; target >= 10x at 1000 =="
+    )
     warm = sample(100)
     knightctl_check(squareplus, warm, "exact")
     torch_check(squareplus, warm, fast=False)

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from knightctl.training.build import build_components
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
+from knightctl.training.build import build_components
 from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +46,15 @@ CHECKPOINTS = tempfile.TemporaryDirectory(prefix="knightctl-benchmark-")  # the 
 
 def training_seconds(spec: Path, overrides: list[str], uri: str | None) -> tuple[float, int]:
     """(seconds of training until its metrics are stored, steps) for one run."""
-    result = train(spec, overrides=[*overrides, "tracking.log_model=false"], device="cpu", tracking_uri=uri, track=uri is not None, skip_gradcheck=True,
-                   checkpoint_dir=CHECKPOINTS.name)
+    result = train(
+        spec,
+        overrides=[*overrides, "tracking.log_model=false"],
+        device="cpu",
+        tracking_uri=uri,
+        track=uri is not None,
+        skip_gradcheck=True,
+        checkpoint_dir=CHECKPOINTS.name,
+    )
     return result.loop_seconds + result.store_wait_seconds, result.steps
 
 
@@ -115,7 +122,9 @@ def main() -> None:
                 measure(f"{case}, {rate}", spec, [*overrides, *rate_overrides], args.pairs, uri)
         if args.mlflow_direct:
             for synchronous in (True, False):
-                print(f"mlflow.log_metric every step (synchronous={synchronous}): {mlflow_direct(uri, synchronous):.1f}x the bare loop")
+                print(
+                    f"mlflow.log_metric every step (synchronous={synchronous}): {mlflow_direct(uri, synchronous):.1f}x the bare loop"
+                )
 
 
 if __name__ == "__main__":

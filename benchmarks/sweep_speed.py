@@ -29,14 +29,20 @@ def _timed(commands: list[list[str]]) -> float:
     with tempfile.TemporaryDirectory(prefix="knightctl-benchmark-") as folder:
         started = time.perf_counter()
         for command in commands:
-            subprocess.run([sys.executable, "-m", "knightctl", *command, "--tracking-uri", f"sqlite:///{folder}/mlflow.db"],
-                           cwd=folder, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "knightctl", *command, "--tracking-uri", f"sqlite:///{folder}/mlflow.db"],
+                cwd=folder,
+                check=True,
+                capture_output=True,
+            )
         return time.perf_counter() - started
 
 
 def trains_in_a_row() -> float:
     trials = itertools.product(*([f"{path}={value}" for value in values] for path, values in VALUES.items()))
-    return _timed([["train", str(SPEC), *itertools.chain.from_iterable(("--set", item) for item in trial)] for trial in trials])
+    return _timed(
+        [["train", str(SPEC), *itertools.chain.from_iterable(("--set", item) for item in trial)] for trial in trials]
+    )
 
 
 def sweep_with(workers: int) -> float:
@@ -48,12 +54,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=1)
     args = parser.parse_args()
-    for label, baseline in (("4 knightctl train commands in a row", trains_in_a_row), ("knightctl sweep --workers 1", lambda: sweep_with(1))):
+    for label, baseline in (
+        ("4 knightctl train commands in a row", trains_in_a_row),
+        ("knightctl sweep --workers 1", lambda: sweep_with(1)),
+    ):
         ratios = []
         for _ in range(args.pairs):
             a1, b1, b2, a2 = baseline(), sweep_with(2), sweep_with(2), baseline()
             ratios.append((a1 + a2) / (b1 + b2))
-            print(f"{label}: {(a1 + a2) / 2:.1f} s; sweep --workers 2: {(b1 + b2) / 2:.1f} s; {ratios[-1]:.2f}x faster", flush=True)
+            print(
+                f"{label}: {(a1 + a2) / 2:.1f} s; sweep --workers 2: {(b1 + b2) / 2:.1f} s; {ratios[-1]:.2f}x faster",
+                flush=True,
+            )
         print(f"median: sweep --workers 2 is {statistics.median(ratios):.2f}x faster than {label}", flush=True)
 
 

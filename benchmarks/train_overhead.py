@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from knightctl.training.build import build_components
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
+from knightctl.training.build import build_components
 from knightctl.training.run import train
 
 SPEC = Path(__file__).resolve().parent.parent / "experiments" / "round_table.yaml"
@@ -49,7 +49,9 @@ def plain_rate(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int | 
             batches = [(x, y)]
         else:
             order = torch.randperm(x.shape[0])
-            batches = [(x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, x.shape[0], batch_size)]
+            batches = [
+                (x[order[i : i + batch_size]], y[order[i : i + batch_size]]) for i in range(0, x.shape[0], batch_size)
+            ]
         for inputs, labels in batches:
             optimizer.zero_grad()
             output = model(inputs)
@@ -112,9 +114,15 @@ def measure(label: str, batch: str, steps: int, pairs: int, tracking_uri: str | 
     ratios, plain_rates, ours_rates = [], [], []
     for pair in range(pairs):
         if pair % 2 == 0:
-            plain, ours = pinned_plain_rate(cpu, x, y, epochs, batch_size, pair), knightctl_rate(overrides, tracking_uri, cpu)
+            plain, ours = (
+                pinned_plain_rate(cpu, x, y, epochs, batch_size, pair),
+                knightctl_rate(overrides, tracking_uri, cpu),
+            )
         else:
-            ours, plain = knightctl_rate(overrides, tracking_uri, cpu), pinned_plain_rate(cpu, x, y, epochs, batch_size, pair)
+            ours, plain = (
+                knightctl_rate(overrides, tracking_uri, cpu),
+                pinned_plain_rate(cpu, x, y, epochs, batch_size, pair),
+            )
         plain_rates.append(plain)
         ours_rates.append(ours)
         ratios.append(ours / plain)
@@ -132,7 +140,9 @@ def main() -> None:
     parser.add_argument("--no-track", action="store_true", help="also time knightctl without MLflow")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: a second thread only adds synchronisation
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, 1 torch thread; target: knightctl >= 0.95x the plain loop")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, 1 torch thread; target: knightctl >= 0.95x the plain loop"
+    )
     with tempfile.TemporaryDirectory() as workdir:
         os.chdir(workdir)  # MLflow puts artifacts in ./mlruns
         uri = f"sqlite:///{workdir}/bench.db"

@@ -14,17 +14,17 @@ from knightctl.errors import KnightctlError
 from knightctl.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from knightctl.training.devices import DeviceChoice, resolve_device  # noqa: F401
+    from knightctl.checkpoint.files import load_checkpoint  # noqa: F401
+    from knightctl.checkpoint.verify import verify_resume  # noqa: F401
     from knightctl.gradcheck import OpReport, check_op, check_ops  # noqa: F401
-    from knightctl.plugins.system import PluginSettings, PluginSystem  # noqa: F401
+    from knightctl.plugins.events import RunInfo, RunResult  # noqa: F401
     from knightctl.plugins.loader import load as load_plugins  # noqa: F401
     from knightctl.plugins.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
     from knightctl.plugins.sample import Sample  # noqa: F401
+    from knightctl.plugins.system import PluginSettings, PluginSystem  # noqa: F401
     from knightctl.spec.model import ExperimentSpec, load_spec  # noqa: F401
-    from knightctl.plugins.events import RunInfo, RunResult  # noqa: F401
+    from knightctl.training.devices import DeviceChoice, resolve_device  # noqa: F401
     from knightctl.training.run import train  # noqa: F401
-    from knightctl.checkpoint.verify import verify_resume  # noqa: F401
-    from knightctl.checkpoint.files import load_checkpoint  # noqa: F401
 
 _LAZY: dict[str, tuple[str, str]] = {
     "load_spec": ("knightctl.spec.model", "load_spec"),

@@ -103,8 +103,15 @@ class GradcheckFailed(KnightctlError):
 class Interrupted(KnightctlError):
     """The run was stopped by SIGINT (exit 130) or SIGTERM (exit 143)."""
 
-    def __init__(self, message: str, *, signal_name: str = "SIGINT", run_id: str | None = None, hint: str | None = None,
-                 checkpoint: Path | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        signal_name: str = "SIGINT",
+        run_id: str | None = None,
+        hint: str | None = None,
+        checkpoint: Path | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.signal_name = signal_name
         self.run_id = run_id

@@ -28,13 +28,29 @@ COLLECTOR_ID = "knightctl-ops"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("knightctl", "knightctl gradient checks")
-    group.addoption("--knightctl-ops", action="store_true", help="check every registered op's gradients, one test item per op")
-    group.addoption("--knightctl-op", action="append", default=[], metavar="NAME", help="check only this op (repeatable)")
-    group.addoption("--knightctl-plugins-dir", action="append", default=[], metavar="DIR",
-                    help="load plugins from DIR instead of ./plugins (repeatable)")
-    group.addoption("--knightctl-device", default="cpu", metavar="DEVICE", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
-    group.addoption("--knightctl-method", default="auto", type=str, choices=("auto", "exact", "fast"),
-                    help="how the Jacobians are compared, as `knightctl gradcheck --method` (default: auto)")
+    group.addoption(
+        "--knightctl-ops", action="store_true", help="check every registered op's gradients, one test item per op"
+    )
+    group.addoption(
+        "--knightctl-op", action="append", default=[], metavar="NAME", help="check only this op (repeatable)"
+    )
+    group.addoption(
+        "--knightctl-plugins-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="load plugins from DIR instead of ./plugins (repeatable)",
+    )
+    group.addoption(
+        "--knightctl-device", default="cpu", metavar="DEVICE", help="cpu, cuda, cuda:N, mps or auto (default: cpu)"
+    )
+    group.addoption(
+        "--knightctl-method",
+        default="auto",
+        type=str,
+        choices=("auto", "exact", "fast"),
+        help="how the Jacobians are compared, as `knightctl gradcheck --method` (default: auto)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k and -m deselect, so they apply to these items too
@@ -48,12 +64,14 @@ class KnightctlOps(pytest.Collector):
 
     def collect(self) -> list[pytest.Item]:
         from knightctl.errors import KnightctlError
-        from knightctl.plugins.system import PluginSettings
         from knightctl.plugins.loader import load
+        from knightctl.plugins.system import PluginSettings
 
         config = self.config
         here = config.invocation_params.dir
-        settings = PluginSettings.from_env().override(dirs=[here / d for d in config.getoption("knightctl_plugins_dir")])
+        settings = PluginSettings.from_env().override(
+            dirs=[here / d for d in config.getoption("knightctl_plugins_dir")]
+        )
         try:
             system = load(settings)
         except KnightctlError as exc:
@@ -62,9 +80,15 @@ class KnightctlOps(pytest.Collector):
         unknown = [name for name in names if system.registry.get("op", name) is None]
         if unknown:
             raise pytest.UsageError(f"knightctl: {system.registry.unknown_name_message('op', unknown[0])}")
-        items: list[pytest.Item] = [PluginLoadItem.from_parent(self, name=f"plugin[{info.name}]", failure=f"{info.name} ({info.origin}): {info.error}")
-                                    for info in system.failures]
-        items += [OpItem.from_parent(self, name=f"gradcheck[{name}]", op=system.registry.get("op", name)) for name in names]
+        items: list[pytest.Item] = [
+            PluginLoadItem.from_parent(
+                self, name=f"plugin[{info.name}]", failure=f"{info.name} ({info.origin}): {info.error}"
+            )
+            for info in system.failures
+        ]
+        items += [
+            OpItem.from_parent(self, name=f"gradcheck[{name}]", op=system.registry.get("op", name)) for name in names
+        ]
         return items
 
 
@@ -84,9 +108,9 @@ class OpItem(pytest.Item):
         self.op = op
 
     def runtest(self) -> None:
-        from knightctl.training.devices import resolve_device
         from knightctl.errors import KnightctlError
         from knightctl.gradcheck.checks import check_op
+        from knightctl.training.devices import resolve_device
 
         try:
             device = str(resolve_device(self.config.getoption("knightctl_device")).device)
@@ -97,7 +121,9 @@ class OpItem(pytest.Item):
         if report.verdict == "failed":
             raise OpFailed(report)
         if report.verdict == "n/a":
-            reasons = [check.detail for check in report.checks if check.status in ("unsupported", "skipped") and check.detail]
+            reasons = [
+                check.detail for check in report.checks if check.status in ("unsupported", "skipped") and check.detail
+            ]
             pytest.skip(f"{report.label}: {reasons[0] if reasons else 'n/a: nothing was compared'}")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:

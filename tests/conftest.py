@@ -10,8 +10,9 @@ Tests marked `cuda` or `mps` need that device and are skipped, never faked, wher
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

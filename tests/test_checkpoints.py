@@ -58,7 +58,9 @@ def test_a_folder_keeps_the_newest_checkpoints_and_clears_what_a_killed_writer_l
     assert folder.latest() == tmp_path / "step-000000003.pt"
 
 
-def test_a_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KNIGHTCTL_NAN_STEP", "13")
     uri, client = store(tmp_path)
     with pytest.raises(RunFailed) as failure:
@@ -95,7 +97,9 @@ def test_an_exception_in_a_plugin_fails_the_run_and_keeps_the_last_checkpoint(tm
     assert "error/traceback.txt" in [a.path for a in client.list_artifacts(run.info.run_id, "error")]
 
 
-def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "checkpoints"
     real_write = os.write
     writes_into_folder = []
@@ -117,7 +121,9 @@ def test_a_full_disk_while_checkpointing_leaves_the_previous_checkpoint_untouche
     monkeypatch.undo()
     run = the_run(client)
     run_folder = folder / run.info.run_id
-    assert f"cannot write checkpoint {run_folder / 'step-000000016.pt'}: No space left on device (ENOSPC)" in str(failure.value)
+    assert f"cannot write checkpoint {run_folder / 'step-000000016.pt'}: No space left on device (ENOSPC)" in str(
+        failure.value
+    )
     assert sorted(p.name for p in run_folder.iterdir()) == ["step-000000008.pt"]  # no temporary file left
     assert load_checkpoint(run_folder / "step-000000008.pt")["step"] == 8
     assert run.info.status == "FAILED"
@@ -131,17 +137,33 @@ def test_a_checkpoint_that_pickles_code_is_refused_and_the_code_never_runs(tmp_p
             return (os.system, (f"touch {marker}",))
 
     crafted = tmp_path / "crafted.pt"
-    crafted.write_bytes(_with_checksum(_serialise({"format_version": 2, "step": 1, "model": Payload()})))  # its checksum is right
-    done = subprocess.run([sys.executable, "-m", "knightctl", "train", "--resume", str(crafted), "--no-track"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    crafted.write_bytes(
+        _with_checksum(_serialise({"format_version": 2, "step": 1, "model": Payload()}))
+    )  # its checksum is right
+    done = subprocess.run(
+        [sys.executable, "-m", "knightctl", "train", "--resume", str(crafted), "--no-track"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stderr
-    assert f"{crafted}: refused: a checkpoint may hold only tensors and plain values, and it pickles {os.system.__module__}.system" in done.stderr
+    assert (
+        f"{crafted}: refused: a checkpoint may hold only tensors and plain values, and it pickles {os.system.__module__}.system"
+        in done.stderr
+    )
     assert not marker.exists()
 
 
 def test_a_spec_without_a_seed_gets_one_that_is_logged_stored_and_kept_on_resume(tmp_path: Path) -> None:
     uri, client = store(tmp_path)
-    first = train(write_spec(tmp_path, seed=""), tracking_uri=uri, skip_gradcheck=True, stop_at_step=5, checkpoint_dir=tmp_path / "c")
+    first = train(
+        write_spec(tmp_path, seed=""),
+        tracking_uri=uri,
+        skip_gradcheck=True,
+        stop_at_step=5,
+        checkpoint_dir=tmp_path / "c",
+    )
     assert first.checkpoint is not None
     seed = load_checkpoint(first.checkpoint)["seed"]
     assert client.get_run(str(first.run_id)).data.tags["seed"] == str(seed) == str(first.info.seed)

@@ -22,7 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def knightctl(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "knightctl", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "knightctl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def readme_plugin_example() -> str:
@@ -38,7 +45,10 @@ def test_a_plugin_written_from_the_readme_lists_and_trains_beside_a_broken_neigh
     env = {"KNIGHTCTL_PLUGINS_DIR": "my_plugins"}
     listing = knightctl("ops", cwd=tmp_path, env=env)
     assert listing.returncode == 0, listing.stderr
-    assert "mylab::softsign  from softsign (my_plugins/softsign.py)\n    autograd.Function, elementwise layer," in listing.stdout
+    assert (
+        "mylab::softsign  from softsign (my_plugins/softsign.py)\n    autograd.Function, elementwise layer,"
+        in listing.stdout
+    )
     assert "plugin 'broken'" in listing.stderr and "SyntaxError at line 1" in listing.stderr
     assert "Traceback" not in listing.stdout + listing.stderr
     spec = tmp_path / "spec.yaml"
@@ -89,7 +99,18 @@ def test_an_installed_plugin_package_arrives_through_its_entry_point(tmp_path: P
     package = shutil.copytree(ROOT / "plugins" / "knightctl-grail", tmp_path / "src")  # builds write beside the source
     site = tmp_path / "site"
     no_isolation = ["--no-build-isolation"] if _has_setuptools() else []  # offline when it can be
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *no_isolation, "--target", str(site), str(package)]
+    pip = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-deps",
+        *no_isolation,
+        "--target",
+        str(site),
+        str(package),
+    ]
     subprocess.run(pip, check=True, capture_output=True, timeout=300)
     listing = knightctl("plugins", "--json", cwd=tmp_path, env={"PYTHONPATH": str(site)})
     assert listing.returncode == 0, listing.stderr
@@ -106,7 +127,12 @@ def _has_setuptools() -> bool:
 @pytest.fixture
 def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.chdir(ROOT)
-    for name in ("KNIGHTCTL_PLUGINS_DIR", "KNIGHTCTL_DISABLE_PLUGINS", "KNIGHTCTL_NO_EXTERNAL_PLUGINS", "KNIGHTCTL_STRICT_PLUGINS"):
+    for name in (
+        "KNIGHTCTL_PLUGINS_DIR",
+        "KNIGHTCTL_DISABLE_PLUGINS",
+        "KNIGHTCTL_NO_EXTERNAL_PLUGINS",
+        "KNIGHTCTL_STRICT_PLUGINS",
+    ):
         monkeypatch.delenv(name, raising=False)
     return CliRunner()
 
@@ -126,7 +152,11 @@ def test_a_failing_plugin_under_strict_mode_exits_2_naming_it(runner: CliRunner,
     (tmp_path / "broken.py").write_text("import knightctl_no_such_module\n")
     result = runner.invoke(main, ["--plugins-dir", str(tmp_path), "--strict-plugins", "ops"])
     assert result.exit_code == 2
-    assert "strict plugin mode" in result.output and "broken" in result.output and "knightctl_no_such_module" in result.output
+    assert (
+        "strict plugin mode" in result.output
+        and "broken" in result.output
+        and "knightctl_no_such_module" in result.output
+    )
 
 
 def test_validate_resolves_a_spec_that_uses_plugin_ops(runner: CliRunner) -> None:

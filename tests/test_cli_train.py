@@ -26,7 +26,16 @@ def knightctl(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
 
 
 def test_train_uses_the_embedded_default_store_in_the_working_directory(tmp_path: Path) -> None:
-    done = knightctl("train", str(ROUND_TABLE), "--set", "train.epochs=20", "--device", "cpu", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""})
+    done = knightctl(
+        "train",
+        str(ROUND_TABLE),
+        "--set",
+        "train.epochs=20",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": ""},
+    )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "mlflow.db").exists()
     assert (tmp_path / "mlruns").is_dir()  # MLflow's default artifact root beside the store
@@ -39,7 +48,9 @@ def test_train_uses_the_embedded_default_store_in_the_working_directory(tmp_path
 
 
 def test_output_without_a_terminal_is_plain_lines(tmp_path: Path) -> None:
-    done = knightctl("train", str(ROUND_TABLE), "--set", "train.epochs=30", "--no-track", cwd=tmp_path, env={"NO_COLOR": "1"})
+    done = knightctl(
+        "train", str(ROUND_TABLE), "--set", "train.epochs=30", "--no-track", cwd=tmp_path, env={"NO_COLOR": "1"}
+    )
     assert done.returncode == 0, done.stderr
     assert "\x1b[" not in done.stdout and "\r" not in done.stdout
     assert "epoch 30/30" in done.stdout
@@ -69,7 +80,9 @@ def test_an_absent_cuda_device_is_an_error_not_a_fallback(tmp_path: Path) -> Non
 
 
 def test_a_tracking_uri_mlflow_cannot_use_is_named_without_a_traceback(tmp_path: Path) -> None:
-    done = knightctl("train", str(ROUND_TABLE), "--tracking-uri", "bogus://nowhere", "--set", "train.epochs=2", cwd=tmp_path)
+    done = knightctl(
+        "train", str(ROUND_TABLE), "--tracking-uri", "bogus://nowhere", "--set", "train.epochs=2", cwd=tmp_path
+    )
     assert done.returncode == 1
     assert "cannot start an MLflow run on bogus://nowhere" in done.stderr
     assert "Traceback" not in done.stderr

@@ -77,7 +77,12 @@ def _env(columns: int | None = 200) -> dict[str, str]:
 
 def knightctl(cwd: Path, *args: str, columns: int | None = 200) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "knightctl", *args], cwd=cwd, env=_env(columns), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "knightctl", *args],
+        cwd=cwd,
+        env=_env(columns),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -128,8 +133,17 @@ def test_validate_round_table_prints_the_resolved_spec(tmp_path: Path) -> None:
 
 def test_validate_applies_overrides(tmp_path: Path) -> None:
     done = knightctl(
-        tmp_path, "validate", str(ROUND_TABLE), "--set", "optimizer.lr=1e-2", "--set", "train.epochs=5",
-        "--set", "model.0.out_features=8", "--set", "model.2.in_features=8",
+        tmp_path,
+        "validate",
+        str(ROUND_TABLE),
+        "--set",
+        "optimizer.lr=1e-2",
+        "--set",
+        "train.epochs=5",
+        "--set",
+        "model.0.out_features=8",
+        "--set",
+        "model.2.in_features=8",
     )
     assert done.returncode == 0, done.stderr
     printed = resolved_yaml(done.stdout)
@@ -225,7 +239,9 @@ def test_validate_empty_file_exits_2(tmp_path: Path) -> None:
 
 def test_validate_python_tag_exits_2_and_runs_nothing(tmp_path: Path) -> None:
     target = tmp_path / "pwned"
-    (tmp_path / "evil.yaml").write_text(f'!!python/object/apply:os.system ["touch {shlex.quote(str(target))}"]\n', encoding="utf-8")
+    (tmp_path / "evil.yaml").write_text(
+        f'!!python/object/apply:os.system ["touch {shlex.quote(str(target))}"]\n', encoding="utf-8"
+    )
     done = knightctl(tmp_path, "validate", "evil.yaml")
     assert done.returncode == 2
     assert "not allowed" in done.stderr and "Traceback" not in done.stderr
@@ -283,7 +299,12 @@ def test_the_import_probe_does_see_heavy_imports(tmp_path: Path) -> None:
     something). A stub in the working directory stands in for torch, to keep this fast."""
     (tmp_path / "torch.py").write_text("", encoding="utf-8")
     done = subprocess.run(
-        [sys.executable, "-c", "import torch\n" + _IMPORT_PROBE, "--help"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", "import torch\n" + _IMPORT_PROBE, "--help"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     line = [x for x in done.stderr.splitlines() if x.startswith("IMPORT-PROBE ")][-1]
     assert json.loads(line.removeprefix("IMPORT-PROBE "))["heavy"] == ["torch"]

@@ -17,11 +17,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from knightctl.training.build import build_components
 from knightctl.checkpoint.files import load_checkpoint
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
 from knightctl.tracking.run import flatten
+from knightctl.training.build import build_components
 from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,9 +64,15 @@ def test_the_description_tells_the_runs_story(reviewed) -> None:
     assert "| status | FINISHED |" in note
     assert "| device | cpu (" in note
     assert "| data | battles: 800 training rows, 200 validation rows" in note
-    assert "| model | Linear(2→10) → knight::sigmoid_gate → Linear(5→5) → knight::smooth_relu → Linear(5→1); 66 parameters |" in note
+    assert (
+        "| model | Linear(2→10) → knight::sigmoid_gate → Linear(5→5) → knight::smooth_relu → Linear(5→1); 66 parameters |"
+        in note
+    )
     assert "480 steps in" in note  # 60 epochs of 8
-    assert "| gradient check | passed: knight::sigmoid_gate passed, knight::smooth_relu passed, model excalibur passed |" in note
+    assert (
+        "| gradient check | passed: knight::sigmoid_gate passed, knight::smooth_relu passed, model excalibur passed |"
+        in note
+    )
     accuracy = result.final_metrics["val/accuracy"]
     assert f"**Final metrics:** val/accuracy {accuracy:.4g} · val/loss" in note
 
@@ -110,7 +116,9 @@ def test_datasets_are_logged_with_digest_source_and_context(reviewed) -> None:
     inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
     assert set(inputs) == {"training", "validation"}
     spec = load_spec(EXCALIBUR, OVERRIDES)
-    data = build_components(spec, load_plugins(files=spec.plugin_paths()).registry, torch.device("cpu"), 42).data  # the run's split
+    data = build_components(
+        spec, load_plugins(files=spec.plugin_paths()).registry, torch.device("cpu"), 42
+    ).data  # the run's split
     for context, x, y in (("training", data.train_x, data.train_y), ("validation", data.val_x, data.val_y)):
         expected = mlflow.data.from_numpy(x.numpy(), targets=y.numpy(), name="battles")
         assert inputs[context].name == "battles"
@@ -127,7 +135,11 @@ def test_artifacts_hold_spec_plots_gradcheck_report_and_checkpoint(reviewed) -> 
     for plot in ("plots/training_curves.png", "plots/decision_boundary.png"):
         assert download(client, run_id, plot).read_bytes().startswith(PNG_MAGIC), plot
     report = json.loads(download(client, run_id, "gradcheck/report.json").read_text())
-    assert report["verdict"] == "passed" and {op["name"] for op in report["ops"]} == {"knight::sigmoid_gate", "knight::smooth_relu", "model excalibur"}
+    assert report["verdict"] == "passed" and {op["name"] for op in report["ops"]} == {
+        "knight::sigmoid_gate",
+        "knight::smooth_relu",
+        "model excalibur",
+    }
     checkpoint = load_checkpoint(download(client, run_id, "checkpoints/final.pt"))
     assert checkpoint["step"] == 480 and checkpoint["epoch"] == 60 and checkpoint["seed"] == 42
     for name, value in result.model.state_dict().items():
@@ -143,12 +155,24 @@ def test_the_logged_model_predicts_like_the_trained_one(reviewed, load_logged_mo
         assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
 
 
-def test_a_model_of_every_example_op_is_logged_and_loads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_logged_model) -> None:
+def test_a_model_of_every_example_op_is_logged_and_loads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load_logged_model
+) -> None:
     """pt2 (torch.export) works for autograd.Functions, plain functions and custom ops alike."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "plugins" / "knightctl-grail" / "knightctl_grail" / "__init__.py", tmp_path / "grail.py")
-    ops = ["knight::smooth_relu", "knight::swish", "knight::squareplus", "knight::grad_reverse", "knight::sign_ste", "grail::soft_clamp"]
-    plugins = [str(ROOT / "plugins" / f"{name}.py") for name in ("sigmoid_gate", "smooth_relu", "swish", "squareplus", "gradient_reversal", "straight_through")]
+    ops = [
+        "knight::smooth_relu",
+        "knight::swish",
+        "knight::squareplus",
+        "knight::grad_reverse",
+        "knight::sign_ste",
+        "grail::soft_clamp",
+    ]
+    plugins = [
+        str(ROOT / "plugins" / f"{name}.py")
+        for name in ("sigmoid_gate", "smooth_relu", "swish", "squareplus", "gradient_reversal", "straight_through")
+    ]
     spec = tmp_path / "every_op.yaml"
     spec.write_text(
         "name: every_op\nseed: 3\n"
@@ -170,7 +194,12 @@ def test_a_model_of_every_example_op_is_logged_and_loads_back(tmp_path: Path, mo
 def test_a_cuda_run_samples_the_gpu_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = train(ROOT / "experiments" / "round_table.yaml", overrides=["train.epochs=50", "tracking.log_model=false"], tracking_uri=uri, device="cuda")
+    result = train(
+        ROOT / "experiments" / "round_table.yaml",
+        overrides=["train.epochs=50", "tracking.log_model=false"],
+        tracking_uri=uri,
+        device="cuda",
+    )
     metrics = MlflowClient(uri).get_run(result.run_id).data.metrics
     assert any(key.startswith("system/gpu_0_") for key in metrics), sorted(metrics)
     assert "| device | cuda" in MlflowClient(uri).get_run(result.run_id).data.tags["mlflow.note.content"]

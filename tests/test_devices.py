@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from knightctl.training.devices import resolve_device, set_deterministic
 from knightctl.errors import DeviceError
+from knightctl.training.devices import resolve_device, set_deterministic
 from knightctl.training.run import train
 
 ROUND_TABLE = Path(__file__).resolve().parent.parent / "experiments" / "round_table.yaml"
@@ -74,7 +74,9 @@ def test_cpu_is_always_there() -> None:
     assert resolve_device("cpu").device == torch.device("cpu")
 
 
-def test_an_absent_device_stops_training_before_anything_is_written(no_accelerators: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_absent_device_stops_training_before_anything_is_written(
+    no_accelerators: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DeviceError):
         train(ROUND_TABLE, device="cuda", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -115,7 +117,16 @@ def test_round_table_trains_on_cuda() -> None:
 @pytest.mark.cuda
 def test_mini_batches_on_cuda_are_reproducible() -> None:
     try:
-        runs = [train(ROUND_TABLE, overrides=["train.batch_size=64", "train.epochs=5"], device="cuda", track=False, deterministic=True) for _ in range(2)]
+        runs = [
+            train(
+                ROUND_TABLE,
+                overrides=["train.batch_size=64", "train.epochs=5"],
+                device="cuda",
+                track=False,
+                deterministic=True,
+            )
+            for _ in range(2)
+        ]
     finally:
         set_deterministic(False)  # train() leaves it on, as a caller who asked for it would want
     for name, value in runs[0].model.state_dict().items():

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from knightctl.checkpoint.files import CheckpointFolder, load_checkpoint
-from knightctl.distributed.ranks import Ranks
 from knightctl.distributed.launch import RankFailure, cause
+from knightctl.distributed.ranks import Ranks
 from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,11 +43,21 @@ GATED_SPEC = textwrap.dedent(
 )
 
 
-def _knightctl(*args: str, crash_step: int | None = None, always: bool = False, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def _knightctl(
+    *args: str, crash_step: int | None = None, always: bool = False, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1"}
-    if crash_step is not None:  # rank 1 raises at that step (tests/plugins/step_gate.py), in the first attempt or in all
-        env.update(KNIGHTCTL_CRASH_STEP=str(crash_step), KNIGHTCTL_CRASH_RANK="1", **({"KNIGHTCTL_CRASH_ALWAYS": "1"} if always else {}))
-    return subprocess.run([sys.executable, "-m", "knightctl", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if (
+        crash_step is not None
+    ):  # rank 1 raises at that step (tests/plugins/step_gate.py), in the first attempt or in all
+        env.update(
+            KNIGHTCTL_CRASH_STEP=str(crash_step),
+            KNIGHTCTL_CRASH_RANK="1",
+            **({"KNIGHTCTL_CRASH_ALWAYS": "1"} if always else {}),
+        )
+    return subprocess.run(
+        [sys.executable, "-m", "knightctl", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -60,7 +70,9 @@ def _assert_close(distributed: dict[str, torch.Tensor], single: dict[str, torch.
     assert distributed.keys() == single.keys()
     for name in single:
         # Two ranks sum each batch in two halves: the same step up to float32 rounding.
-        torch.testing.assert_close(distributed[name], single[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            distributed[name], single[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_two_ranks_train_the_chapters_model_to_the_weights_of_one_process(tmp_path: Path) -> None:
@@ -75,15 +87,30 @@ def test_two_ranks_train_the_chapters_model_to_the_weights_of_one_process(tmp_pa
     _assert_close(_final_weights(folder), single.model.state_dict())
 
 
-def test_a_crashing_rank_is_restarted_from_the_checkpoint_then_fails_the_job_naming_the_rank_and_the_run(tmp_path: Path) -> None:
+def test_a_crashing_rank_is_restarted_from_the_checkpoint_then_fails_the_job_naming_the_rank_and_the_run(
+    tmp_path: Path,
+) -> None:
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "spec.yaml").write_text(GATED_SPEC)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Rank 1 raises at its process's 20th step in every attempt: at step 20, then (resumed at 16) at step 36.
-    done = _knightctl("train", "spec.yaml", "--nproc-per-node", "2", "--max-restarts", "1", "--tracking-uri", uri, crash_step=20, always=True)
+    done = _knightctl(
+        "train",
+        "spec.yaml",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        "1",
+        "--tracking-uri",
+        uri,
+        crash_step=20,
+        always=True,
+    )
     assert done.returncode == 1, done.stderr
-    assert "resuming at step 16" in " ".join(done.stdout.split())  # the restart went on from the checkpoint after epoch 2
+    assert "resuming at step 16" in " ".join(
+        done.stdout.split()
+    )  # the restart went on from the checkpoint after epoch 2
     error = " ".join(done.stderr.split())
     assert "distributed training failed: rank 1 exited with code 1 (then rank 0 stopped too)" in error
     assert "RuntimeError: test crash in rank 1 at step 20" in error
@@ -102,7 +129,9 @@ def test_a_crashing_rank_is_restarted_from_the_checkpoint_then_fails_the_job_nam
     assert steps == list(range(4, 33, 4))
 
 
-def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resumes_to_the_same_weights(tmp_path: Path) -> None:
+def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resumes_to_the_same_weights(
+    tmp_path: Path,
+) -> None:
     from mlflow.tracking import MlflowClient
 
     (tmp_path / "spec.yaml").write_text(GATED_SPEC)
@@ -117,7 +146,9 @@ def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resum
         while not (gate / "reached").exists() and launcher.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert (gate / "reached").exists(), launcher.communicate(timeout=30)
-        launcher.send_signal(signal.SIGINT)  # a terminal's Ctrl-C reaches knightctl; torchrun's agent passes it on, once
+        launcher.send_signal(
+            signal.SIGINT
+        )  # a terminal's Ctrl-C reaches knightctl; torchrun's agent passes it on, once
         time.sleep(1.0)  # the signal lands on the ranks while step 22 is held
         (gate / "release").touch()
         out, err = launcher.communicate(timeout=120)
@@ -128,7 +159,9 @@ def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resum
     [run] = client.search_runs([client.get_experiment_by_name("gated").experiment_id])
     assert run.info.status == "KILLED"
     # The ranks agree once per logging window (4 steps): both stop after step 24, and rank 0 checkpoints it.
-    assert [p.name for p in CheckpointFolder(tmp_path / "checkpoints" / run.info.run_id).checkpoints()][-1] == "step-000000024.pt"
+    assert [p.name for p in CheckpointFolder(tmp_path / "checkpoints" / run.info.run_id).checkpoints()][
+        -1
+    ] == "step-000000024.pt"
     resume = f"knightctl train --resume {run.info.run_id} --nproc-per-node 2"
     assert resume in " ".join(err.split())
     done = _knightctl(*resume.split()[1:], "--tracking-uri", uri)
@@ -165,7 +198,9 @@ def test_the_cause_is_the_first_failure_that_is_not_a_consequence_of_another() -
 @pytest.mark.cuda
 def test_one_rank_on_cuda_trains_through_nccl(tmp_path: Path) -> None:
     spec = ROOT / "experiments" / "round_table.yaml"
-    done = _knightctl("train", str(spec), "--nproc-per-node", "1", "--device", "cuda", "--no-track", "--set", "train.epochs=30")
+    done = _knightctl(
+        "train", str(spec), "--nproc-per-node", "1", "--device", "cuda", "--no-track", "--set", "train.epochs=30"
+    )
     assert done.returncode == 0, done.stderr + done.stdout
     assert "cuda:0" in done.stdout and "1 processes in DistributedDataParallel" in " ".join(done.stdout.split())
 
@@ -174,17 +209,25 @@ def test_one_rank_on_cuda_trains_through_nccl(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_two_gpus_train_the_chapters_model_to_the_weights_of_one(tmp_path: Path) -> None:
     spec = ROOT / "experiments" / "round_table.yaml"
-    done = _knightctl("train", str(spec), "--nproc-per-node", "2", "--device", "cuda", "--no-track", "--set", "train.epochs=60")
+    done = _knightctl(
+        "train", str(spec), "--nproc-per-node", "2", "--device", "cuda", "--no-track", "--set", "train.epochs=60"
+    )
     assert done.returncode == 0, done.stderr + done.stdout
     [folder] = (tmp_path / "checkpoints").iterdir()
     single = train(spec, overrides=["train.epochs=60"], device="cuda", track=False, checkpoint_dir=tmp_path / "single")
-    _assert_close({k: v.cpu() for k, v in _final_weights(folder).items()}, {k: v.cpu() for k, v in single.model.state_dict().items()})
+    _assert_close(
+        {k: v.cpu() for k, v in _final_weights(folder).items()},
+        {k: v.cpu() for k, v in single.model.state_dict().items()},
+    )
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--max-restarts", "2"], "--max-restarts goes with --nproc-per-node"),
-    (["--nproc-per-node", "2", "--verify-resume"], "--verify-resume trains a SPEC from the start in one process"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-restarts", "2"], "--max-restarts goes with --nproc-per-node"),
+        (["--nproc-per-node", "2", "--verify-resume"], "--verify-resume trains a SPEC from the start in one process"),
+    ],
+)
 def test_launcher_options_that_do_not_fit_are_usage_errors(args: list[str], message: str) -> None:
     from click.testing import CliRunner
 

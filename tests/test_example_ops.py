@@ -213,7 +213,9 @@ def _check_max_order(op: OpDef) -> None:
             continue
         # Orders 1 and 2: the double backward agrees with finite differences of the backward
         # (with forward-over-reverse too where forward mode is claimed).
-        assert torch.autograd.gradgradcheck(fn, tensors, atol=op.atol, rtol=op.rtol, check_fwd_over_rev=bool(op.forward_mode))
+        assert torch.autograd.gradgradcheck(
+            fn, tensors, atol=op.atol, rtol=op.rtol, check_fwd_over_rev=bool(op.forward_mode)
+        )
         for _ in range(op.max_order - 2):  # each further order: gradgradcheck one derivative up
             fn = _vjp(fn)
             assert torch.autograd.gradgradcheck(fn, tensors, atol=op.atol, rtol=op.rtol)
@@ -304,4 +306,3 @@ def test_custom_op_exports(custom_op):
     # The op stays one opaque node (what register_fake made traceable), not decomposed.
     assert [n.target for n in exported.graph.nodes if n.op == "call_function"] == [overload]
     torch.testing.assert_close(exported.module()(*tensors), fn(*tensors), atol=0, rtol=0)
-

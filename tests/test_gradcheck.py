@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from plugin_specs import spec_text
 
 from knightctl import OpDef
 from knightctl.cli.commands import main
@@ -19,18 +20,19 @@ from knightctl.gradcheck.derivatives import EXACT_MAX_ENTRIES
 from knightctl.gradcheck.models import check_model
 from knightctl.gradcheck.run import gradcheck
 from knightctl.plugins.files import import_plugin_file
-from knightctl.plugins.system import PluginSettings
 from knightctl.plugins.loader import load
+from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
 from knightctl.training.run import train
-from plugin_specs import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADCHECK_OPS = ROOT / "tests" / "plugins" / "gradcheck_ops.py"
 MODULE = import_plugin_file(GRADCHECK_OPS)
 OPS: dict[str, OpDef] = {}
 MODULE.register_ops(lambda op: OPS.__setitem__(op.name, dataclasses.replace(op, plugin="gradcheck_ops")))
-ONLY_TEST_OPS = PluginSettings(dirs=(GRADCHECK_OPS.parent,), disabled=frozenset({"recorder", "noisy_events", "faulty_ops"}))
+ONLY_TEST_OPS = PluginSettings(
+    dirs=(GRADCHECK_OPS.parent,), disabled=frozenset({"recorder", "noisy_events", "faulty_ops"})
+)
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
@@ -62,12 +64,22 @@ def test_a_failure_names_input_output_and_the_worst_element() -> None:
 
 def test_a_one_percent_error_is_caught_exactly_and_fast_at_a_thousand_elements() -> None:
     wrong = OPS["gc::wrong_factor"]
-    big = dataclasses.replace(wrong, sample_inputs=lambda device, dtype: [(torch.linspace(0.5, 3.0, 1000, dtype=dtype, device=device),)])
+    big = dataclasses.replace(
+        wrong, sample_inputs=lambda device, dtype: [(torch.linspace(0.5, 3.0, 1000, dtype=dtype, device=device),)]
+    )
     for method in ("exact", "fast"):
         result = check_op(big, method=method).check("reverse")
         assert result.status == "failed" and result.method == method
         assert result.worst.rel_error == pytest.approx(0.01, rel=1e-3)
-    right = dataclasses.replace(OPS["gc::broadcast_add_mul"], sample_inputs=lambda device, dtype: [(torch.randn(100, 40, generator=torch.Generator().manual_seed(0), dtype=dtype), torch.randn(40, dtype=dtype))])
+    right = dataclasses.replace(
+        OPS["gc::broadcast_add_mul"],
+        sample_inputs=lambda device, dtype: [
+            (
+                torch.randn(100, 40, generator=torch.Generator().manual_seed(0), dtype=dtype),
+                torch.randn(40, dtype=dtype),
+            )
+        ],
+    )
     assert check_op(right, method="fast", order=1).check("reverse").status == "passed"
 
 
@@ -75,7 +87,9 @@ def test_auto_compares_whole_jacobians_when_small_and_projections_when_large() -
     op = OPS["gc::relu_on_kink"]
     assert check_op(op).check("reverse").method == "exact"
     elements = int(EXACT_MAX_ENTRIES**0.5) + 1  # an elementwise op's Jacobian has elements^2 entries
-    large = dataclasses.replace(op, sample_inputs=lambda device, dtype: [(torch.linspace(-2, 3, elements, dtype=dtype).add(1e-3),)])
+    large = dataclasses.replace(
+        op, sample_inputs=lambda device, dtype: [(torch.linspace(-2, 3, elements, dtype=dtype).add(1e-3),)]
+    )
     assert check_op(large).check("reverse").method == "fast"
 
 
@@ -96,8 +110,12 @@ def test_forward_mode_says_unsupported_instead_of_a_silent_zero() -> None:
     assert check_op(custom).check("forward").status == "unsupported"  # declared
     undeclared = check_op(dataclasses.replace(custom, forward_mode=None)).check("forward")
     assert undeclared.status == "unsupported" and "silently return zeros" in undeclared.detail
-    assert check_op(dataclasses.replace(custom, forward_mode=True)).check("forward").status == "failed"  # claimed, not there
-    no_jvp = check_op(dataclasses.replace(OPS["gc::wrong_second_order"], forward_mode=None)).check("forward")  # a Function without jvp
+    assert (
+        check_op(dataclasses.replace(custom, forward_mode=True)).check("forward").status == "failed"
+    )  # claimed, not there
+    no_jvp = check_op(dataclasses.replace(OPS["gc::wrong_second_order"], forward_mode=None)).check(
+        "forward"
+    )  # a Function without jvp
     assert no_jvp.status == "unsupported" and "NotImplementedError" in no_jvp.detail and "jvp" in no_jvp.detail
 
 
@@ -105,7 +123,10 @@ def test_orders_go_as_high_as_asked_and_the_op_declares(monkeypatch: pytest.Monk
     monkeypatch.chdir(ROOT)
     registry = load(PluginSettings()).registry
     squareplus = check_op(registry.get("op", "knight::squareplus"), order=3)
-    assert [(c.check, c.status) for c in squareplus.checks if c.check.startswith("order")] == [("order 2", "passed"), ("order 3", "passed")]
+    assert [(c.check, c.status) for c in squareplus.checks if c.check.startswith("order")] == [
+        ("order 2", "passed"),
+        ("order 3", "passed"),
+    ]
     smooth = check_op(registry.get("op", "knight::smooth_relu"), order=3)
     assert smooth.check("order 3").status == "unsupported" and "declared" in smooth.check("order 3").detail
 
@@ -139,7 +160,9 @@ def test_a_spec_model_is_checked_with_respect_to_inputs_and_parameters(tmp_path:
     assert check_model(wrong, load(PluginSettings(dirs=()), files=wrong.plugin_paths())).verdict == "failed"
 
 
-def test_train_refuses_a_model_whose_op_fails_unless_told_to_skip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_train_refuses_a_model_whose_op_fails_unless_told_to_skip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "wrong.yaml").write_text(spec_text([str(GRADCHECK_OPS)], "gc::wrong_factor"))
     with pytest.raises(GradcheckFailed, match=r"gc::wrong_factor \(plugin 'gradcheck_ops'\): reverse failed") as caught:
@@ -152,12 +175,24 @@ def test_train_refuses_a_model_whose_op_fails_unless_told_to_skip(tmp_path: Path
 
 def test_the_cli_prints_a_table_and_the_worst_element_and_exits_1(tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["--plugins-dir", str(GRADCHECK_OPS.parent), "--disable-plugin", "recorder", "gradcheck", "gc::wrong_factor", "gc::relu_on_kink"]
-    result = runner.invoke(main, [*args, "--no-track", "--json", str(tmp_path / "r.json"), "--heatmaps", str(tmp_path / "maps")])
+    args = [
+        "--plugins-dir",
+        str(GRADCHECK_OPS.parent),
+        "--disable-plugin",
+        "recorder",
+        "gradcheck",
+        "gc::wrong_factor",
+        "gc::relu_on_kink",
+    ]
+    result = runner.invoke(
+        main, [*args, "--no-track", "--json", str(tmp_path / "r.json"), "--heatmaps", str(tmp_path / "maps")]
+    )
     assert result.exit_code == 1, result.output
     assert "gradcheck: 2 checked, 1 failed (float64, cpu)" in result.output
     assert "gc::wrong_factor: reverse failed (exact): 12 element(s) out of tolerance" in result.output
-    assert "worst: sample 1, output 0 element (1, 0), input 0 (args[0]) element (1, 0), where args[0] = " in result.output
+    assert (
+        "worst: sample 1, output 0 element (1, 0), input 0 (args[0]) element (1, 0), where args[0] = " in result.output
+    )
     assert "gc::relu_on_kink: 4 non-differentiable point(s)" in result.output and "Traceback" not in result.output
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["verdict"] == "failed" and [op["verdict"] for op in data["ops"]] == ["failed", "passed"]
@@ -171,7 +206,9 @@ def test_every_example_plugin_op_passes(monkeypatch: pytest.MonkeyPatch) -> None
     assert "0 failed" in result.output and "knight::sigmoid_gate" in result.output
 
 
-def test_a_gradcheck_run_lands_in_mlflow_and_plugins_hear_of_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_gradcheck_run_lands_in_mlflow_and_plugins_hear_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     events = tmp_path / "events.jsonl"
     monkeypatch.setenv("KNIGHTCTL_TEST_EVENTS", str(events))
@@ -180,9 +217,15 @@ def test_a_gradcheck_run_lands_in_mlflow_and_plugins_hear_of_it(tmp_path: Path, 
     result = gradcheck(["gc::wrong_factor", "gc::custom_scale"], plugins=settings, tracking_uri=uri)
     run = MlflowClient(uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["gradcheck.gc.wrong_factor"] == "failed" and run.data.tags["gradcheck.gc.custom_scale"] == "passed"
+    assert (
+        run.data.tags["gradcheck.gc.wrong_factor"] == "failed"
+        and run.data.tags["gradcheck.gc.custom_scale"] == "passed"
+    )
     assert run.data.tags["gradcheck.verdict"] == "failed"
     assert run.data.metrics["gradcheck/gc.wrong_factor/max_rel_error"] == pytest.approx(0.01, rel=1e-3)
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(result.run_id, "gradcheck")}
     assert artifacts == {"gradcheck/report.json", "gradcheck/heatmaps"}
-    assert json.loads(events.read_text().splitlines()[-1]) == {"event": "gradcheck_completed", "ops": ["gc::wrong_factor", "gc::custom_scale"]}
+    assert json.loads(events.read_text().splitlines()[-1]) == {
+        "event": "gradcheck_completed",
+        "ops": ["gc::wrong_factor", "gc::custom_scale"],
+    }

@@ -17,8 +17,8 @@ from knightctl.cli.commands import main
 from knightctl.gradcheck import check_op
 from knightctl.gradcheck.jacobian import op_target
 from knightctl.gradcheck.pytree import flatten
-from knightctl.plugins.opsupport import form_of
 from knightctl.plugins.files import import_plugin_file
+from knightctl.plugins.opsupport import form_of
 
 FORMS_FILE = Path(__file__).resolve().parent / "plugins" / "gradcheck_forms.py"
 FORMS = import_plugin_file(FORMS_FILE)
@@ -74,7 +74,13 @@ def test_list_and_keyword_arguments_are_differentiated_leaf_by_leaf() -> None:
             x, weight = ctx.saved_tensors
             return grad * torch.exp(weight), grad * torch.exp(weight)  # weight's lacks the factor x
 
-    keyword = dataclasses.replace(OPS["gf::keyword_mix"], fn=lambda x, *, weight, alpha=1.0: WrongWeight.apply(x, weight * alpha), forward_mode=False, vmap=False, max_order=1)
+    keyword = dataclasses.replace(
+        OPS["gf::keyword_mix"],
+        fn=lambda x, *, weight, alpha=1.0: WrongWeight.apply(x, weight * alpha),
+        forward_mode=False,
+        vmap=False,
+        max_order=1,
+    )
     reverse = check_op(keyword).check("reverse")
     assert reverse.status == "failed" and reverse.worst.input_name == "kwargs['weight']"
 
@@ -86,7 +92,9 @@ def test_a_sample_can_be_a_sample_object_with_options_merged_in() -> None:
         seen.append(alpha)
         return x * alpha
 
-    op = OpDef(name="t::scale", fn=fn, sample_inputs=lambda d, t: [Sample(torch.ones(2, dtype=t), alpha=3.0)], layer=None)
+    op = OpDef(
+        name="t::scale", fn=fn, sample_inputs=lambda d, t: [Sample(torch.ones(2, dtype=t), alpha=3.0)], layer=None
+    )
     report = check_op(op, options={"alpha": 2.5}, order=1)
     assert report.verdict == "passed" and set(seen) == {2.5} and report.label == "t::scale {alpha: 2.5}"
 
@@ -105,7 +113,9 @@ def test_nothing_differentiable_is_na_in_every_mode() -> None:
 def test_a_mutating_forward_is_reported_as_mutation_not_as_kinks() -> None:
     report = check_op(OPS["gf::mutates_input"])
     assert not report.kinks and "changed its input args[0] in place" in report.check("mutation").detail
-    assert all(c.status == "skipped" for c in report.checks if c.check in ("reverse", "linearity", "forward", "batched"))
+    assert all(
+        c.status == "skipped" for c in report.checks if c.check in ("reverse", "linearity", "forward", "batched")
+    )
 
 
 def test_a_wrong_gradient_shape_is_a_failure_naming_both_shapes() -> None:
@@ -139,7 +149,10 @@ def test_the_worst_element_carries_the_inputs_values_and_relative_errors_are_com
 
 def test_the_cli_shows_the_new_checks_and_na_and_the_input_value() -> None:
     names = ["gf::ignores_grad", "gf::argmax_only", "gf::split_wrong"]
-    result = CliRunner().invoke(main, ["--plugins-dir", str(FORMS_FILE.parent), "--disable-plugin", "recorder", "gradcheck", *names, "--no-track"])
+    result = CliRunner().invoke(
+        main,
+        ["--plugins-dir", str(FORMS_FILE.parent), "--disable-plugin", "recorder", "gradcheck", *names, "--no-track"],
+    )
     assert result.exit_code == 1, result.output
     assert "gradcheck: 3 checked, 2 failed" in result.output
     assert "linearity FAIL" in result.output and "n/a: no differentiable output" not in result.output.split("\n")[0]
@@ -160,7 +173,15 @@ class _OneElementWrong(FORMS._Cube):
 
 def test_fast_mode_finds_a_one_percent_error_in_one_element_of_a_thousand() -> None:
     x = torch.linspace(0.5, 2.0, 1000, dtype=torch.float64)
-    wrong = OpDef(name="t::one_wrong", fn=_OneElementWrong.apply, sample_inputs=lambda d, t: [(x,)], forward_mode=False, vmap=False, max_order=1, layer=None)
+    wrong = OpDef(
+        name="t::one_wrong",
+        fn=_OneElementWrong.apply,
+        sample_inputs=lambda d, t: [(x,)],
+        forward_mode=False,
+        vmap=False,
+        max_order=1,
+        layer=None,
+    )
     right = dataclasses.replace(wrong, fn=lambda v: v**3)
     for method in ("fast", "exact"):
         reverse = check_op(wrong, method=method).check("reverse")

@@ -20,7 +20,9 @@ from knightctl.gradcheck.checks import check_op
 from knightctl.gradcheck.run import gradcheck
 from knightctl.plugins.system import PluginSettings
 
-opinfo_core = pytest.importorskip("torch.testing._internal.opinfo.core", reason="torch's OpInfo needs expecttest (pip install -e '.[test]')")
+opinfo_core = pytest.importorskip(
+    "torch.testing._internal.opinfo.core", reason="torch's OpInfo needs expecttest (pip install -e '.[test]')"
+)
 OpInfo, SampleInput = opinfo_core.OpInfo, opinfo_core.SampleInput
 
 
@@ -93,12 +95,17 @@ def one_input(op_info, device, dtype, requires_grad, **kwargs):
 
 
 def tensor_and_constant(op_info, device, dtype, requires_grad, **kwargs):
-    yield SampleInput(make_tensor(4, device=device, dtype=dtype, requires_grad=requires_grad),
-                      args=(make_tensor(4, device=device, dtype=dtype, low=0.5, high=2.0),))  # w: requires no grad
+    yield SampleInput(
+        make_tensor(4, device=device, dtype=dtype, requires_grad=requires_grad),
+        args=(make_tensor(4, device=device, dtype=dtype, low=0.5, high=2.0),),
+    )  # w: requires no grad
 
 
 def only_the_square(op_info, device, dtype, requires_grad, **kwargs):
-    yield SampleInput(make_tensor(4, device=device, dtype=dtype, requires_grad=requires_grad), output_process_fn_grad=lambda out: out[0])
+    yield SampleInput(
+        make_tensor(4, device=device, dtype=dtype, requires_grad=requires_grad),
+        output_process_fn_grad=lambda out: out[0],
+    )
 
 
 def entry(name: str, op, samples=one_input, **flags) -> OpInfo:
@@ -106,7 +113,9 @@ def entry(name: str, op, samples=one_input, **flags) -> OpInfo:
 
 
 def test_a_correct_entry_passes_every_check_it_claims() -> None:
-    op = OpDef.from_opinfo(entry("cube", _Cube.apply, supports_forward_ad=False, supports_gradgrad=True), namespace="oi")
+    op = OpDef.from_opinfo(
+        entry("cube", _Cube.apply, supports_forward_ad=False, supports_gradgrad=True), namespace="oi"
+    )
     assert op.name == "oi::cube" and op.max_order == 2 and op.forward_mode is False and op.layer is None
     report = check_op(op)
     assert report.verdict == "passed", report.explain()
@@ -122,24 +131,48 @@ def test_an_entry_whose_backward_ignores_its_gradient_fails_reverse_and_linearit
 
 
 def test_only_the_tensors_a_sample_marks_requires_grad_are_differentiated() -> None:
-    report = check_op(OpDef.from_opinfo(entry("scale", _Scale.apply, samples=tensor_and_constant, supports_gradgrad=False)))
+    report = check_op(
+        OpDef.from_opinfo(entry("scale", _Scale.apply, samples=tensor_and_constant, supports_gradgrad=False))
+    )
     assert report.verdict == "passed", report.explain()
-    as_plain_tuples = OpDef(name="t::scale", fn=_Scale.apply, sample_inputs=lambda device, dtype: [(torch.rand(4, dtype=dtype), torch.rand(4, dtype=dtype) + 0.5)])
+    as_plain_tuples = OpDef(
+        name="t::scale",
+        fn=_Scale.apply,
+        sample_inputs=lambda device, dtype: [(torch.rand(4, dtype=dtype), torch.rand(4, dtype=dtype) + 0.5)],
+    )
     undefined = check_op(as_plain_tuples).check("undefined grad")
-    assert undefined.status == "failed" and "args[1]" in undefined.detail  # every float tensor counts when none is marked
+    assert (
+        undefined.status == "failed" and "args[1]" in undefined.detail
+    )  # every float tensor counts when none is marked
 
 
 def test_output_process_fn_grad_picks_the_outputs_that_are_checked() -> None:
-    picked = check_op(OpDef.from_opinfo(entry("square_stats", _SquareWithStats.apply, samples=only_the_square, supports_gradgrad=False)))
+    picked = check_op(
+        OpDef.from_opinfo(
+            entry("square_stats", _SquareWithStats.apply, samples=only_the_square, supports_gradgrad=False)
+        )
+    )
     assert picked.verdict == "passed", picked.explain()
-    everything = check_op(OpDef(name="t::square_stats", fn=_SquareWithStats.apply, max_order=1,
-                                sample_inputs=lambda device, dtype: [(torch.rand(4, dtype=dtype),)]))
+    everything = check_op(
+        OpDef(
+            name="t::square_stats",
+            fn=_SquareWithStats.apply,
+            max_order=1,
+            sample_inputs=lambda device, dtype: [(torch.rand(4, dtype=dtype),)],
+        )
+    )
     assert everything.check("reverse").status == "failed"  # the stats output's gradient is missing
 
 
 def test_a_gradcheck_wrapper_of_its_own_is_applied_and_the_default_is_not() -> None:
-    wrapped = OpDef.from_opinfo(entry("log", torch.log, samples=lambda *a, **k: [SampleInput(torch.linspace(-2, 2, 6, dtype=torch.float64, requires_grad=True))],
-                                      gradcheck_wrapper=lambda op, x: op(x * x + 1.0)))  # log needs positive inputs
+    wrapped = OpDef.from_opinfo(
+        entry(
+            "log",
+            torch.log,
+            samples=lambda *a, **k: [SampleInput(torch.linspace(-2, 2, 6, dtype=torch.float64, requires_grad=True))],
+            gradcheck_wrapper=lambda op, x: op(x * x + 1.0),
+        )
+    )  # log needs positive inputs
     assert check_op(wrapped).verdict == "passed"
     plain = entry("cube", _Cube.apply)
     assert OpDef.from_opinfo(plain).fn is plain.op  # unwrapped: a torch.library op stays one, for opcheck
@@ -182,7 +215,7 @@ PLUGIN = textwrap.dedent(
     '''
 )
 
-LIBRARY = '''\
+LIBRARY = """\
 @torch.library.custom_op("{ns}::twice", mutates_args=())
 def twice(x: torch.Tensor) -> torch.Tensor:
     return x * 2
@@ -193,11 +226,13 @@ def _(x):
     return torch.empty_like(x)
 
 
-twice.register_autograd(lambda ctx, grad: grad * 3)  # the bug: 3, not 2'''
+twice.register_autograd(lambda ctx, grad: grad * 3)  # the bug: 3, not 2"""
 
 
 def test_a_plugin_registers_its_op_db_as_it_is_and_opcheck_runs_on_the_library_op(tmp_path: Path) -> None:
-    (tmp_path / "op_db.py").write_text(PLUGIN.format(lib=LIBRARY.format(ns="oidb"), ns="oidb", bad_name="sin32", count=1))
+    (tmp_path / "op_db.py").write_text(
+        PLUGIN.format(lib=LIBRARY.format(ns="oidb"), ns="oidb", bad_name="sin32", count=1)
+    )
     result = gradcheck(["oidb::twice"], plugins=PluginSettings(dirs=(tmp_path,)), track=False)
     (report,) = result.reports
     assert report.name == "oidb::twice" and report.plugin == "op_db"
@@ -206,6 +241,8 @@ def test_a_plugin_registers_its_op_db_as_it_is_and_opcheck_runs_on_the_library_o
 
 
 def test_an_entry_that_cannot_be_checked_fails_the_plugin_naming_it(tmp_path: Path) -> None:
-    (tmp_path / "op_db.py").write_text(PLUGIN.format(lib=LIBRARY.format(ns="oidb_refused"), ns="oidb_refused", bad_name="sin32", count=2))
+    (tmp_path / "op_db.py").write_text(
+        PLUGIN.format(lib=LIBRARY.format(ns="oidb_refused"), ns="oidb_refused", bad_name="sin32", count=2)
+    )
     with pytest.raises(PluginError, match=r"plugin 'op_db'.*OpInfo 'sin32' does not list torch.float64"):
         gradcheck(plugins=PluginSettings(dirs=(tmp_path,), strict=True), track=False)

@@ -19,18 +19,18 @@ import pytest
 import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from plugin_specs import spec_text
 
-from knightctl.training.build import build_components
 from knightctl.cli.commands import main
 from knightctl.errors import GradcheckFailed
 from knightctl.gradcheck import heatmap
 from knightctl.gradcheck.preflight import PREFLIGHT_MAX_PARAMETERS, preflight
 from knightctl.gradcheck.run import gradcheck
-from knightctl.plugins.system import PluginSettings
 from knightctl.plugins.loader import load
+from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
+from knightctl.training.build import build_components
 from knightctl.training.run import train
-from plugin_specs import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_DIRS = PluginSettings(dirs=())  # only what each spec lists
@@ -99,7 +99,9 @@ def hint_command(error: GradcheckFailed) -> list[str]:
 
 def test_train_refuses_an_op_wrong_only_at_the_option_the_spec_gives(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
-    with pytest.raises(GradcheckFailed, match=r"pf::scaled \{alpha: 2\.5\} \(plugin 'scaled_ops'\): reverse failed") as caught:
+    with pytest.raises(
+        GradcheckFailed, match=r"pf::scaled \{alpha: 2\.5\} \(plugin 'scaled_ops'\): reverse failed"
+    ) as caught:
         train(spec, track=False, plugins=NO_DIRS)
     labels = [(report.label, report.verdict) for report in caught.value.reports]
     assert labels == [("pf::scaled", "passed"), ("pf::scaled {alpha: 2.5}", "failed"), ("model plugin_spec", "failed")]
@@ -116,7 +118,9 @@ def test_the_hint_reproduces_the_refusal_with_the_spec_and_its_overrides(tmp_pat
         train(spec, overrides=["model.1.alpha=3.0"], track=False, plugins=NO_DIRS)
     command = hint_command(caught.value)
     assert command[3:] == ["gradcheck", "--spec", str(spec), "--set", "model.1.alpha=3.0"]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)  # as pasted, tracking included
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )  # as pasted, tracking included
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pf::scaled {alpha: 3.0}: reverse failed" in done.stdout and "Traceback" not in done.stderr
     assert (tmp_path / "mlflow.db").exists()  # the verdicts went where the spec tracks
@@ -124,16 +128,25 @@ def test_the_hint_reproduces_the_refusal_with_the_spec_and_its_overrides(tmp_pat
 
 def test_gradcheck_spec_checks_each_op_at_the_spec_options_and_on_its_samples(tmp_path: Path) -> None:
     result = gradcheck(spec=write_spec(tmp_path), plugins=NO_DIRS, track=False, heatmap_dir=tmp_path / "maps")
-    assert [(r.label, r.verdict) for r in result.reports] == [("pf::scaled", "passed"), ("pf::scaled {alpha: 2.5}", "failed"), ("model plugin_spec", "failed")]
+    assert [(r.label, r.verdict) for r in result.reports] == [
+        ("pf::scaled", "passed"),
+        ("pf::scaled {alpha: 2.5}", "failed"),
+        ("model plugin_spec", "failed"),
+    ]
     assert result.reports[1].options == {"alpha": 2.5} and not result.passed
     assert [path.name for path in result.heatmaps] == ["pf__scaled_alpha_2.5.png"]
 
 
 def test_the_model_check_runs_for_a_small_model_and_lands_with_the_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = train(ROOT / "experiments" / "round_table.yaml", overrides=["train.epochs=1"], tracking_uri=uri, plugins=NO_DIRS)
+    result = train(
+        ROOT / "experiments" / "round_table.yaml", overrides=["train.epochs=1"], tracking_uri=uri, plugins=NO_DIRS
+    )
     run = MlflowClient(uri).get_run(result.run_id)
-    assert run.data.tags["gradcheck.model.round_table"] == "passed" and run.data.tags["gradcheck.model.round_table.reverse"] == "passed"
+    assert (
+        run.data.tags["gradcheck.model.round_table"] == "passed"
+        and run.data.tags["gradcheck.model.round_table.reverse"] == "passed"
+    )
     assert run.data.tags["gradcheck.verdict"] == "passed"
     assert 0 <= run.data.metrics["gradcheck/model.round_table/reverse/max_abs_error"] < 1e-5
 
@@ -141,7 +154,11 @@ def test_the_model_check_runs_for_a_small_model_and_lands_with_the_run(tmp_path:
 def test_a_model_too_big_for_the_pre_flight_check_is_skipped_with_the_reason(tmp_path: Path) -> None:
     spec_file = tmp_path / "big.yaml"
     wide = spec_text([], "{type: linear, in_features: 4, out_features: 2000}")
-    spec_file.write_text(wide.replace("{type: linear, in_features: 4, out_features: 1}", "{type: linear, in_features: 2000, out_features: 1}"))
+    spec_file.write_text(
+        wide.replace(
+            "{type: linear, in_features: 4, out_features: 1}", "{type: linear, in_features: 2000, out_features: 1}"
+        )
+    )
     spec = load_spec(spec_file, plugins=NO_DIRS)
     system = load(NO_DIRS)
     model = build_components(spec, system.registry, torch.device("cpu"), 0).model
@@ -169,7 +186,9 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here: --
 @pytest.mark.parametrize("form", ["ops", "spec"])
 def test_gradcheck_on_a_device_that_is_not_here_is_an_error_as_in_train(tmp_path: Path, form: str) -> None:
     target = ["pf::scaled"] if form == "ops" else ["--spec", str(write_spec(tmp_path))]
-    result = CliRunner().invoke(main, ["--plugins-dir", str(tmp_path / "ops"), "gradcheck", *target, "--device", "cuda", "--no-track"])
+    result = CliRunner().invoke(
+        main, ["--plugins-dir", str(tmp_path / "ops"), "gradcheck", *target, "--device", "cuda", "--no-track"]
+    )
     assert result.exit_code == 2, result.output
     assert "--device cuda: " in result.output and "hint: use --device auto" in result.output
     assert "Traceback" not in result.output and "pf::scaled" not in result.output  # no op is blamed
@@ -178,7 +197,9 @@ def test_gradcheck_on_a_device_that_is_not_here_is_an_error_as_in_train(tmp_path
 @pytest.mark.skipif(sys.platform == "darwin", reason="MPS may be here")
 def test_gradcheck_on_mps_off_macos_is_an_error(tmp_path: Path) -> None:
     write_spec(tmp_path)
-    result = CliRunner().invoke(main, ["--plugins-dir", str(tmp_path / "ops"), "gradcheck", "pf::scaled", "--device", "mps", "--no-track"])
+    result = CliRunner().invoke(
+        main, ["--plugins-dir", str(tmp_path / "ops"), "gradcheck", "pf::scaled", "--device", "mps", "--no-track"]
+    )
     assert result.exit_code == 2 and "--device mps: " in result.output and "Traceback" not in result.output
 
 
@@ -190,10 +211,14 @@ def test_set_without_a_spec_is_a_usage_error() -> None:
 def test_mlflow_holds_each_check_compared_and_only_its_status_otherwise(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     settings = PluginSettings(dirs=(TEST_PLUGINS,), disabled=frozenset({"recorder", "noisy_events", "faulty_ops"}))
-    result = gradcheck(["gc::wrong_second_order", "pf::scaled"], spec=write_spec(tmp_path), plugins=settings, tracking_uri=uri)
+    result = gradcheck(
+        ["gc::wrong_second_order", "pf::scaled"], spec=write_spec(tmp_path), plugins=settings, tracking_uri=uri
+    )
     data = MlflowClient(uri).get_run(result.run_id).data
     assert data.tags["gradcheck.pf.scaled"] == "passed" and data.tags["gradcheck.pf.scaled.alpha_2.5"] == "failed"
-    assert data.tags["gradcheck.gc.wrong_second_order.order_2"] == "failed" and data.tags["gradcheck.verdict"] == "failed"
+    assert (
+        data.tags["gradcheck.gc.wrong_second_order.order_2"] == "failed" and data.tags["gradcheck.verdict"] == "failed"
+    )
     assert data.metrics["gradcheck/pf.scaled.alpha_2.5/reverse/max_rel_error"] == pytest.approx(1 - 1 / 2.5, rel=1e-3)
     assert data.metrics["gradcheck/gc.wrong_second_order/order_2/max_abs_error"] > 0
     shown = {"passed": "passed", "failed": "failed", "unsupported": "n/a", "skipped": "skip", "error": "error"}
@@ -205,18 +230,26 @@ def test_mlflow_holds_each_check_compared_and_only_its_status_otherwise(tmp_path
             seen.add(check.status)
             assert data.tags[f"gradcheck.{op}.{name}"] == shown[check.status]
             logged = f"gradcheck/{op}/{name}/max_abs_error" in data.metrics
-            assert logged == (check.status in ("passed", "failed")), (op, name, check.status)  # never a passing 0 for a skip
+            assert logged == (check.status in ("passed", "failed")), (
+                op,
+                name,
+                check.status,
+            )  # never a passing 0 for a skip
         compared = [c.max_rel_error for c in report.checks if c.status in ("passed", "failed")]
         assert data.metrics[f"gradcheck/{op}/max_rel_error"] == pytest.approx(max(compared))
     assert {"skipped", "unsupported"} <= seen  # the no-metric rule was tested on both
 
 
-def test_heatmaps_centre_every_panel_on_zero_and_label_the_colour_bars(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_heatmaps_centre_every_panel_on_zero_and_label_the_colour_bars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import matplotlib.figure
 
     figures = []
     save = matplotlib.figure.Figure.savefig
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, *a, **k: (figures.append(self), save(self, *a, **k))[1])
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda self, *a, **k: (figures.append(self), save(self, *a, **k))[1]
+    )
     gradcheck(["pf::scaled"], spec=write_spec(tmp_path), plugins=NO_DIRS, track=False, heatmap_dir=tmp_path / "maps")
     (figure,) = figures
     panels = [axis for axis in figure.axes if axis.get_images()]

@@ -10,8 +10,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from knightctl.errors import RunFailed, TrackingError
-from knightctl.training.metrics import StepMetrics, gradient_norm
 from knightctl.tracking.metricwriter import MetricWriter
+from knightctl.training.metrics import StepMetrics, gradient_norm
 
 
 def test_windows_average_their_own_steps_across_collections() -> None:
@@ -93,8 +93,17 @@ def test_the_sqlite_bulk_insert_stores_what_log_batch_stores(store_run: tuple[Ml
     client, uri, bulk_run = store_run
     reference_run = client.create_run(client.get_experiment_by_name("writer").experiment_id).info.run_id
     batches = [
-        [("loss", 0.5, 1000, 1), ("loss", float("nan"), 1001, 2), ("acc", float("inf"), 1001, 2), ("acc", -float("inf"), 1002, 3)],
-        [("loss", 0.25, 1003, 3), ("loss", 0.25, 1003, 3), ("loss", 0.75, 900, 0)],  # a repeat; an older step arriving late
+        [
+            ("loss", 0.5, 1000, 1),
+            ("loss", float("nan"), 1001, 2),
+            ("acc", float("inf"), 1001, 2),
+            ("acc", -float("inf"), 1002, 3),
+        ],
+        [
+            ("loss", 0.25, 1003, 3),
+            ("loss", 0.25, 1003, 3),
+            ("loss", 0.75, 900, 0),
+        ],  # a repeat; an older step arriving late
         [("loss", 0.5, 1000, 1), ("acc", 0.5, 1004, 3)],  # a repeat of a stored row; a later timestamp at the same step
     ]
     sink = SqliteMetricSink(uri, bulk_run)

@@ -9,6 +9,7 @@ the 0.8 floor is a margin, not a coin toss.
 from __future__ import annotations
 
 from pathlib import Path
+
 import pytest
 
 SPEC = Path(__file__).resolve().parents[1] / "experiments" / "mordred.yaml"

@@ -11,7 +11,6 @@ import torch
 from matplotlib.image import imread
 from torch import nn
 
-from knightctl.training.data import Split
 from knightctl.tracking.plots import (
     BOUNDARY_ARTIFACT,
     CURVES_ARTIFACT,
@@ -21,6 +20,7 @@ from knightctl.tracking.plots import (
     save_png,
     training_curves,
 )
+from knightctl.training.data import Split
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,7 +178,9 @@ def test_the_grid_follows_the_device_and_dtype_of_the_first_parameter(binary) ->
     device = next(double.parameters()).device
     assert device.type == "cpu"
     grid = decision_grid(double, (-3.0, 3.0), (-3.0, 3.0), target="binary", resolution=30)
-    assert np.array_equal(grid.classes, decision_grid(model, (-3.0, 3.0), (-3.0, 3.0), target="binary", resolution=30).classes)
+    assert np.array_equal(
+        grid.classes, decision_grid(model, (-3.0, 3.0), (-3.0, 3.0), target="binary", resolution=30).classes
+    )
 
 
 @pytest.mark.cuda
@@ -187,8 +189,16 @@ def test_a_model_and_data_on_cuda_draw_a_boundary(binary) -> None:
     on_gpu = nn.Sequential(nn.Linear(2, 5), nn.ReLU(), nn.Linear(5, 1)).cuda()
     on_gpu.load_state_dict(model.state_dict())
     x, y = split.train_x.cuda(), split.train_y.cuda()
-    figure = decision_boundary(on_gpu, x, y, val_x=split.val_x.cuda(), val_y=split.val_y.cuda(),
-                               feature_names=split.feature_names, class_names=split.class_names, target="binary")
+    figure = decision_boundary(
+        on_gpu,
+        x,
+        y,
+        val_x=split.val_x.cuda(),
+        val_y=split.val_y.cuda(),
+        feature_names=split.feature_names,
+        class_names=split.class_names,
+        target="binary",
+    )
     assert figure is not None and len(figure.axes) == 1
     gpu_grid = decision_grid(on_gpu, (-3.0, 3.0), (-3.0, 3.0), target="binary", resolution=40)
     cpu_grid = decision_grid(model, (-3.0, 3.0), (-3.0, 3.0), target="binary", resolution=40)
@@ -229,16 +239,28 @@ def test_outputs_of_the_wrong_shape_are_refused_by_name() -> None:
 def test_binary_boundary_has_labels_legend_and_every_point(binary) -> None:
     model, split = binary
     figure = decision_boundary(
-        model, split.train_x, split.train_y, val_x=split.val_x, val_y=split.val_y,
-        feature_names=split.feature_names, class_names=split.class_names, target="binary",
+        model,
+        split.train_x,
+        split.train_y,
+        val_x=split.val_x,
+        val_y=split.val_y,
+        feature_names=split.feature_names,
+        class_names=split.class_names,
+        target="binary",
     )
     assert figure is not None and len(figure.axes) == 1
     (ax,) = figure.axes
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("east", "north")
     assert _legend_texts(ax) == [
-        "defeat (train)", "victory (train)", "defeat (validation)", "victory (validation)", "P(victory) = 0.5",
+        "defeat (train)",
+        "victory (train)",
+        "defeat (validation)",
+        "victory (validation)",
+        "P(victory) = 0.5",
     ]
-    scattered = sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets") and c.get_label().endswith(")"))
+    scattered = sum(
+        len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets") and c.get_label().endswith(")")
+    )
     assert scattered == 300
     everything = torch.cat([split.train_x, split.val_x])
     low, high = float(everything[:, 0].min()), float(everything[:, 0].max())
@@ -247,7 +269,9 @@ def test_binary_boundary_has_labels_legend_and_every_point(binary) -> None:
 
 def test_three_class_boundary_names_classes_when_none_are_given(three_classes) -> None:
     model, split = three_classes
-    figure = decision_boundary(model, split.train_x, split.train_y, feature_names=("a", "b"), class_names=None, target="class")
+    figure = decision_boundary(
+        model, split.train_x, split.train_y, feature_names=("a", "b"), class_names=None, target="class"
+    )
     assert figure is not None
     assert _legend_texts(figure.axes[0]) == ["class 0 (train)", "class 1 (train)", "class 2 (train)"]
     named = decision_boundary(
@@ -267,11 +291,16 @@ def test_a_parameterless_model_draws_a_boundary() -> None:
 def test_no_boundary_for_regression_or_three_features(binary) -> None:
     model, split = binary
     names = split.feature_names
-    assert decision_boundary(model, split.train_x, split.train_y, feature_names=names, class_names=None, target="real") is None
+    assert (
+        decision_boundary(model, split.train_x, split.train_y, feature_names=names, class_names=None, target="real")
+        is None
+    )
     wide = torch.randn(10, 3)
     three = nn.Linear(3, 1)
     zeros = torch.zeros(10, 1)
-    assert decision_boundary(three, wide, zeros, feature_names=("a", "b", "c"), class_names=None, target="binary") is None
+    assert (
+        decision_boundary(three, wide, zeros, feature_names=("a", "b", "c"), class_names=None, target="binary") is None
+    )
 
 
 # ---- saving and the run's set ----
@@ -309,6 +338,8 @@ def test_importing_is_cheap_and_the_curves_need_neither_torch_nor_pyplot(tmp_pat
 def test_drawing_a_boundary_does_not_load_pyplot(binary, tmp_path) -> None:
     model, split = binary
     before = set(sys.modules)
-    figure = decision_boundary(model, split.train_x, split.train_y, feature_names=("a", "b"), class_names=None, target="binary")
+    figure = decision_boundary(
+        model, split.train_x, split.train_y, feature_names=("a", "b"), class_names=None, target="binary"
+    )
     save_png(figure, tmp_path / "boundary.png")
     assert "matplotlib.pyplot" not in set(sys.modules) - before

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from plugin_specs import spec_text
 
 from knightctl.errors import PluginError, SpecError
-from knightctl.plugins.system import PluginSettings
 from knightctl.plugins.loader import load
+from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
-from plugin_specs import spec_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,13 +68,30 @@ def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return site
 
 
-def test_load_order_is_defaults_then_entry_points_then_directories_then_spec_files(tmp_path: Path, installed: Path) -> None:
-    directory = plugin_dir(tmp_path / "dir", {"b_dir.py": GOOD_OP.format(fn="b", name="dir::b"), "a_dir.py": GOOD_OP.format(fn="a", name="dir::a")})
-    spec_file = plugin_dir(tmp_path / "extra", {"from_spec.py": GOOD_OP.format(fn="s", name="spec::s")}) / "from_spec.py"
+def test_load_order_is_defaults_then_entry_points_then_directories_then_spec_files(
+    tmp_path: Path, installed: Path
+) -> None:
+    directory = plugin_dir(
+        tmp_path / "dir",
+        {"b_dir.py": GOOD_OP.format(fn="b", name="dir::b"), "a_dir.py": GOOD_OP.format(fn="a", name="dir::a")},
+    )
+    spec_file = (
+        plugin_dir(tmp_path / "extra", {"from_spec.py": GOOD_OP.format(fn="s", name="spec::s")}) / "from_spec.py"
+    )
     system = load(PluginSettings(dirs=(directory,)), files=[spec_file], reload=True)
     sources = [(info.name, info.source) for info in system.plugins]
-    assert sources[:4] == [("builtin.layers", "default"), ("builtin.losses", "default"), ("builtin.optimizers", "default"), ("builtin.datasets", "default")]
-    assert sources[4:] == [("testdist", "entry point"), ("a_dir", "directory"), ("b_dir", "directory"), ("from_spec", "spec")]
+    assert sources[:4] == [
+        ("builtin.layers", "default"),
+        ("builtin.losses", "default"),
+        ("builtin.optimizers", "default"),
+        ("builtin.datasets", "default"),
+    ]
+    assert sources[4:] == [
+        ("testdist", "entry point"),
+        ("a_dir", "directory"),
+        ("b_dir", "directory"),
+        ("from_spec", "spec"),
+    ]
     assert system.info("testdist").origin == "distribution knightctl-testdist 1.2.3"
     assert system.info("testdist").identity == "testdist==1.2.3"
     assert system.info("a_dir").identity.startswith("a_dir@sha256:")
@@ -94,7 +111,10 @@ def test_loading_is_idempotent_and_executes_a_file_once(tmp_path: Path) -> None:
 
 
 def test_a_failing_plugin_is_left_out_whole_and_named_while_the_others_load(tmp_path: Path) -> None:
-    half = GOOD_OP.format(fn="h", name="half::good") + "\n@hookimpl\ndef register_layers(register):\n    raise RuntimeError('late')\n"
+    half = (
+        GOOD_OP.format(fn="h", name="half::good")
+        + "\n@hookimpl\ndef register_layers(register):\n    raise RuntimeError('late')\n"
+    )
     files = {**BROKEN, "good.py": GOOD_OP.format(fn="g", name="good::g"), "half.py": half}
     system = load(PluginSettings(dirs=(plugin_dir(tmp_path / "dir", files),)))
     assert system.registry.get("op", "good::g") is not None
@@ -110,36 +130,53 @@ def test_a_failing_plugin_is_left_out_whole_and_named_while_the_others_load(tmp_
 
 def test_strict_mode_makes_any_failure_an_error(tmp_path: Path) -> None:
     settings = PluginSettings(dirs=(plugin_dir(tmp_path / "dir", {"syntax.py": BROKEN["syntax.py"]}),), strict=True)
-    with pytest.raises(PluginError, match=r"strict plugin mode: 1 plugin\(s\) failed to load:\n  - syntax \(.*syntax.py\): import failed"):
+    with pytest.raises(
+        PluginError,
+        match=r"strict plugin mode: 1 plugin\(s\) failed to load:\n  - syntax \(.*syntax.py\): import failed",
+    ):
         load(settings)
     assert PluginSettings.from_env({"KNIGHTCTL_STRICT_PLUGINS": "1"}).strict
 
 
 def test_two_plugins_registering_one_name_is_an_error_naming_both(tmp_path: Path) -> None:
     files = {"first.py": GOOD_OP.format(fn="f", name="twin::op"), "second.py": GOOD_OP.format(fn="s", name="twin::op")}
-    with pytest.raises(PluginError, match="the op 'twin::op' is registered twice: by plugin 'first' and by plugin 'second'"):
+    with pytest.raises(
+        PluginError, match="the op 'twin::op' is registered twice: by plugin 'first' and by plugin 'second'"
+    ):
         load(PluginSettings(dirs=(plugin_dir(tmp_path / "dir", files),)))
     layer = "from knightctl import LayerDef, hookimpl\n\n@hookimpl\ndef register_layers(register):\n    register(LayerDef(name='clash::act', build=print))\n"
     clash_with_layer = {"a_layer.py": layer, "b_op.py": GOOD_OP.format(fn="r", name="clash::act")}
-    with pytest.raises(PluginError, match="the layer 'clash::act' is registered twice: by plugin 'a_layer' and by plugin 'b_op'"):
+    with pytest.raises(
+        PluginError, match="the layer 'clash::act' is registered twice: by plugin 'a_layer' and by plugin 'b_op'"
+    ):
         load(PluginSettings(dirs=(plugin_dir(tmp_path / "other", clash_with_layer),)))  # an op is a layer too
 
 
 def test_plugins_can_be_disabled_one_by_one_or_all_external_ones(tmp_path: Path, installed: Path) -> None:
-    directory = plugin_dir(tmp_path / "dir", {"syntax.py": BROKEN["syntax.py"], "good.py": GOOD_OP.format(fn="g", name="good::g")})
-    system = load(PluginSettings(dirs=(directory,), disabled=frozenset({"syntax", "testdist", "nonesuch"})), reload=True)
+    directory = plugin_dir(
+        tmp_path / "dir", {"syntax.py": BROKEN["syntax.py"], "good.py": GOOD_OP.format(fn="g", name="good::g")}
+    )
+    system = load(
+        PluginSettings(dirs=(directory,), disabled=frozenset({"syntax", "testdist", "nonesuch"})), reload=True
+    )
     statuses = {info.name: info.status for info in system.plugins}
     assert statuses["syntax"] == statuses["testdist"] == "disabled" and statuses["good"] == "loaded"
     assert not system.failures  # a disabled plugin is never imported
     assert system.notes == ("--disable-plugin nonesuch: no plugin has that name",)
     builtin_only = load(PluginSettings(dirs=(directory,), external=False), reload=True)
     assert {info.source for info in builtin_only.plugins} == {"default"}
-    from_env = PluginSettings.from_env({"KNIGHTCTL_PLUGINS_DIR": f"a{__import__('os').pathsep}b", "KNIGHTCTL_DISABLE_PLUGINS": "x, y"})
+    from_env = PluginSettings.from_env(
+        {"KNIGHTCTL_PLUGINS_DIR": f"a{__import__('os').pathsep}b", "KNIGHTCTL_DISABLE_PLUGINS": "x, y"}
+    )
     assert from_env.dirs == (Path("a"), Path("b")) and from_env.disabled == {"x", "y"}
-    assert from_env.override(dirs=["c"], disable=["z"], no_external=True) == PluginSettings((Path("c"),), frozenset("xyz"), False, False)
+    assert from_env.override(dirs=["c"], disable=["z"], no_external=True) == PluginSettings(
+        (Path("c"),), frozenset("xyz"), False, False
+    )
 
 
-def test_a_missing_default_directory_is_quiet_but_a_named_missing_one_is_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_default_directory_is_quiet_but_a_named_missing_one_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert load(PluginSettings()).notes == ()
     assert load(PluginSettings(dirs=(Path("nope"),))).notes == (f"plugin directory {tmp_path / 'nope'} does not exist",)

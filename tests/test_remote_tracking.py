@@ -11,12 +11,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ports import free_port
 from mlflow.tracking import MlflowClient
+from ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
-
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +23,23 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server` with a sqlite backend and proxied artifacts, until the module's tests are done."""
     folder = tmp_path_factory.mktemp("server")
     port = free_port()
-    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{folder}/server.db", "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"]
-    process = subprocess.Popen(command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{folder}/server.db",
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    process = subprocess.Popen(
+        command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -50,9 +63,25 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "knightctl", "train", str(ROUND_TABLE), "--tracking-uri", server, "--device", "cpu",
-         "--set", "train.epochs=30", "--set", "train.log_every_n_steps=1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "knightctl",
+            "train",
+            str(ROUND_TABLE),
+            "--tracking-uri",
+            server,
+            "--device",
+            "cpu",
+            "--set",
+            "train.epochs=30",
+            "--set",
+            "train.log_every_n_steps=1",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert f"dashboard: {server}/#/experiments/" in done.stdout
@@ -66,7 +95,13 @@ def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path:
     assert "| status | FINISHED |" in run.data.tags["mlflow.note.content"]
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation"}
     artifacts = {a.path for folder in ("plots", "spec", "checkpoints") for a in client.list_artifacts(run_id, folder)}
-    assert artifacts == {"plots/training_curves.png", "plots/decision_boundary.png", "spec/round_table.yaml", "spec/resolved.yaml", "checkpoints/final.pt"}
+    assert artifacts == {
+        "plots/training_curves.png",
+        "plots/decision_boundary.png",
+        "spec/round_table.yaml",
+        "spec/resolved.yaml",
+        "checkpoints/final.pt",
+    }
 
 
 def test_the_logged_model_loads_back_from_the_server(server: str, tmp_path: Path, load_logged_model) -> None:
@@ -74,7 +109,9 @@ def test_the_logged_model_loads_back_from_the_server(server: str, tmp_path: Path
 
     from knightctl.training.run import train
 
-    result = train(ROUND_TABLE, overrides=["train.epochs=5", "tracking.experiment=remote-model"], tracking_uri=server, device="cpu")
+    result = train(
+        ROUND_TABLE, overrides=["train.epochs=5", "tracking.experiment=remote-model"], tracking_uri=server, device="cpu"
+    )
     loaded = load_logged_model(server, result.model_uri)
     inputs = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():

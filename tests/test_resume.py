@@ -51,20 +51,37 @@ tracking: {{log_model: false}}
 
 
 def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "knightctl", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": "", **env})
+    return subprocess.Popen(
+        [sys.executable, "-m", "knightctl", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": "", **env},
+    )
 
 
 def knightctl(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "knightctl", *args], cwd=cwd, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": "", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "knightctl", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": "", **env},
+    )
 
 
 def hold_step(tmp_path: Path, step: int) -> tuple[subprocess.Popen[str], Path]:
     """Start training the gated spec; return once training step `step` is being held."""
     gate = tmp_path / "gate"
     gate.mkdir()
-    process = start(["train", str(write_spec(tmp_path)), "--skip-gradcheck"], tmp_path, KNIGHTCTL_GATE_STEP=str(step), KNIGHTCTL_GATE_DIR=str(gate))
+    process = start(
+        ["train", str(write_spec(tmp_path)), "--skip-gradcheck"],
+        tmp_path,
+        KNIGHTCTL_GATE_STEP=str(step),
+        KNIGHTCTL_GATE_DIR=str(gate),
+    )
     deadline = time.monotonic() + 120
     while not (gate / "reached").exists():
         assert process.poll() is None, process.communicate()
@@ -81,13 +98,25 @@ def only_run(tmp_path: Path) -> tuple[MlflowClient, object]:
 
 def reference(tmp_path: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
     """The run straight through, in this process: every step's loss and the final weights."""
-    result = train(write_spec(tmp_path / "reference"), track=False, record_losses=True, skip_gradcheck=True, checkpoint_dir=tmp_path / "reference")
+    result = train(
+        write_spec(tmp_path / "reference"),
+        track=False,
+        record_losses=True,
+        skip_gradcheck=True,
+        checkpoint_dir=tmp_path / "reference",
+    )
     assert result.step_losses is not None and result.checkpoint is not None
     return result.step_losses, load_checkpoint(result.checkpoint)["model"]
 
 
-@pytest.mark.parametrize(("sig", "code", "step"), [(signal.SIGINT, 130, 13), (signal.SIGTERM, 143, 16)], ids=["SIGINT-mid-epoch", "SIGTERM-epoch-end"])
-def test_a_signal_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical(tmp_path: Path, sig: signal.Signals, code: int, step: int) -> None:
+@pytest.mark.parametrize(
+    ("sig", "code", "step"),
+    [(signal.SIGINT, 130, 13), (signal.SIGTERM, 143, 16)],
+    ids=["SIGINT-mid-epoch", "SIGTERM-epoch-end"],
+)
+def test_a_signal_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_identical(
+    tmp_path: Path, sig: signal.Signals, code: int, step: int
+) -> None:
     (tmp_path / "reference").mkdir()
     losses, weights = reference(tmp_path)
     process, gate = hold_step(tmp_path, step)
@@ -103,7 +132,10 @@ def test_a_signal_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_ident
     assert "\x1b[" not in stderr  # not a terminal: no escape codes (FAULTS 29)
     checkpoint = tmp_path / "checkpoints" / run_id / f"step-{step:09d}.pt"
     assert checkpoint.exists() and load_checkpoint(checkpoint)["step"] == step
-    assert run.info.status == "KILLED" and f"| status | KILLED: {sig.name}: interrupted at epoch" in run.data.tags["mlflow.note.content"]
+    assert (
+        run.info.status == "KILLED"
+        and f"| status | KILLED: {sig.name}: interrupted at epoch" in run.data.tags["mlflow.note.content"]
+    )
 
     resumed = knightctl(["train", "--resume", run_id], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -129,7 +161,9 @@ def test_a_second_sigint_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
     client, run = only_run(tmp_path)
     assert run.info.status == "KILLED"
     folder = tmp_path / "checkpoints" / run.info.run_id
-    assert sorted(p.name for p in folder.iterdir()) == ["step-000000008.pt"]  # the end of epoch 1, and no half-written file
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "step-000000008.pt"
+    ]  # the end of epoch 1, and no half-written file
     assert f"the last checkpoint is {folder / 'step-000000008.pt'}" in stderr
 
 
@@ -180,15 +214,25 @@ def test_resuming_with_a_changed_spec_is_refused_with_the_difference_unless_allo
     client, run = only_run(tmp_path)
     run_id = run.info.run_id
 
-    with pytest.raises(ResumeError, match=f"already trained all {EPOCHS} epochs"):  # (exit 2 through the command, as below)
+    with pytest.raises(
+        ResumeError, match=f"already trained all {EPOCHS} epochs"
+    ):  # (exit 2 through the command, as below)
         train(resume=run_id, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    changed = knightctl(["train", str(spec), "--resume", run_id, "--set", "optimizer.lr=0.01", "--set", f"train.epochs={EPOCHS + 2}"], tmp_path)
+    changed = knightctl(
+        ["train", str(spec), "--resume", run_id, "--set", "optimizer.lr=0.01", "--set", f"train.epochs={EPOCHS + 2}"],
+        tmp_path,
+    )
     assert changed.returncode == 2, changed.stderr
-    assert "optimizer.lr: 0.05 -> 0.01" in changed.stderr and f"train.epochs: {EPOCHS} -> {EPOCHS + 2}" in changed.stderr
+    assert (
+        "optimizer.lr: 0.05 -> 0.01" in changed.stderr and f"train.epochs: {EPOCHS} -> {EPOCHS + 2}" in changed.stderr
+    )
     assert "--allow-spec-change" in changed.stderr
     assert client.get_run(run_id).info.status == "FINISHED"  # untouched
 
-    allowed = knightctl(["train", "--resume", run_id, "--set", f"train.epochs={EPOCHS + 2}", "--allow-spec-change", "--skip-gradcheck"], tmp_path)
+    allowed = knightctl(
+        ["train", "--resume", run_id, "--set", f"train.epochs={EPOCHS + 2}", "--allow-spec-change", "--skip-gradcheck"],
+        tmp_path,
+    )
     assert allowed.returncode == 0, allowed.stderr
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -199,8 +243,13 @@ def test_resuming_with_a_changed_spec_is_refused_with_the_difference_unless_allo
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupted"])
 def test_a_damaged_checkpoint_is_an_error_on_resume_never_a_fresh_start(tmp_path: Path, damage: str) -> None:
-    result = train(write_spec(tmp_path), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", stop_at_step=13, skip_gradcheck=True,
-                   checkpoint_dir=tmp_path / "checkpoints")
+    result = train(
+        write_spec(tmp_path),
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        stop_at_step=13,
+        skip_gradcheck=True,
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
     newest = result.checkpoint
     assert newest is not None and newest.name == "step-000000013.pt"
     data = newest.read_bytes()
@@ -217,14 +266,26 @@ def test_a_damaged_checkpoint_is_an_error_on_resume_never_a_fresh_start(tmp_path
         message = str(failure.value)
     assert f"{newest}: {damage}" in message
     assert f"knightctl train --resume {newest.parent / 'step-000000008.pt'}" in message  # the way on
-    assert sorted(p.name for p in newest.parent.iterdir()) == ["step-000000008.pt", "step-000000013.pt"]  # nothing trained
-    assert client.get_run(str(result.run_id)).info.status == "FINISHED" and len(client.search_runs([client.get_experiment_by_name("gated").experiment_id])) == 1
+    assert sorted(p.name for p in newest.parent.iterdir()) == [
+        "step-000000008.pt",
+        "step-000000013.pt",
+    ]  # nothing trained
+    assert (
+        client.get_run(str(result.run_id)).info.status == "FINISHED"
+        and len(client.search_runs([client.get_experiment_by_name("gated").experiment_id])) == 1
+    )
 
 
 def test_verify_resume_reports_bit_identical_results(tmp_path: Path) -> None:
-    done = knightctl(["train", str(write_spec(tmp_path)), "--verify-resume", "--no-track", "--skip-gradcheck"], tmp_path, NO_COLOR="1")
+    done = knightctl(
+        ["train", str(write_spec(tmp_path)), "--verify-resume", "--no-track", "--skip-gradcheck"],
+        tmp_path,
+        NO_COLOR="1",
+    )
     assert done.returncode == 0, done.stderr
-    assert f"resume verified: stopped at step {EPOCHS * STEPS_PER_EPOCH // 2 + 1} (epoch 4, after batch 1)" in done.stdout
+    assert (
+        f"resume verified: stopped at step {EPOCHS * STEPS_PER_EPOCH // 2 + 1} (epoch 4, after batch 1)" in done.stdout
+    )
     assert f"all {EPOCHS * STEPS_PER_EPOCH} step losses" in done.stdout and "bit-identical" in done.stdout
 
 
@@ -233,4 +294,6 @@ def test_verify_resume_notices_state_kept_outside_the_checkpoint(tmp_path: Path)
 
     verdict = verify_resume(write_spec(tmp_path, layer="test_drift"), track=False, skip_gradcheck=True)
     assert not verdict.identical
-    assert verdict.first_difference is not None and verdict.first_difference.startswith(f"step {verdict.stopped_at_step + 1}: loss")
+    assert verdict.first_difference is not None and verdict.first_difference.startswith(
+        f"step {verdict.stopped_at_step + 1}: loss"
+    )

@@ -10,28 +10,34 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from ports import free_port
 from click.testing import CliRunner, Result
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from ports import free_port
 from rich.console import Console
 
 from knightctl.cli.commands import main
+from knightctl.console.runs import duration, render_runs, significant
 from knightctl.errors import TrackingError
 from knightctl.tracking.runlist import compare_runs, list_runs
-from knightctl.console.runs import duration, render_runs, significant
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 DAY_MS = 86_400_000
 # The process's environment as the CLI sees it: 80 columns, and MLflow's HTTP settings given, so
 # that `runs` (which sets them for its own process when absent) changes nothing here.
-CLI_ENV = {"COLUMNS": "80", "NO_COLOR": None, "MLFLOW_TRACKING_URI": None, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+CLI_ENV = {
+    "COLUMNS": "80",
+    "NO_COLOR": None,
+    "MLFLOW_TRACKING_URI": None,
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 @dataclass(frozen=True)
@@ -41,8 +47,18 @@ class Store:
     ids: dict[str, str]  # "experiment/run name" -> run id
 
 
-def _add_run(client: MlflowClient, experiment_id: str, name: str, start_ms: int, status: str, seconds: float | None = None, *,
-             params: dict[str, str] | None = None, metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> str:
+def _add_run(
+    client: MlflowClient,
+    experiment_id: str,
+    name: str,
+    start_ms: int,
+    status: str,
+    seconds: float | None = None,
+    *,
+    params: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
     run_id = client.create_run(experiment_id, start_time=start_ms, run_name=name).info.run_id
     client.log_batch(
         run_id,
@@ -73,14 +89,30 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         common = {"train.epochs": "300", "seed": "1"}
         ids = {"round_table/round_table": trained.info.run_id}
         ids["knights/lancelot"] = _add_run(
-            client, knights, "lancelot", day_ago + 1000, "FINISHED", 12.3, params={**common, "optimizer.lr": "0.1"},
-            metrics={"val/accuracy": 0.912345, "val/loss": 0.2, "train/loss": 0.15}, tags={"device": "cpu", "gradcheck.verdict": "passed"},
+            client,
+            knights,
+            "lancelot",
+            day_ago + 1000,
+            "FINISHED",
+            12.3,
+            params={**common, "optimizer.lr": "0.1"},
+            metrics={"val/accuracy": 0.912345, "val/loss": 0.2, "train/loss": 0.15},
+            tags={"device": "cpu", "gradcheck.verdict": "passed"},
         )
         ids["knights/galahad"] = _add_run(
-            client, knights, "galahad", day_ago + 2000, "FAILED", 245, params={**common, "optimizer.lr": "0.05", "optimizer.momentum": "0.9"},
-            metrics={"val/loss": 1234.5678}, tags={"device": "cuda:0", "gradcheck.verdict": "failed"},
+            client,
+            knights,
+            "galahad",
+            day_ago + 2000,
+            "FAILED",
+            245,
+            params={**common, "optimizer.lr": "0.05", "optimizer.momentum": "0.9"},
+            metrics={"val/loss": 1234.5678},
+            tags={"device": "cuda:0", "gradcheck.verdict": "failed"},
         )
-        ids["knights/mordred"] = _add_run(client, knights, "mordred", day_ago + 3000, "KILLED", 7500, tags={"device": "mps"})
+        ids["knights/mordred"] = _add_run(
+            client, knights, "mordred", day_ago + 3000, "KILLED", 7500, tags={"device": "mps"}
+        )
         ids["knights/percival"] = _add_run(client, knights, "percival", day_ago + 4000, "RUNNING")
         ids["grail/lancelot"] = _add_run(client, grail, "lancelot", day_ago + 5000, "FINISHED", 1.0)
         ids["grail/decoy"] = _add_run(client, grail, ids["knights/galahad"][:6], day_ago - 10_000, "FINISHED", 1.0)
@@ -103,7 +135,12 @@ def _failed_cleanly(result: Result, code: int = 1) -> str:
 def test_runs_come_newest_first_across_experiments_with_limit_and_filter(store: Store) -> None:
     everything = list_runs(store.uri)
     assert [f"{run.experiment}/{run.run_name}" for run in everything[:6]] == [
-        "round_table/round_table", "grail/lancelot", "knights/percival", "knights/mordred", "knights/galahad", "knights/lancelot",
+        "round_table/round_table",
+        "grail/lancelot",
+        "knights/percival",
+        "knights/mordred",
+        "knights/galahad",
+        "knights/lancelot",
     ]
     assert len(everything) == 7 and everything[-1].run_id == store.ids["grail/decoy"]
     assert [run.run_name for run in list_runs(store.uri, limit=2)] == ["round_table", "lancelot"]
@@ -121,7 +158,12 @@ def test_summaries_carry_status_device_metrics_verdict_and_duration(store: Store
     assert set(trained.metrics) == {"val/accuracy", "val/loss", "train/loss"}
     assert trained.duration_s is not None and 0 < trained.duration_s < 600
     galahad = runs["knights/galahad"]
-    assert (galahad.status, galahad.device, galahad.gradcheck_verdict, galahad.duration_s) == ("FAILED", "cuda:0", "failed", 245.0)
+    assert (galahad.status, galahad.device, galahad.gradcheck_verdict, galahad.duration_s) == (
+        "FAILED",
+        "cuda:0",
+        "failed",
+        245.0,
+    )
     assert galahad.metrics == {"val/loss": 1234.5678}
     assert runs["knights/mordred"].status == "KILLED" and runs["knights/mordred"].metrics == {}
     assert runs["knights/percival"].status == "RUNNING" and runs["knights/percival"].duration_s is None
@@ -133,15 +175,23 @@ def test_the_runs_table_reads_at_80_columns_with_dashes_for_what_is_absent(store
     lines = result.output.splitlines()
     assert max(len(line) for line in lines) <= 80
     assert "\x1b[" not in result.output  # not a terminal: no colour, no bold
-    rows = {line.split()[0]: line.split()[1:] for line in lines if line and line.split()[0] in ("galahad", "mordred", "percival")}
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in lines
+        if line and line.split()[0] in ("galahad", "mordred", "percival")
+    }
     assert rows["galahad"] == ["FAILED", "cuda:0", "-", "1235", "-", "failed", "4", "min", "05", "s"]
     assert rows["mordred"] == ["KILLED", "mps", "-", "-", "-", "-", "2", "h", "05", "min"]
     assert rows["percival"] == ["RUNNING"] + ["-"] * 6
-    assert re.search(r"^lancelot +FINISHED +cpu +0\.9123 +0\.2000 +0\.1500 +passed +12\.3 s$", result.output, flags=re.M)
+    assert re.search(
+        r"^lancelot +FINISHED +cpu +0\.9123 +0\.2000 +0\.1500 +passed +12\.3 s$", result.output, flags=re.M
+    )
     assert store.ids["knights/galahad"][:8] in result.output  # the id, under the name
 
 
-def test_runs_json_parses_and_the_default_store_is_the_one_here(store: Store, runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_runs_json_parses_and_the_default_store_is_the_one_here(
+    store: Store, runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(store.folder)  # sqlite:///mlflow.db, relative to the working directory
     result = runner.invoke(main, ["runs", "--experiment", "knights", "--limit", "2", "--json"])
     assert result.exit_code == 0, result.output
@@ -170,7 +220,10 @@ def test_compare_json_by_full_id_and_name(store: Store, runner: CliRunner) -> No
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["run_a"]["run_id"] == trained and data["run_b"]["status"] == "RUNNING"
-    assert data["identical_params"] == 0 and {"key": "train.epochs", "value_a": "3", "value_b": None} in data["differing_params"]
+    assert (
+        data["identical_params"] == 0
+        and {"key": "train.epochs", "value_a": "3", "value_b": None} in data["differing_params"]
+    )
     keys = [pair["key"] for pair in data["metrics"]]
     assert keys == sorted(keys) and "val/accuracy" in keys
     assert all(pair["value_b"] is None for pair in data["metrics"])
@@ -178,7 +231,10 @@ def test_compare_json_by_full_id_and_name(store: Store, runner: CliRunner) -> No
 
 def test_library_comparison_by_prefix(store: Store) -> None:
     comparison = compare_runs(store.uri, store.ids["knights/galahad"][:12], store.ids["knights/lancelot"][:4])
-    assert [(d.key, d.value_a, d.value_b) for d in comparison.differing_params] == [("optimizer.lr", "0.05", "0.1"), ("optimizer.momentum", "0.9", None)]
+    assert [(d.key, d.value_a, d.value_b) for d in comparison.differing_params] == [
+        ("optimizer.lr", "0.05", "0.1"),
+        ("optimizer.momentum", "0.9", None),
+    ]
     assert [pair.key for pair in comparison.metrics] == ["train/loss", "val/accuracy", "val/loss"]
 
 
@@ -187,8 +243,13 @@ def test_an_ambiguous_reference_names_every_candidate(store: Store, runner: CliR
     if reference == "lancelot":  # a name two runs share
         reference, candidates = "lancelot", [store.ids["knights/lancelot"], store.ids["grail/lancelot"]]
     else:  # a run named like the start of another run's id
-        reference, candidates = store.ids["knights/galahad"][:6], [store.ids["knights/galahad"], store.ids["grail/decoy"]]
-    output = _failed_cleanly(runner.invoke(main, ["runs", "compare", reference, "percival", "--tracking-uri", store.uri]))
+        reference, candidates = (
+            store.ids["knights/galahad"][:6],
+            [store.ids["knights/galahad"], store.ids["grail/decoy"]],
+        )
+    output = _failed_cleanly(
+        runner.invoke(main, ["runs", "compare", reference, "percival", "--tracking-uri", store.uri])
+    )
     assert f"'{reference}' is ambiguous" in output
     assert all(candidate in output for candidate in candidates)
 
@@ -197,12 +258,16 @@ def test_an_ambiguous_reference_names_every_candidate(store: Store, runner: CliR
 def test_an_unknown_reference_names_the_store(store: Store, runner: CliRunner, reference: str) -> None:
     if reference == "abc":
         reference = store.ids["knights/mordred"][:3]
-    output = _failed_cleanly(runner.invoke(main, ["runs", "compare", "percival", reference, "--tracking-uri", store.uri]))
+    output = _failed_cleanly(
+        runner.invoke(main, ["runs", "compare", "percival", reference, "--tracking-uri", store.uri])
+    )
     assert f"no run '{reference}' in {store.uri}" in output
 
 
 @pytest.mark.parametrize("args", [["runs"], ["runs", "compare", "a", "b"], ["ui"]])
-def test_a_missing_store_is_an_error_that_creates_nothing(tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+def test_a_missing_store_is_an_error_that_creates_nothing(
+    tmp_path: Path, runner: CliRunner, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     output = _failed_cleanly(runner.invoke(main, args))
     assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in output.replace("\n", "")
@@ -211,8 +276,21 @@ def test_a_missing_store_is_an_error_that_creates_nothing(tmp_path: Path, runner
 
 
 def test_formats_and_status_colours() -> None:
-    assert [significant(v) for v in (0.6349999, 1234.5678, 0.000012345, 12345.6, 0.2, None)] == ["0.6350", "1235", "1.234e-05", "1.235e+04", "0.2000", "-"]
-    assert [duration(s) for s in (12.34, 59.96, 245, 7500, None)] == ["12.3 s", "1 min 00 s", "4 min 05 s", "2 h 05 min", "-"]
+    assert [significant(v) for v in (0.6349999, 1234.5678, 0.000012345, 12345.6, 0.2, None)] == [
+        "0.6350",
+        "1235",
+        "1.234e-05",
+        "1.235e+04",
+        "0.2000",
+        "-",
+    ]
+    assert [duration(s) for s in (12.34, 59.96, 245, 7500, None)] == [
+        "12.3 s",
+        "1 min 00 s",
+        "4 min 05 s",
+        "2 h 05 min",
+        "-",
+    ]
     from knightctl.tracking.runlist import RunSummary
 
     failed = RunSummary("f" * 32, "galahad", "knights", "FAILED", "cpu", {}, None, None, 1.0)
@@ -239,7 +317,6 @@ def test_runs_never_imports_torch_and_help_imports_neither_torch_nor_mlflow(stor
     assert json.loads(done.stdout.splitlines()[-1]) == {"after_help": [], "torch": False, "mlflow": True}
 
 
-
 def _get(url: str) -> bytes | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -260,15 +337,23 @@ def _group_alive(group: int) -> bool:
     return False
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or os.name != "posix", reason="finds the server's processes through Linux's /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir() or os.name != "posix",
+    reason="finds the server's processes through Linux's /proc",
+)
 def test_ui_serves_the_store_and_its_artifacts_and_stops_on_ctrl_c(store: Store, tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     logs = (tmp_path / "stdout.txt").open("w+"), (tmp_path / "stderr.txt").open("w+")
     ui = subprocess.Popen(
         [sys.executable, "-m", "knightctl", "ui", "--port", str(port), "--tracking-uri", store.uri],
-        cwd=tmp_path, stdout=logs[0], stderr=logs[1], env={**os.environ, "NO_COLOR": "1"},
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell may start background jobs ignoring SIGINT
+        cwd=tmp_path,
+        stdout=logs[0],
+        stderr=logs[1],
+        env={**os.environ, "NO_COLOR": "1"},
+        preexec_fn=lambda: signal.signal(
+            signal.SIGINT, signal.SIG_DFL
+        ),  # a shell may start background jobs ignoring SIGINT
     )
     try:
         deadline = time.monotonic() + 60

@@ -40,12 +40,30 @@ class Server:
 
     def start(self, wait: bool = True) -> None:
         """Start the server; with `wait`, return once it answers."""
-        command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
-                   "--backend-store-uri", f"sqlite:///{self.folder}/server.db", "--artifacts-destination", str(self.folder / "artifacts"),
-                   "--workers", "1"]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers: a start costs half the CPU
-        with open(self.folder / "server.log", "a") as log:  # a file, not a pipe: nobody reads its request log as it runs
-            self.process = subprocess.Popen(command, cwd=self.folder, env=env, stdout=log, stderr=log, text=True, start_new_session=True)
+        command = [
+            str(Path(sys.executable).with_name("mlflow")),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.folder}/server.db",
+            "--artifacts-destination",
+            str(self.folder / "artifacts"),
+            "--workers",
+            "1",
+        ]
+        env = {
+            **os.environ,
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }  # no job workers: a start costs half the CPU
+        with open(
+            self.folder / "server.log", "a"
+        ) as log:  # a file, not a pipe: nobody reads its request log as it runs
+            self.process = subprocess.Popen(
+                command, cwd=self.folder, env=env, stdout=log, stderr=log, text=True, start_new_session=True
+            )
         if wait:
             self.wait_until_up()
 
@@ -89,9 +107,28 @@ def start_training(folder: Path, tracking_uri: str, experiment: str, hold: str, 
     plugins.mkdir()
     shutil.copy(HOLD_PLUGIN, plugins)
     env = {**os.environ, "KNIGHTCTL_TEST_HOLD_EPOCHS": hold, "KNIGHTCTL_TEST_HOLD_DIR": str(folder)}
-    command = [sys.executable, "-m", "knightctl", "--plugins-dir", str(plugins), "train", str(ROUND_TABLE), "--tracking-uri", tracking_uri,
-               "--device", "cpu", "--set", "train.log_every_n_steps=1", "--set", "train.eval_every_n_epochs=1",
-               "--set", f"train.epochs={EPOCHS}", "--set", f"tracking.experiment={experiment}", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "knightctl",
+        "--plugins-dir",
+        str(plugins),
+        "train",
+        str(ROUND_TABLE),
+        "--tracking-uri",
+        tracking_uri,
+        "--device",
+        "cpu",
+        "--set",
+        "train.log_every_n_steps=1",
+        "--set",
+        "train.eval_every_n_epochs=1",
+        "--set",
+        f"train.epochs={EPOCHS}",
+        "--set",
+        f"tracking.experiment={experiment}",
+        *extra,
+    ]
     with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
         return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err, text=True)
 
@@ -125,11 +162,15 @@ def test_a_server_back_before_the_end_gets_every_metric_while_the_run_goes_on(se
     server.kill()
     server.start(wait=False)  # it takes seconds to answer: epochs 5-8 log to no server at all
     (tmp_path / "go-4").touch()
-    wait_for(lambda: (tmp_path / "at-8").exists() and warnings_in((tmp_path / "stderr.txt").read_text()), training, tmp_path)
+    wait_for(
+        lambda: (tmp_path / "at-8").exists() and warnings_in((tmp_path / "stderr.txt").read_text()), training, tmp_path
+    )
     journal_root = tmp_path / ".knightctl" / "journal"
     assert [path.name for path in journal_root.iterdir() if not path.name.startswith(".")]  # something is journaled
     server.wait_until_up()
-    wait_for(lambda: not [p for p in journal_root.iterdir() if not p.name.startswith(".")], training, tmp_path, timeout_s=60)
+    wait_for(
+        lambda: not [p for p in journal_root.iterdir() if not p.name.startswith(".")], training, tmp_path, timeout_s=60
+    )
     (tmp_path / "go-8").touch()  # delivered by the writer's own retry, while the run was held at epoch 8
     stdout, stderr = finish(training, tmp_path)
 
@@ -159,10 +200,14 @@ def test_a_server_still_away_at_the_end_leaves_a_journal_that_sync_delivers(serv
     assert waiting.metrics and waiting.artifacts >= 3 and waiting.status == "FINISHED"
     (warning,) = warnings_in(stderr)
     assert "knightctl sync" in warning
-    assert f"waiting in .knightctl/journal/{run_id}; run `knightctl sync` once {server.uri} is back" in stdout  # the summary says so
+    assert (
+        f"waiting in .knightctl/journal/{run_id}; run `knightctl sync` once {server.uri} is back" in stdout
+    )  # the summary says so
 
     server.start()
-    synced = subprocess.run([sys.executable, "-m", "knightctl", "sync"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    synced = subprocess.run(
+        [sys.executable, "-m", "knightctl", "sync"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "delivered 1 journal" in synced.stdout
     client = MlflowClient(server.uri)
@@ -185,8 +230,13 @@ def test_sync_marks_a_run_whose_process_was_killed_as_killed(tmp_path: Path) -> 
     client = MlflowClient(uri)
     assert the_run(client, "stale").info.status == "RUNNING"
 
-    synced = subprocess.run([sys.executable, "-m", "knightctl", "sync", "--tracking-uri", uri], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120)
+    synced = subprocess.run(
+        [sys.executable, "-m", "knightctl", "sync", "--tracking-uri", uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert synced.returncode == 0, synced.stdout + synced.stderr
     run = the_run(client, "stale")
     assert run.info.status == "KILLED" and run.info.end_time
@@ -203,7 +253,9 @@ def sqlite_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[MlflowC
     return client, uri, client.create_run(client.create_experiment("journal")).info.run_id
 
 
-def test_a_line_torn_by_a_crash_is_skipped_and_the_rest_delivered(sqlite_run: tuple[MlflowClient, str, str], tmp_path: Path) -> None:
+def test_a_line_torn_by_a_crash_is_skipped_and_the_rest_delivered(
+    sqlite_run: tuple[MlflowClient, str, str], tmp_path: Path
+) -> None:
     client, uri, run_id = sqlite_run
     journal = Journal(tmp_path / "journal", run_id, uri)
     journal.add_metrics([("loss", 0.5, 1000, 1)])
@@ -238,7 +290,10 @@ def test_an_entry_is_never_delivered_twice(sqlite_run: tuple[MlflowClient, str, 
     client.log_artifact(run_id, str(note), "notes")
     delivered = journal.deliver(client)
     assert (delivered.artifacts, delivered.tags, delivered.status) == (0, 1, "FINISHED")
-    assert client.download_artifacts(run_id, "notes/note.txt", str(tmp_path / "back")) and (tmp_path / "back" / "note.txt").read_text() == "newer"
+    assert (
+        client.download_artifacts(run_id, "notes/note.txt", str(tmp_path / "back"))
+        and (tmp_path / "back" / "note.txt").read_text() == "newer"
+    )
     run = client.get_run(run_id)
     assert run.data.tags["stage"] == "done" and run.info.status == "FINISHED"
     assert journal.deliver(client).metrics == 0 and not journal.path.exists()

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 
 from knightctl.errors import SpecError
 from knightctl.plugins.loader import load as load_plugins
-from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.spec.file import read_spec_file
+from knightctl.spec.model import ExperimentSpec, load_spec
 
 # Line numbers below refer to this text; `edit()` refuses to touch anything it does not find once.
 VALID = """\
@@ -126,7 +126,9 @@ def test_base_spec_is_valid(spec_path: Path) -> None:
     ],
     ids=["bad-indent", "unclosed-bracket", "tab"],
 )
-def test_malformed_yaml_names_file_line_and_column(tmp_path: Path, old: str, new: str, line: int, col: int, words: str) -> None:
+def test_malformed_yaml_names_file_line_and_column(
+    tmp_path: Path, old: str, new: str, line: int, col: int, words: str
+) -> None:
     path = write(tmp_path, edit(VALID, old, new))
     before = listing(tmp_path)
     problems = problems_of(path)
@@ -239,7 +241,10 @@ def test_unknown_field_without_a_close_match_lists_allowed_fields(tmp_path: Path
     path = write(tmp_path, VALID + "zzz: 1\n")
     _, _, _, message = field_problem(problems_of(path), "zzz")
     assert "did you mean" not in message
-    assert "allowed: checkpoint, data, description, loss, model, name, optimizer, plugins, seed, tracking, train" in message
+    assert (
+        "allowed: checkpoint, data, description, loss, model, name, optimizer, plugins, seed, tracking, train"
+        in message
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,7 +287,9 @@ def test_wrong_types_and_ranges_are_all_reported_at_once(tmp_path: Path) -> None
         ("    out_features: 5", "    out_features: 0", "model.0.out_features", "(got 0)"),
     ],
 )
-def test_each_bad_value_is_reported_with_path_and_value(tmp_path: Path, old: str, new: str, field: str, shown: str) -> None:
+def test_each_bad_value_is_reported_with_path_and_value(
+    tmp_path: Path, old: str, new: str, field: str, shown: str
+) -> None:
     path = write(tmp_path, edit(VALID, old, new))
     origin, line, _, message = field_problem(problems_of(path), field)
     assert origin == str(path) and line > 0
@@ -353,7 +360,12 @@ def test_unknown_names_are_all_reported_at_once(tmp_path: Path) -> None:
     text = edit(text, "loss: bce_with_logits", "loss: bce_with_logit")
     text = edit(text, "  name: adam", "  name: adma")
     problems = problems_of(write(tmp_path, text))
-    assert [located(p)[3].split(":", 1)[0] for p in problems] == ["data.name", "model.1.type", "loss.name", "optimizer.name"]
+    assert [located(p)[3].split(":", 1)[0] for p in problems] == [
+        "data.name",
+        "model.1.type",
+        "loss.name",
+        "optimizer.name",
+    ]
 
 
 def test_unknown_layer_without_close_match_still_lists_available_names(tmp_path: Path) -> None:
@@ -382,7 +394,9 @@ def test_missing_layer_list_is_rejected(tmp_path: Path) -> None:
     assert "required field is missing" in message
 
 
-@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"], ids=["empty", "blank", "comment", "bare-document"])
+@pytest.mark.parametrize(
+    "text", ["", "\n\n", "# only a comment\n", "---\n"], ids=["empty", "blank", "comment", "bare-document"]
+)
 def test_empty_file_is_rejected(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(SpecError) as caught:
@@ -407,7 +421,11 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
 
 
 def _csv_spec(path: str, features: str = "[east, north]", target: str = "won") -> str:
-    return edit(VALID, "  name: battles\n  n_samples: 64\n", f"  name: csv\n  path: {path}\n  features: {features}\n  target: {target}\n")
+    return edit(
+        VALID,
+        "  name: battles\n  n_samples: 64\n",
+        f"  name: csv\n  path: {path}\n  features: {features}\n  target: {target}\n",
+    )
 
 
 def test_csv_dataset_with_missing_file_is_rejected(tmp_path: Path) -> None:
@@ -456,7 +474,10 @@ def test_csv_path_that_is_a_folder_is_rejected(tmp_path: Path) -> None:
 # YAML 1.2 floats: 1e-3 is a number
 
 
-@pytest.mark.parametrize(("text", "value"), [("1e-3", 1e-3), ("1E-3", 1e-3), ("5e-2", 0.05), ("2.5e-4", 2.5e-4), ("1.0e-1", 0.1), ("3e+0", 3.0)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1e-3", 1e-3), ("1E-3", 1e-3), ("5e-2", 0.05), ("2.5e-4", 2.5e-4), ("1.0e-1", 0.1), ("3e+0", 3.0)],
+)
 def test_exponent_without_dot_is_read_as_a_float(tmp_path: Path, text: str, value: float) -> None:
     path = write(tmp_path, edit(VALID, "  lr: 0.1", f"  lr: {text}"))
     raw = read_spec_file(path).data["optimizer"]["lr"]
@@ -528,7 +549,9 @@ def test_override_of_a_string_shorthand_section(spec_path: Path) -> None:
 
 
 def test_later_override_descends_into_a_shorthand_set_by_an_earlier_one(spec_path: Path) -> None:
-    spec = load_spec(spec_path, ["loss=huber", "loss.delta=2.0", "model.1=tanh", "model.1.type=gelu", "model.1.approximate=tanh"])
+    spec = load_spec(
+        spec_path, ["loss=huber", "loss.delta=2.0", "model.1=tanh", "model.1.type=gelu", "model.1.approximate=tanh"]
+    )
     assert spec.to_data()["loss"] == {"name": "huber", "delta": 2.0}
     assert spec.to_data()["model"][1] == {"type": "gelu", "approximate": "tanh"}
 
@@ -548,7 +571,9 @@ def test_override_adds_a_missing_section(spec_path: Path) -> None:
         ("model.0.out_feature=8", "model.0.out_feature", "out_features"),
     ],
 )
-def test_unknown_override_path_names_the_override_and_did_you_mean(spec_path: Path, override: str, field: str, suggestion: str) -> None:
+def test_unknown_override_path_names_the_override_and_did_you_mean(
+    spec_path: Path, override: str, field: str, suggestion: str
+) -> None:
     problems = problems_of(spec_path, (override,))
     assert len(problems) == 1, problems
     origin, _, _, message = field_problem(problems, field)
@@ -576,7 +601,16 @@ def test_override_bad_values_are_reported_with_their_origin(spec_path: Path) -> 
         ("=3", "expected PATH=VALUE"),
         ("train..epochs=3", "expected PATH=VALUE"),
     ],
-    ids=["through-scalar", "through-nested-scalar", "index-too-big", "index-not-a-number", "negative-index", "no-equals", "no-path", "empty-segment"],
+    ids=[
+        "through-scalar",
+        "through-nested-scalar",
+        "index-too-big",
+        "index-not-a-number",
+        "negative-index",
+        "no-equals",
+        "no-path",
+        "empty-segment",
+    ],
 )
 def test_bad_override_paths_are_rejected(spec_path: Path, override: str, words: str) -> None:
     problems = problems_of(spec_path, (override,))
@@ -631,7 +665,11 @@ def test_width_mismatch_after_an_override_names_the_layer(spec_path: Path) -> No
 
 
 def test_width_is_carried_through_elementwise_layers(tmp_path: Path) -> None:
-    text = edit(VALID, "  - relu\n", "  - relu\n  - type: dropout\n    p: 0.1\n  - type: linear\n    in_features: 5\n    out_features: 6\n")
+    text = edit(
+        VALID,
+        "  - relu\n",
+        "  - relu\n  - type: dropout\n    p: 0.1\n  - type: linear\n    in_features: 5\n    out_features: 6\n",
+    )
     path = write(tmp_path, text)
     _, _, _, message = field_problem(problems_of(path), "model.4")
     assert "layer 4 (linear)" in message and "width 6" in message
@@ -747,7 +785,15 @@ name: knights
 
 @pytest.mark.parametrize(
     "override",
-    ["optimizer.lr=0.2", "train.epochs=4", "seed=1", "model.0.bias=false", "data.noise=0.2", "description=changed", "model.1.type=tanh"],
+    [
+        "optimizer.lr=0.2",
+        "train.epochs=4",
+        "seed=1",
+        "model.0.bias=false",
+        "data.noise=0.2",
+        "description=changed",
+        "model.1.type=tanh",
+    ],
 )
 def test_digest_changes_when_a_value_changes(spec_path: Path, override: str) -> None:
     assert load_spec(spec_path, [override]).digest() != load_spec(spec_path).digest()
@@ -758,7 +804,9 @@ def test_with_seed_changes_only_the_seed(spec_path: Path) -> None:
     seeded = spec.with_seed(7)
     assert seeded.seed == 7 and spec.seed is None
     assert seeded.digest() != spec.digest()
-    assert {k: v for k, v in seeded.to_data().items() if k != "seed"} == {k: v for k, v in spec.to_data().items() if k != "seed"}
+    assert {k: v for k, v in seeded.to_data().items() if k != "seed"} == {
+        k: v for k, v in spec.to_data().items() if k != "seed"
+    }
     assert seeded.source == spec.source
 
 

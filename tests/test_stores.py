@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ports import free_port
 from mlflow.tracking import MlflowClient
+from ports import free_port
 
 from knightctl.errors import TrackingError
 from knightctl.tracking.stores import sqlite_path
@@ -23,7 +23,6 @@ ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 QUICK = ["train.epochs=2", "tracking.log_model=false"]
 
 
-
 def make_file_store(folder: Path) -> str:
     """An MLflow file store in folder/mlruns with one run, made by MLflow itself (opted back in)."""
     script = (
@@ -31,8 +30,14 @@ def make_file_store(folder: Path) -> str:
         "with mlflow.start_run(run_name='before the upgrade') as run:\n"
         "    mlflow.log_metric('val/accuracy', 0.9)\n    print(run.info.run_id)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True, check=True,
-                          env={**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_TRACKING_URI": ""})
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true", "MLFLOW_TRACKING_URI": ""},
+    )
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -46,8 +51,23 @@ def test_an_unreachable_server_fails_in_seconds_naming_it(tmp_path: Path) -> Non
     """FAULTS 25: MLflow alone would retry for about five minutes."""
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "knightctl", "train", str(ROUND_TABLE), "--tracking-uri", uri, "--set", "train.epochs=2"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "knightctl",
+            "train",
+            str(ROUND_TABLE),
+            "--tracking-uri",
+            uri,
+            "--set",
+            "train.epochs=2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 1, done.stderr
     assert f"the MLflow tracking server {uri} is unreachable" in done.stderr
@@ -57,11 +77,28 @@ def test_an_unreachable_server_fails_in_seconds_naming_it(tmp_path: Path) -> Non
 
 def test_two_runs_on_one_new_sqlite_store_both_store_every_metric(tmp_path: Path) -> None:
     """FAULTS 27: started together on a store that does not exist yet, logging every step."""
-    command = [sys.executable, "-m", "knightctl", "train", str(ROUND_TABLE), "--device", "cpu",
-               "--set", "train.batch_size=64", "--set", "train.epochs=20", "--set", "train.log_every_n_steps=1",
-               "--set", "tracking.log_model=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "knightctl",
+        "train",
+        str(ROUND_TABLE),
+        "--device",
+        "cpu",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "train.epochs=20",
+        "--set",
+        "train.log_every_n_steps=1",
+        "--set",
+        "tracking.log_model=false",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
-    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    processes = [
+        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
@@ -70,10 +107,14 @@ def test_two_runs_on_one_new_sqlite_store_both_store_every_metric(tmp_path: Path
     assert len(runs) == 2
     for run in runs:
         assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 261))  # 20 epochs of 13
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(
+            range(1, 261)
+        )  # 20 epochs of 13
 
 
-def test_a_file_store_uri_is_refused_with_the_migration_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_store_uri_is_refused_with_the_migration_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FAULTS 28, asked for by name."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
@@ -83,7 +124,9 @@ def test_a_file_store_uri_is_refused_with_the_migration_command(tmp_path: Path, 
     assert "mlflow migrate-filestore --source mlruns --target sqlite:///mlflow.db" in (caught.value.hint or "")
 
 
-def test_an_old_mlruns_is_migrated_by_the_command_the_error_gives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_old_mlruns_is_migrated_by_the_command_the_error_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FAULTS 28, found beside the default store: refused before the database exists, then migrated for real."""
     old_run = make_file_store(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -95,7 +138,9 @@ def test_an_old_mlruns_is_migrated_by_the_command_the_error_gives(tmp_path: Path
     command = re.search(r"mlflow migrate-filestore [^;,]*", caught.value.hint or "").group(0).strip()
     assert command == f"mlflow migrate-filestore --source ./mlruns --target {uri}"
     mlflow_cli = Path(sys.executable).with_name("mlflow")
-    subprocess.run([str(mlflow_cli), *shlex.split(command)[1:]], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(mlflow_cli), *shlex.split(command)[1:]], cwd=tmp_path, check=True, capture_output=True, timeout=120
+    )
     result = train(ROUND_TABLE, overrides=QUICK, tracking_uri=uri, device="cpu")
     assert result.info.notices == ()  # migrated: nothing left to say
     client = MlflowClient(uri)
@@ -103,7 +148,9 @@ def test_an_old_mlruns_is_migrated_by_the_command_the_error_gives(tmp_path: Path
     assert client.get_run(result.run_id).info.status == "FINISHED"
 
 
-def test_an_unmigrated_mlruns_beside_an_existing_store_is_noted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unmigrated_mlruns_beside_an_existing_store_is_noted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # absolute: MLflow caches stores by URI in this long-lived process

@@ -20,14 +20,21 @@ STEPS = {"full": EPOCHS, "64": EPOCHS * 13}  # 800 training rows: one batch, or 
 def test_a_grid_is_every_combination_in_order_and_keeps_bracketed_values_whole() -> None:
     trials = grid_trials(["optimizer.lr=0.1,0.01", "optimizer.betas=[0.9, 0.99],[0.8, 0.9]"])
     assert [t.overrides for t in trials] == [
-        ("optimizer.lr=0.1", "optimizer.betas=[0.9, 0.99]"), ("optimizer.lr=0.1", "optimizer.betas=[0.8, 0.9]"),
-        ("optimizer.lr=0.01", "optimizer.betas=[0.9, 0.99]"), ("optimizer.lr=0.01", "optimizer.betas=[0.8, 0.9]"),
+        ("optimizer.lr=0.1", "optimizer.betas=[0.9, 0.99]"),
+        ("optimizer.lr=0.1", "optimizer.betas=[0.8, 0.9]"),
+        ("optimizer.lr=0.01", "optimizer.betas=[0.9, 0.99]"),
+        ("optimizer.lr=0.01", "optimizer.betas=[0.8, 0.9]"),
     ]
     assert len({t.key for t in trials}) == 4 and trials[0].label == "lr=0.1 betas=[0.9, 0.99]"
 
 
 def test_random_draws_are_in_range_and_the_same_for_the_same_seed() -> None:
-    options = ["optimizer.lr=loguniform:1e-4:1e-1", "train.batch_size=choice:32,64", "train.epochs=int:2:5", "data.noise=uniform:0:0.2"]
+    options = [
+        "optimizer.lr=loguniform:1e-4:1e-1",
+        "train.batch_size=choice:32,64",
+        "train.epochs=int:2:5",
+        "data.noise=uniform:0:0.2",
+    ]
     first, again = random_trials(options, 20, seed=3), random_trials(options, 20, seed=3)
     assert first == again and first != random_trials(options, 20, seed=4)
     for trial in first:
@@ -36,12 +43,15 @@ def test_random_draws_are_in_range_and_the_same_for_the_same_seed() -> None:
         assert 2 <= int(values["train.epochs"]) <= 5 and 0 <= float(values["data.noise"]) <= 0.2
 
 
-@pytest.mark.parametrize(("grid", "random", "message"), [
-    ([], [], "not both and not neither"),
-    ([], ["optimizer.lr=gauss:0:1"], "unknown distribution 'gauss'"),
-    ([], ["optimizer.lr=loguniform:0:1"], "both above 0"),
-    (["optimizer.lr"], [], "expected PATH=VALUES"),
-])
+@pytest.mark.parametrize(
+    ("grid", "random", "message"),
+    [
+        ([], [], "not both and not neither"),
+        ([], ["optimizer.lr=gauss:0:1"], "unknown distribution 'gauss'"),
+        ([], ["optimizer.lr=loguniform:0:1"], "both above 0"),
+        (["optimizer.lr"], [], "expected PATH=VALUES"),
+    ],
+)
 def test_a_bad_sweep_option_is_an_error_naming_it(grid: list[str], random: list[str], message: str) -> None:
     with pytest.raises(SweepError, match=message):
         sweep(ROUND_TABLE, grid=grid, random=random, trials=2, tracking_uri="sqlite:///unused.db")
@@ -56,16 +66,25 @@ def test_a_bad_value_in_any_trial_is_the_spec_error_before_anything_runs(tmp_pat
 
 def test_four_trials_on_two_workers_store_every_trial_and_metric_and_a_rerun_skips_the_finished(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    options = dict(grid=["optimizer.lr=0.1,1e30", "train.batch_size=full,64"], workers=2, tracking_uri=uri, skip_gradcheck=True,
-                   overrides=[f"train.epochs={EPOCHS}", "train.log_every_n_steps=1", "tracking.log_model=false"])
+    options = dict(
+        grid=["optimizer.lr=0.1,1e30", "train.batch_size=full,64"],
+        workers=2,
+        tracking_uri=uri,
+        skip_gradcheck=True,
+        overrides=[f"train.epochs={EPOCHS}", "train.log_every_n_steps=1", "tracking.log_model=false"],
+    )
     seen: list[str] = []
-    outcome = sweep(ROUND_TABLE, on_trial=lambda result, done, total: seen.append(f"{done}/{total} {result.status}"), **options)
+    outcome = sweep(
+        ROUND_TABLE, on_trial=lambda result, done, total: seen.append(f"{done}/{total} {result.status}"), **options
+    )
     assert [line.split()[0] for line in seen] == ["1/4", "2/4", "3/4", "4/4"]  # told as each trial ends
     by_status = sorted(r.status for r in outcome.results)
     assert by_status == ["FAILED", "FAILED", "FINISHED", "FINISHED"]  # lr=1e30 diverges; the others go on
     client = MlflowClient(uri)
     parent = client.get_run(outcome.parent_run_id)
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'"
+    )
     assert len(children) == 4
     for child in children:
         batch = "64" if "train.batch_size=64" in child.data.tags["knightctl.trial.overrides"] else "full"
@@ -75,12 +94,28 @@ def test_four_trials_on_two_workers_store_every_trial_and_metric_and_a_rerun_ski
         else:
             assert child.info.status == "FAILED" and "optimizer.lr=1e30" in child.data.tags["knightctl.trial.overrides"]
     best = outcome.best
-    assert best is not None and best.status == "FINISHED" and best.value == min(r.value for r in outcome.results if r.value is not None)
+    assert (
+        best is not None
+        and best.status == "FINISHED"
+        and best.value == min(r.value for r in outcome.results if r.value is not None)
+    )
     assert parent.info.status == "FINISHED" and parent.data.tags["knightctl.best_run_id"] == best.run_id
     assert parent.data.metrics["best/val/loss"] == best.value
     assert "| 1 | " in parent.data.tags["mlflow.note.content"]
 
     again = sweep(ROUND_TABLE, **options)
     assert again.parent_run_id == outcome.parent_run_id
-    assert sorted(r.status for r in again.results) == ["FAILED", "FAILED", "SKIPPED", "SKIPPED"]  # only the failed ones ran again
-    assert len(client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'")) == 6
+    assert sorted(r.status for r in again.results) == [
+        "FAILED",
+        "FAILED",
+        "SKIPPED",
+        "SKIPPED",
+    ]  # only the failed ones ran again
+    assert (
+        len(
+            client.search_runs(
+                [parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{outcome.parent_run_id}'"
+            )
+        )
+        == 6
+    )

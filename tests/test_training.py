@@ -13,10 +13,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from knightctl.training.build import build_components
 from knightctl.errors import DataError, ModelShapeError, RunFailed
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
+from knightctl.training.build import build_components
 from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,7 +122,12 @@ def test_training_matches_the_chapters_loop_weight_for_weight() -> None:
 
 def test_battles_need_the_hidden_layer() -> None:
     """A one-unit bottleneck (close to a linear model) cannot learn the disc the data is drawn from."""
-    narrow = train(ROUND_TABLE, overrides=["model.0.out_features=1", "model.2.in_features=1", "train.epochs=150"], track=False, device="cpu")
+    narrow = train(
+        ROUND_TABLE,
+        overrides=["model.0.out_features=1", "model.2.in_features=1", "train.epochs=150"],
+        track=False,
+        device="cpu",
+    )
     assert narrow.final_metrics["val/accuracy"] < 0.8
 
 
@@ -142,7 +147,9 @@ def test_seed_is_generated_when_absent_and_reported(tmp_path: Path) -> None:
     assert isinstance(result.info.seed, int) and result.info.seed >= 0
 
 
-def test_shape_mismatch_found_by_the_dry_forward_names_the_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shape_mismatch_found_by_the_dry_forward_names_the_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     # flatten has no static width, so only the dry forward can see that linear wants 3 features
     spec = tmp_path / "spec.yaml"
@@ -186,7 +193,12 @@ def test_diverging_loss_fails_the_run_and_marks_it_failed(tmp_path: Path, monkey
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # Adam moves each weight by about lr per step: 1e30 sends the logits past float32's range
     with pytest.raises(RunFailed, match="loss became"):
-        train(ROUND_TABLE, overrides=["optimizer.lr=1e30", "train.epochs=20", "tracking.experiment=diverge"], tracking_uri=uri, device="cpu")
+        train(
+            ROUND_TABLE,
+            overrides=["optimizer.lr=1e30", "train.epochs=20", "tracking.experiment=diverge"],
+            tracking_uri=uri,
+            device="cpu",
+        )
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("diverge")
     (run,) = client.search_runs([experiment.experiment_id])
@@ -195,12 +207,16 @@ def test_diverging_loss_fails_the_run_and_marks_it_failed(tmp_path: Path, monkey
     assert "NonFiniteLoss" in traceback_text and "loss became" in traceback_text
 
 
-def test_an_exception_inside_the_loop_fails_the_run_naming_the_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_exception_inside_the_loop_fails_the_run_naming_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # lr 1e38 overflows float32 inside Adam's update itself: a real RuntimeError from torch
     with pytest.raises(RunFailed, match=r"training failed at epoch \d+ \(step \d+\): RuntimeError"):
-        train(ROUND_TABLE, overrides=["optimizer.lr=1e38", "tracking.experiment=overflow"], tracking_uri=uri, device="cpu")
+        train(
+            ROUND_TABLE, overrides=["optimizer.lr=1e38", "tracking.experiment=overflow"], tracking_uri=uri, device="cpu"
+        )
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("overflow").experiment_id])
     assert run.info.status == "FAILED"
@@ -220,7 +236,9 @@ def test_a_run_inside_a_git_repository_records_its_commit(tmp_path: Path, monkey
     (tmp_path / "notes.txt").write_text("the round table, revised\n")  # an uncommitted change
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = train(ROUND_TABLE, overrides=["train.epochs=2", "tracking.log_model=false"], tracking_uri=uri, device="cpu")
+    result = train(
+        ROUND_TABLE, overrides=["train.epochs=2", "tracking.log_model=false"], tracking_uri=uri, device="cpu"
+    )
     tags = MlflowClient(uri).get_run(result.run_id).data.tags
     assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
     assert tags["git.dirty"] == "true"

@@ -108,7 +108,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(f"{path}: a torch file, but not a knightctl checkpoint (no format_version)")
     if state["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: written by a newer knightctl (checkpoint format {state['format_version']}, this one reads {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: written by a newer knightctl (checkpoint format {state['format_version']}, this one reads {FORMAT_VERSION})"
+        )
     return state
 
 

@@ -14,9 +14,10 @@ not part of the experiment and may change freely.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -45,8 +46,15 @@ class Resumption:
     changes: list[str]  # spec differences, allowed by the caller
 
 
-def prepare_resume(reference: str | Path, spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], *,
-                   plugins: PluginSettings | None, tracking_uri: str | None, allow_spec_change: bool) -> Resumption:
+def prepare_resume(
+    reference: str | Path,
+    spec: ExperimentSpec | str | Path | None,
+    overrides: Sequence[str],
+    *,
+    plugins: PluginSettings | None,
+    tracking_uri: str | None,
+    allow_spec_change: bool,
+) -> Resumption:
     """Find, verify and load the checkpoint `reference` names; the spec to go on with; what changed."""
     path = find_checkpoint(str(reference), spec, tracking_uri).absolute()
     try:
@@ -59,9 +67,12 @@ def prepare_resume(reference: str | Path, spec: ExperimentSpec | str | Path | No
     resumed_spec = _spec_for(state, path, spec, overrides, plugins)
     changes = spec_changes(state["spec"], resumed_spec.to_data())
     if changes and not allow_spec_change:
-        shown = changes[:_SHOWN_CHANGES] + ([f"... and {len(changes) - _SHOWN_CHANGES} more"] if len(changes) > _SHOWN_CHANGES else [])
+        shown = changes[:_SHOWN_CHANGES] + (
+            [f"... and {len(changes) - _SHOWN_CHANGES} more"] if len(changes) > _SHOWN_CHANGES else []
+        )
         raise ResumeError(
-            f"{path}: the spec differs from the one this checkpoint was trained with:\n" + "\n".join(f"  {line}" for line in shown),
+            f"{path}: the spec differs from the one this checkpoint was trained with:\n"
+            + "\n".join(f"  {line}" for line in shown),
             hint="resume with the same spec, or pass --allow-spec-change to go on with the new one",
         )
     if int(state["epoch"]) >= resumed_spec.train.epochs:
@@ -69,7 +80,11 @@ def prepare_resume(reference: str | Path, spec: ExperimentSpec | str | Path | No
             f"{path}: the run already trained all {state['epoch']} epochs (step {state['step']}); nothing is left to do",
             hint=f"to train on, raise the epochs: --set train.epochs={2 * state['epoch']} --allow-spec-change",
         )
-    folder = path.parent if path.name.startswith("step-") else Path(resumed_spec.checkpoint.dir) / (state.get("run_id") or path.stem)
+    folder = (
+        path.parent
+        if path.name.startswith("step-")
+        else Path(resumed_spec.checkpoint.dir) / (state.get("run_id") or path.stem)
+    )
     return Resumption(path, state, resumed_spec, state.get("run_id"), state.get("tracking_uri"), folder, changes)
 
 
@@ -125,8 +140,8 @@ def _from_run(run_id: str, spec: ExperimentSpec | str | Path | None, tracking_ur
     from mlflow.tracking import MlflowClient
 
     from knightctl.spec.model import ExperimentSpec
-    from knightctl.tracking.stores import check_store
     from knightctl.tracking.run import resolve_tracking_uri
+    from knightctl.tracking.stores import check_store
 
     uri, _ = resolve_tracking_uri(tracking_uri, spec if isinstance(spec, ExperimentSpec) else None)
     check_store(uri)
@@ -143,7 +158,9 @@ def _from_run(run_id: str, spec: ExperimentSpec | str | Path | None, tracking_ur
         return _newest(CheckpointFolder(Path(recorded)), "")
     stored = [item.path for item in client.list_artifacts(run_id, "checkpoints") if item.path.endswith(".pt")]
     if not stored:
-        raise CheckpointError(f"MLflow run {run_id} has no checkpoint: none in {recorded or looked_in}, none among its artifacts")
+        raise CheckpointError(
+            f"MLflow run {run_id} has no checkpoint: none in {recorded or looked_in}, none among its artifacts"
+        )
     chosen = max(stored, key=lambda name: (name.endswith("final.pt"), name))
     try:
         return Path(client.download_artifacts(run_id, chosen, str(_ensure(looked_in))))
@@ -156,8 +173,13 @@ def _ensure(folder: Path) -> Path:
     return folder
 
 
-def _spec_for(state: dict[str, Any], path: Path, spec: ExperimentSpec | str | Path | None, overrides: Sequence[str],
-              plugins: PluginSettings | None) -> ExperimentSpec:
+def _spec_for(
+    state: dict[str, Any],
+    path: Path,
+    spec: ExperimentSpec | str | Path | None,
+    overrides: Sequence[str],
+    plugins: PluginSettings | None,
+) -> ExperimentSpec:
     """The spec given, else the checkpoint's own (its YAML and overrides, with any new overrides)."""
     from knightctl.spec.model import ExperimentSpec, load_spec
 
@@ -169,5 +191,7 @@ def _spec_for(state: dict[str, Any], path: Path, spec: ExperimentSpec | str | Pa
         source = state["spec_source"]
         loaded = load_spec(source["path"], [*source["overrides"], *overrides], plugins=plugins, text=source["text"])
     else:
-        loaded = load_spec(f"{path} (its spec)", overrides, plugins=plugins, text=yaml.safe_dump(state["spec"], sort_keys=False))
+        loaded = load_spec(
+            f"{path} (its spec)", overrides, plugins=plugins, text=yaml.safe_dump(state["spec"], sort_keys=False)
+        )
     return loaded if loaded.seed is not None else loaded.with_seed(int(state["seed"]))

@@ -62,8 +62,13 @@ def training_state(
         "seed": spec.seed,
         "spec": spec.to_data(),
         "spec_digest": spec.digest(),
-        "spec_source": None if source is None else {"path": str(source.base_dir / Path(source.path).name), "text": source.text,
-                                                     "overrides": list(source.overrides)},
+        "spec_source": None
+        if source is None
+        else {
+            "path": str(source.base_dir / Path(source.path).name),
+            "text": source.text,
+            "overrides": list(source.overrides),
+        },
         "run_id": run_id,
         "tracking_uri": tracking_uri,
         "metrics": metrics,  # StepMetrics.snapshot(): losses of steps not yet in a logged window
@@ -89,8 +94,13 @@ def rng_states() -> dict[str, Any]:
     version, python_state, gauss_next = random.getstate()
     states: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -107,11 +117,18 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
     torch.set_rng_state(states["torch"])
     saved = states["numpy"]
-    np.random.set_state((saved["name"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"], saved["cached_gaussian"]))
+    np.random.set_state(
+        (
+            saved["name"],
+            saved["keys"].numpy().astype(np.uint32),
+            saved["pos"],
+            saved["has_gauss"],
+            saved["cached_gaussian"],
+        )
+    )
     python = states["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"][: torch.cuda.device_count()])
     if "mps" in states and getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         torch.mps.set_rng_state(states["mps"])
-

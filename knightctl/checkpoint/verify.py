@@ -11,18 +11,19 @@ deterministic algorithms.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from knightctl.checkpoint.files import load_checkpoint
-from knightctl.training.devices import new_seed
 from knightctl.errors import Interrupted
+from knightctl.plugins.events import Observer, RunResult
 from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import ExperimentSpec, load_spec
-from knightctl.plugins.events import Observer, RunResult
+from knightctl.training.devices import new_seed
 from knightctl.training.run import train
 
 
@@ -40,8 +41,14 @@ class ResumeVerdict:
     result: RunResult  # the run straight through (the tracked one)
 
 
-def verify_resume(spec: ExperimentSpec | str | Path, *, overrides: Sequence[str] = (), plugins: PluginSettings | None = None,
-                  observers: Sequence[Observer] = (), **options: Any) -> ResumeVerdict:
+def verify_resume(
+    spec: ExperimentSpec | str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    plugins: PluginSettings | None = None,
+    observers: Sequence[Observer] = (),
+    **options: Any,
+) -> ResumeVerdict:
     """Train `spec` straight through (tracked, with `observers`), then stopped halfway and resumed
     (untracked, silent), and compare. `options` are passed to every `train` call (device, ...)."""
     if not isinstance(spec, ExperimentSpec):
@@ -55,13 +62,22 @@ def verify_resume(spec: ExperimentSpec | str | Path, *, overrides: Sequence[str]
     quiet = {**options, "track": False, "skip_gradcheck": True}
     with tempfile.TemporaryDirectory(prefix="knightctl-verify-resume-") as folder:
         try:
-            first = train(spec, plugins=plugins, checkpoint_dir=folder, stop_at_step=stop_at, record_losses=True, **quiet)
+            first = train(
+                spec, plugins=plugins, checkpoint_dir=folder, stop_at_step=stop_at, record_losses=True, **quiet
+            )
             assert first.checkpoint is not None
             second = train(resume=first.checkpoint, plugins=plugins, record_losses=True, **quiet)
         except Interrupted as stopped:  # its checkpoint is about to vanish with the folder: say what stands
-            finished = f"; the run itself finished (MLflow run {through.run_id})" if through.run_id else "; the run itself finished"
-            raise Interrupted(f"{stopped.signal_name}: interrupted while checking the resume{finished}", signal_name=stopped.signal_name,
-                              run_id=through.run_id) from None
+            finished = (
+                f"; the run itself finished (MLflow run {through.run_id})"
+                if through.run_id
+                else "; the run itself finished"
+            )
+            raise Interrupted(
+                f"{stopped.signal_name}: interrupted while checking the resume{finished}",
+                signal_name=stopped.signal_name,
+                run_id=through.run_id,
+            ) from None
         resumed_state = load_checkpoint(second.checkpoint) if second.checkpoint else None
     straight_state = load_checkpoint(through.checkpoint) if through.checkpoint else None
     split_losses = (first.step_losses or []) + (second.step_losses or [])
@@ -95,9 +111,17 @@ def _compare_states(straight: dict[str, Any] | None, resumed: dict[str, Any] | N
     pairs = [(f"model {name}", tensor, resumed["model"].get(name)) for name, tensor in straight["model"].items()]
     for index, values in straight["optimizer"]["state"].items():
         other = resumed["optimizer"]["state"].get(index, {})
-        pairs += [(f"optimizer state {index}.{key}", value, other.get(key)) for key, value in values.items() if isinstance(value, torch.Tensor)]
+        pairs += [
+            (f"optimizer state {index}.{key}", value, other.get(key))
+            for key, value in values.items()
+            if isinstance(value, torch.Tensor)
+        ]
     for name, a, b in pairs:
         if b is None or a.shape != b.shape or not torch.equal(a, b):
-            gap = f" (largest difference {(a.double() - b.double()).abs().max().item():.3g})" if b is not None and a.shape == b.shape else ""
+            gap = (
+                f" (largest difference {(a.double() - b.double()).abs().max().item():.3g})"
+                if b is not None and a.shape == b.shape
+                else ""
+            )
             return len(pairs), f"{name} differs{gap}"
     return len(pairs), None

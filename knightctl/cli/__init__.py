@@ -5,6 +5,9 @@ this package.
 
 from knightctl._lazy import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "main": "commands",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "main": "commands",
+    },
+)

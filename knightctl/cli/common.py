@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 
-from knightctl.errors import KnightctlError, Terminated
 from knightctl.distributed.jobs import LAUNCHED_ENV
+from knightctl.errors import KnightctlError, Terminated
 
 SET_HELP = "Override a spec value, PATH=VALUE (e.g. optimizer.lr=0.01, model.0.out_features=8); repeatable."
 

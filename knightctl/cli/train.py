@@ -13,35 +13,96 @@ from knightctl.cli.common import SET_HELP, load_plugins_warned, plugin_settings,
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=SET_HELP)
-@click.option("--device", default=None, metavar="DEVICE", help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).")
-@click.option("--tracking-uri", default=None, metavar="URI", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).")
+@click.option(
+    "--device",
+    default=None,
+    metavar="DEVICE",
+    help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).",
+)
 @click.option("--no-track", is_flag=True, help="Train without MLflow.")
 @click.option("--deterministic", is_flag=True, default=None, help="Use deterministic algorithms only (slower on CUDA).")
-@click.option("--skip-gradcheck", is_flag=True, help="Train even if an op the model uses fails its gradient check (or without checking).")
-@click.option("--resume", default=None, metavar="RUN|PATH", help="Go on from the newest checkpoint of a run (its MLflow run id) or a checkpoint file or folder; SPEC is then optional.")
-@click.option("--allow-spec-change", is_flag=True, help="With --resume: go on even if the spec (or --set) differs from the checkpoint's.")
-@click.option("--detect-anomaly", is_flag=True, help="Turn on autograd's anomaly mode, which names the operation that made a NaN (slow).")
-@click.option("--verify-resume", is_flag=True, help="Also train stopped halfway and resumed, and check that the result is bit-identical.")
-@click.option("--nproc-per-node", type=click.IntRange(1, 1024), default=None, metavar="N",
-              help="Train in N processes on this machine with DistributedDataParallel (gloo on CPU, nccl on CUDA), through torch.distributed.run.")
-@click.option("--max-restarts", type=click.IntRange(0, 100), default=0, show_default=True, metavar="K",
-              help="With --nproc-per-node: restart the processes up to K times after a failure, from the newest checkpoint.")
+@click.option(
+    "--skip-gradcheck",
+    is_flag=True,
+    help="Train even if an op the model uses fails its gradient check (or without checking).",
+)
+@click.option(
+    "--resume",
+    default=None,
+    metavar="RUN|PATH",
+    help="Go on from the newest checkpoint of a run (its MLflow run id) or a checkpoint file or folder; SPEC is then optional.",
+)
+@click.option(
+    "--allow-spec-change",
+    is_flag=True,
+    help="With --resume: go on even if the spec (or --set) differs from the checkpoint's.",
+)
+@click.option(
+    "--detect-anomaly",
+    is_flag=True,
+    help="Turn on autograd's anomaly mode, which names the operation that made a NaN (slow).",
+)
+@click.option(
+    "--verify-resume",
+    is_flag=True,
+    help="Also train stopped halfway and resumed, and check that the result is bit-identical.",
+)
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(1, 1024),
+    default=None,
+    metavar="N",
+    help="Train in N processes on this machine with DistributedDataParallel (gloo on CPU, nccl on CUDA), through torch.distributed.run.",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
+    metavar="K",
+    help="With --nproc-per-node: restart the processes up to K times after a failure, from the newest checkpoint.",
+)
 @click.pass_context
-def train(ctx: click.Context, spec: str | None, overrides: tuple[str, ...], device: str | None, tracking_uri: str | None, no_track: bool,
-          deterministic: bool | None, skip_gradcheck: bool, resume: str | None, allow_spec_change: bool, detect_anomaly: bool, verify_resume: bool,
-          nproc_per_node: int | None, max_restarts: int) -> None:
+def train(
+    ctx: click.Context,
+    spec: str | None,
+    overrides: tuple[str, ...],
+    device: str | None,
+    tracking_uri: str | None,
+    no_track: bool,
+    deterministic: bool | None,
+    skip_gradcheck: bool,
+    resume: str | None,
+    allow_spec_change: bool,
+    detect_anomaly: bool,
+    verify_resume: bool,
+    nproc_per_node: int | None,
+    max_restarts: int,
+) -> None:
     """Train the experiment in SPEC and log it to MLflow; or go on with --resume."""
     from knightctl.console.core import ProgressObserver, make_console, render_resume_verdict, render_summary
 
     if spec is None and resume is None:
         raise click.UsageError("give a SPEC to train, or --resume RUN|PATH to go on with one")
     if verify_resume and (resume is not None or nproc_per_node is not None or "WORLD_SIZE" in os.environ):
-        raise click.UsageError("--verify-resume trains a SPEC from the start in one process; it does not combine with --resume, "
-                               "--nproc-per-node or torchrun")
+        raise click.UsageError(
+            "--verify-resume trains a SPEC from the start in one process; it does not combine with --resume, "
+            "--nproc-per-node or torchrun"
+        )
     if nproc_per_node is not None and "WORLD_SIZE" in os.environ:
-        raise click.UsageError("--nproc-per-node starts the processes itself; under torchrun, leave it to torchrun's own --nproc-per-node")
+        raise click.UsageError(
+            "--nproc-per-node starts the processes itself; under torchrun, leave it to torchrun's own --nproc-per-node"
+        )
     if max_restarts and nproc_per_node is None:
-        raise click.UsageError("--max-restarts goes with --nproc-per-node (under torchrun, use torchrun's own --max-restarts)")
+        raise click.UsageError(
+            "--max-restarts goes with --nproc-per-node (under torchrun, use torchrun's own --max-restarts)"
+        )
     if nproc_per_node is not None:
         from knightctl.distributed.launch import launch
 
@@ -52,8 +113,15 @@ def train(ctx: click.Context, spec: str | None, overrides: tuple[str, ...], devi
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 alone shows progress and the summary
     console = make_console()
     progress = ProgressObserver(console) if main_rank else None
-    options = dict(device=device, tracking_uri=tracking_uri, track=not no_track, deterministic=deterministic, plugins=settings,
-                   skip_gradcheck=skip_gradcheck, detect_anomaly=detect_anomaly)
+    options = dict(
+        device=device,
+        tracking_uri=tracking_uri,
+        track=not no_track,
+        deterministic=deterministic,
+        plugins=settings,
+        skip_gradcheck=skip_gradcheck,
+        detect_anomaly=detect_anomaly,
+    )
     try:
         if verify_resume:
             from knightctl.checkpoint.verify import verify_resume as check_resume
@@ -63,8 +131,16 @@ def train(ctx: click.Context, spec: str | None, overrides: tuple[str, ...], devi
         else:
             from knightctl.training.run import train as train_experiment
 
-            result = run_library(lambda: train_experiment(spec, overrides=overrides, observers=[progress] if progress else [], resume=resume,
-                                                          allow_spec_change=allow_spec_change, **options))
+            result = run_library(
+                lambda: train_experiment(
+                    spec,
+                    overrides=overrides,
+                    observers=[progress] if progress else [],
+                    resume=resume,
+                    allow_spec_change=allow_spec_change,
+                    **options,
+                )
+            )
     finally:
         if progress is not None:
             progress.close()

@@ -7,7 +7,8 @@ now and then, with no escape codes. rich honours NO_COLOR by itself.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -17,8 +18,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from knightctl.checkpoint.verify import ResumeVerdict
-    from knightctl.spec.model import ExperimentSpec
     from knightctl.plugins.events import RunInfo, RunResult
+    from knightctl.spec.model import ExperimentSpec
 
 _REFRESH_S = 0.1  # at most ten progress updates a second, whatever the step rate
 _PLAIN_LINE_S = 10.0  # without a terminal: a line every tenth of the run, or this often
@@ -41,7 +42,9 @@ def _metric_text(metrics: Mapping[str, float], compact: bool = False) -> str:
     for key, labels in _SHOWN.items():
         if key in metrics:
             value = metrics[key]
-            parts.append(f"{labels[compact]} {value:,.0f}" if key.endswith("per_s") else f"{labels[compact]} {value:.4f}")
+            parts.append(
+                f"{labels[compact]} {value:,.0f}" if key.endswith("per_s") else f"{labels[compact]} {value:.4f}"
+            )
     return "  ".join(parts)
 
 
@@ -92,7 +95,11 @@ class ProgressObserver:
             if final or now - self._last_update >= _REFRESH_S:
                 self._progress.update(self._task, completed=epoch, metrics=_metric_text(self._metrics, compact=True))
                 self._last_update = now
-        elif metrics and (final or epoch - self._last_line_epoch >= max(1, self._epochs // 10) or now - self._last_update >= _PLAIN_LINE_S):
+        elif metrics and (
+            final
+            or epoch - self._last_line_epoch >= max(1, self._epochs // 10)
+            or now - self._last_update >= _PLAIN_LINE_S
+        ):
             self.console.print(f"epoch {epoch}/{self._epochs}  step {step}  {_metric_text(metrics)}", soft_wrap=True)
             self._last_line_epoch = epoch
             self._last_update = now
@@ -129,9 +136,15 @@ def render_summary(console: Console, result: RunResult) -> None:
     if info.run_id and info.tracking_uri:
         page = f"#/experiments/{info.experiment_id}/runs/{info.run_id}"
         if info.tracking_uri.startswith(("http://", "https://")):
-            console.print(f"dashboard: {info.tracking_uri.rstrip('/')}/{page}", soft_wrap=True)  # a URL split over lines is no link
+            console.print(
+                f"dashboard: {info.tracking_uri.rstrip('/')}/{page}", soft_wrap=True
+            )  # a URL split over lines is no link
         else:
-            command = "knightctl ui" if info.tracking_uri == "sqlite:///mlflow.db" else f"knightctl ui --tracking-uri {info.tracking_uri}"
+            command = (
+                "knightctl ui"
+                if info.tracking_uri == "sqlite:///mlflow.db"
+                else f"knightctl ui --tracking-uri {info.tracking_uri}"
+            )
             console.print(f"dashboard: run `{command}` here, then open http://127.0.0.1:5000/{page}", soft_wrap=True)
 
 
@@ -140,7 +153,11 @@ def render_spec(console: Console, spec: ExperimentSpec) -> None:
     import yaml
 
     text = yaml.safe_dump(spec.to_data(), sort_keys=False)
-    console.print(f"# {spec.source.path if spec.source else spec.name}: valid; resolved with defaults:", markup=False, soft_wrap=True)
+    console.print(
+        f"# {spec.source.path if spec.source else spec.name}: valid; resolved with defaults:",
+        markup=False,
+        soft_wrap=True,
+    )
     if console.is_terminal:
         console.print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
     else:  # exactly the YAML, for pipes and files: no markup, no re-wrapping
@@ -159,7 +176,8 @@ def render_error(console: Console, error: BaseException) -> None:
 def render_resume_verdict(console: Console, verdict: ResumeVerdict) -> None:
     """One line: whether the run stopped and resumed matched the run straight through, bit for bit."""
     where = f"step {verdict.stopped_at_step} (epoch {verdict.stopped_in_epoch}" + (
-        f", after batch {verdict.batch_in_epoch})" if verdict.batch_in_epoch else ", at its end)")
+        f", after batch {verdict.batch_in_epoch})" if verdict.batch_in_epoch else ", at its end)"
+    )
     if verdict.identical:
         console.print(
             f"[bold green]resume verified:[/] stopped at {where} and resumed: all {verdict.steps:,} step losses and "
@@ -167,8 +185,14 @@ def render_resume_verdict(console: Console, verdict: ResumeVerdict) -> None:
             soft_wrap=True,
         )
     else:
-        console.print(f"[bold red]resume differs:[/] stopped at {where} and resumed: {escape(verdict.first_difference or '')}", soft_wrap=True)
-        console.print("  hint: on CUDA, train with --deterministic; a plugin op that draws random numbers outside torch's generators cannot be resumed exactly", soft_wrap=True)
+        console.print(
+            f"[bold red]resume differs:[/] stopped at {where} and resumed: {escape(verdict.first_difference or '')}",
+            soft_wrap=True,
+        )
+        console.print(
+            "  hint: on CUDA, train with --deterministic; a plugin op that draws random numbers outside torch's generators cannot be resumed exactly",
+            soft_wrap=True,
+        )
 
 
 def render_warnings(console: Console, lines: list[str]) -> None:

@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from knightctl.gradcheck.report import CheckResult, OpReport
     from knightctl.gradcheck.run import GradcheckResult
 
-_MARK = {"passed": "[green]ok[/]", "failed": "[bold red]FAIL[/]", "error": "[bold red]ERROR[/]", "unsupported": "[dim]n/a[/]", "skipped": "[dim]skip[/]"}
+_MARK = {
+    "passed": "[green]ok[/]",
+    "failed": "[bold red]FAIL[/]",
+    "error": "[bold red]ERROR[/]",
+    "unsupported": "[dim]n/a[/]",
+    "skipped": "[dim]skip[/]",
+}
 
 
 def _summary(check: CheckResult) -> str:
@@ -36,7 +42,12 @@ def render_gradcheck(console: Console, result: GradcheckResult) -> None:
     table.add_column("time", no_wrap=True, justify="right")
     for report in reports:
         verdict = {"failed": "[bold red]FAILED[/]", "passed": "[green]passed[/]"}.get(report.verdict, "[dim]n/a[/]")
-        table.add_row(escape(report.label), verdict, ", ".join(_summary(check) for check in report.checks), f"{report.seconds:.2f}s")
+        table.add_row(
+            escape(report.label),
+            verdict,
+            ", ".join(_summary(check) for check in report.checks),
+            f"{report.seconds:.2f}s",
+        )
     console.print(table)
     for report in reports:
         _render_details(console, report)
@@ -53,5 +64,5 @@ def _render_details(console: Console, report: OpReport) -> None:
         if line.startswith(" "):  # the worst element beneath a failure
             console.print(line, markup=False, soft_wrap=True)
         else:
-            name, rest = line[: len(report.label)], line[len(report.label):]
+            name, rest = line[: len(report.label)], line[len(report.label) :]
             console.print(f"[bold]{escape(name)}[/]{escape(rest)}", soft_wrap=True)

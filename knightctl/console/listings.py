@@ -43,10 +43,16 @@ def render_ops(console: Console, rows: list[OpSummary], *, as_json: bool = False
         _print_json(console, [asdict(row) for row in rows])
         return
     unknown = any("?" in (row.max_order, row.forward_mode, row.vmap) for row in rows)
-    console.print(f"[bold]{_count(len(rows), 'op')}[/]" + (" (?: not declared by its plugin; `knightctl gradcheck` measures it)" if unknown else ""))
+    console.print(
+        f"[bold]{_count(len(rows), 'op')}[/]"
+        + (" (?: not declared by its plugin; `knightctl gradcheck` measures it)" if unknown else "")
+    )
     for row in rows:
         layer = "not a layer" if row.layer == "-" else f"{row.layer} layer"
-        console.print(f"[bold]{escape(row.name)}[/]  from {escape(row.plugin)} ({escape(_short_path(row.origin))})", soft_wrap=True)
+        console.print(
+            f"[bold]{escape(row.name)}[/]  from {escape(row.plugin)} ({escape(_short_path(row.origin))})",
+            soft_wrap=True,
+        )
         facts = f"{row.form}, {layer}, order {row.max_order}, forward mode {row.forward_mode}, vmap {row.vmap}, devices {row.devices}"
         console.print(f"    {facts}", markup=False, soft_wrap=True)
         if row.surrogate_gradient:
@@ -71,6 +77,9 @@ def render_plugins(console: Console, system: PluginSystem, *, as_json: bool = Fa
     console.print(f"[bold]{_count(len(system.plugins), 'plugin')}[/], in load order")
     for info in system.plugins:
         version = info.version or (f"sha256:{info.digest[:12]}" if info.digest else "")
-        console.print(f"[bold]{escape(info.name)}[/] {escape(version)}  {info.source}: {escape(_short_path(info.origin))}", soft_wrap=True)
+        console.print(
+            f"[bold]{escape(info.name)}[/] {escape(version)}  {info.source}: {escape(_short_path(info.origin))}",
+            soft_wrap=True,
+        )
         console.print(f"    {_outcome(info)}", soft_wrap=True)
     render_warnings(console, list(system.notes))

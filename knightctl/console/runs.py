@@ -67,8 +67,14 @@ def _table(console: Console, title: str | None = None) -> Table:
     """A rule under the headers and two spaces between columns; headers bold unless NO_COLOR."""
     header_style = "" if console.no_color else "bold"
     return Table(
-        title=title, title_justify="left", title_style=header_style, header_style=header_style,
-        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), pad_edge=False,
+        title=title,
+        title_justify="left",
+        title_style=header_style,
+        header_style=header_style,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
     )
 
 
@@ -103,13 +109,21 @@ def render_runs(console: Console, runs: list[RunSummary], as_json: bool = False)
         cells = [f"{escape(run.run_name)}\n{run.run_id[:_SHORT_ID]}"] + ([escape(run.experiment)] if wide else [])
         cells += [_status(console, run.status), escape(run.device or "-")]
         cells += [significant(run.metrics.get(key)) for key in _METRIC_HEADERS]
-        cells += [escape(run.gradcheck_verdict or "-"), duration(run.duration_s)] + ([_started(run.start_time)] if wide else [])
+        cells += [escape(run.gradcheck_verdict or "-"), duration(run.duration_s)] + (
+            [_started(run.start_time)] if wide else []
+        )
         table.add_row(*cells)
     console.print(table)
 
 
 def _run_line(console: Console, label: str, run: RunSummary) -> str:
-    facts = [run.run_id, escape(run.experiment), _status(console, run.status), escape(run.device or "-"), duration(run.duration_s)]
+    facts = [
+        run.run_id,
+        escape(run.experiment),
+        _status(console, run.status),
+        escape(run.device or "-"),
+        duration(run.duration_s),
+    ]
     return f"{label}  {escape(run.run_name)}: " + ", ".join(facts)
 
 

@@ -18,12 +18,22 @@ def render_trial(console: Console, result: TrialResult, done: int, total: int, m
     value = f"  {metric} {result.value:.4g}" if result.value is not None else ""
     why = f"  {escape(result.error)}" if result.error else ""
     style = _STYLE.get(result.status, "")
-    console.print(f"trial {done}/{total} [{style}]{result.status}[/]  {escape(result.trial.label)}{value}{why}", soft_wrap=True, highlight=False)
+    console.print(
+        f"trial {done}/{total} [{style}]{result.status}[/]  {escape(result.trial.label)}{value}{why}",
+        soft_wrap=True,
+        highlight=False,
+    )
 
 
 def render_sweep(console: Console, outcome: SweepResult) -> None:
     table = Table(title=f"sweep ranked by {outcome.metric} ({outcome.goal})", title_justify="left")
-    for column, justify in (("#", "right"), ("trial", "left"), (outcome.metric, "right"), ("status", "left"), ("run", "left")):
+    for column, justify in (
+        ("#", "right"),
+        ("trial", "left"),
+        (outcome.metric, "right"),
+        ("status", "left"),
+        ("run", "left"),
+    ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for place, result in enumerate(outcome.ranked(), start=1):
         value = f"{result.value:.4g}" if result.value is not None else "-"
@@ -32,5 +42,9 @@ def render_sweep(console: Console, outcome: SweepResult) -> None:
     console.print(table)
     best = outcome.best
     if best is not None:
-        console.print(f"best: {escape(best.trial.label)}  {outcome.metric} {best.value:.6g}  (run {best.run_id})", soft_wrap=True, highlight=False)
+        console.print(
+            f"best: {escape(best.trial.label)}  {outcome.metric} {best.value:.6g}  (run {best.run_id})",
+            soft_wrap=True,
+            highlight=False,
+        )
     console.print(f"sweep run {outcome.parent_run_id} on {outcome.tracking_uri}", soft_wrap=True, highlight=False)

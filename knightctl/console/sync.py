@@ -23,11 +23,19 @@ def render_sync(console: Console, report: SyncReport) -> None:
         console.print(text, highlight=False, soft_wrap=True)
 
     if report.delivered:
-        held = ", ".join([_counted(report.metrics, "metric"), _counted(report.artifacts, "artifact"), _counted(report.tags, "tag"),
-                          _counted(report.statuses, "run status")])
+        held = ", ".join(
+            [
+                _counted(report.metrics, "metric"),
+                _counted(report.artifacts, "artifact"),
+                _counted(report.tags, "tag"),
+                _counted(report.statuses, "run status"),
+            ]
+        )
         say(f"delivered {_counted(len(report.delivered), 'journal')} ({held}): {escape(', '.join(report.delivered))}")
     for stale in report.killed:
-        say(f"marked KILLED: run {stale.run_id} on {escape(stale.tracking_uri)} (its process {stale.pid} on {escape(stale.host)} is gone)")
+        say(
+            f"marked KILLED: run {stale.run_id} on {escape(stale.tracking_uri)} (its process {stale.pid} on {escape(stale.host)} is gone)"
+        )
     for pending in report.pending:
         say(f"[bold yellow]still waiting:[/] {escape(describe_pending(pending))}")
     if report.pending:

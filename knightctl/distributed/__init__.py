@@ -4,18 +4,21 @@
 
 from knightctl._lazy import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "JobRecord": "jobs",
-    "LAUNCHED_ENV": "jobs",
-    "PeerLost": "ranks",
-    "RankFailure": "launch",
-    "Ranks": "ranks",
-    "SINGLE": "ranks",
-    "Single": "ranks",
-    "agreed_resume": "jobs",
-    "cause": "launch",
-    "is_peer_lost": "ranks",
-    "job_file": "jobs",
-    "joined": "ranks",
-    "write_job": "jobs",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "JobRecord": "jobs",
+        "LAUNCHED_ENV": "jobs",
+        "PeerLost": "ranks",
+        "RankFailure": "launch",
+        "Ranks": "ranks",
+        "SINGLE": "ranks",
+        "Single": "ranks",
+        "agreed_resume": "jobs",
+        "cause": "launch",
+        "is_peer_lost": "ranks",
+        "job_file": "jobs",
+        "joined": "ranks",
+        "write_job": "jobs",
+    },
+)

@@ -26,7 +26,11 @@ def mark_failed(tracking_uri: str, run_id: str, message: str, rank: int, traceba
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # One line of markdown: the message's own line breaks and table bars would break the note.
     sentence = " ".join(message.split()).replace("|", "\\|")
-    note = amend_note(run.data.tags.get(NOTE_TAG, ""), f"FAILED: rank {rank} failed", f"**The distributed job failed** ({when}): {sentence}.")
+    note = amend_note(
+        run.data.tags.get(NOTE_TAG, ""),
+        f"FAILED: rank {rank} failed",
+        f"**The distributed job failed** ({when}): {sentence}.",
+    )
     client.set_tag(run_id, NOTE_TAG, note)
     client.set_tag(run_id, FAILED_RANK_TAG, str(rank))
     if traceback:

@@ -20,7 +20,9 @@ from typing import Any
 
 from knightctl.checkpoint.files import CheckpointFolder
 
-LAUNCHED_ENV = "KNIGHTCTL_LAUNCHED_JOB"  # set for the ranks `train --nproc-per-node` starts: they leave their errors to it
+LAUNCHED_ENV = (
+    "KNIGHTCTL_LAUNCHED_JOB"  # set for the ranks `train --nproc-per-node` starts: they leave their errors to it
+)
 
 JOBS_DIR = Path(".knightctl") / "jobs"
 
@@ -56,7 +58,9 @@ def read_job(job_id: str, base: Path | None = None) -> JobRecord | None:
         data: dict[str, Any] = json.loads(job_file(job_id, base).read_text())
     except (OSError, ValueError):
         return None
-    return JobRecord(data.get("run_id"), str(data["checkpoint_folder"]), data.get("tracking_uri"), int(data.get("world_size", 0)))
+    return JobRecord(
+        data.get("run_id"), str(data["checkpoint_folder"]), data.get("tracking_uri"), int(data.get("world_size", 0))
+    )
 
 
 def restart_checkpoint(job_id: str | None, restart_count: int) -> Path | None:

@@ -18,13 +18,14 @@ import logging
 import os
 import signal
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from knightctl.checkpoint.files import CheckpointFolder
-from knightctl.errors import Interrupted, KnightctlError
 from knightctl.distributed.jobs import LAUNCHED_ENV, read_job
+from knightctl.errors import Interrupted, KnightctlError
 
 
 class DistributedFailure(KnightctlError):
@@ -46,7 +47,11 @@ class RankFailure:
     time: float  # when it failed (seconds since the epoch; the agent's time when the rank wrote nothing)
 
     def how(self) -> str:
-        return f"was killed by {_signal_name(-self.exit_code)}" if self.exit_code < 0 else f"exited with code {self.exit_code}"
+        return (
+            f"was killed by {_signal_name(-self.exit_code)}"
+            if self.exit_code < 0
+            else f"exited with code {self.exit_code}"
+        )
 
 
 def launch(worker_args: Sequence[str], *, nproc_per_node: int, max_restarts: int = 0) -> str:
@@ -64,13 +69,18 @@ def launch(worker_args: Sequence[str], *, nproc_per_node: int, max_restarts: int
     job_id = uuid.uuid4().hex
     # torchrun's default is one thread per process, with a banner; the cores shared out is faster.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc_per_node)))
-    args = parse_args([f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}", "--module", "knightctl", *worker_args])
+    args = parse_args(
+        [f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}", "--module", "knightctl", *worker_args]
+    )
     # --standalone, with our job id: a rendezvous on this machine, on a free port.
     args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id = "c10d", "localhost:0", job_id
     config, command, command_args = config_from_args(args)
     # Each of torch's elastic loggers has a level of its own (LOGLEVEL, WARNING by default).
-    quiet = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.startswith(("torch.distributed.elastic",
-             "torch.distributed.launcher", "torch.distributed.run"))]
+    quiet = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run"))
+    ]
     levels = [logger.level for logger in quiet]
     for logger in quiet:  # the agent's own lines repeat, less clearly, what the failure below says
         logger.setLevel(logging.CRITICAL)
@@ -115,7 +125,12 @@ def _failure(job_id: str, failures: list[RankFailure], world_size: int) -> Distr
             hints.append(f"MLflow run {record.run_id} is marked FAILED")
         except Exception as exc:  # the failure being reported matters more
             hints.append(f"could not mark MLflow run {record.run_id} FAILED: {exc}")
-    if record is not None and record.run_id and "resume with" not in hint and CheckpointFolder(Path(record.checkpoint_folder)).latest():
+    if (
+        record is not None
+        and record.run_id
+        and "resume with" not in hint
+        and CheckpointFolder(Path(record.checkpoint_folder)).latest()
+    ):
         hints.append(f"resume with: knightctl train --resume {record.run_id} --nproc-per-node {world_size}")
     failure = DistributedFailure(message, hint="; ".join(hints) or None)
     failure.exit_code = first.exit_code if first.exit_code > 0 else 1  # a spec error on every rank is still exit 2
@@ -128,8 +143,16 @@ def _interrupted(job_id: str, name: str, world_size: int) -> Interrupted:
     record = read_job(job_id)
     run = record.run_id if record else None
     newest = CheckpointFolder(Path(record.checkpoint_folder)).latest() if record else None
-    message = f"{name}: the distributed job stopped" + (f"; checkpoint {newest}" if newest else "") + (f"; MLflow run {run} marked KILLED" if run else "")
-    hint = f"resume with: knightctl train --resume {run or newest} --nproc-per-node {world_size}" if run or newest else None
+    message = (
+        f"{name}: the distributed job stopped"
+        + (f"; checkpoint {newest}" if newest else "")
+        + (f"; MLflow run {run} marked KILLED" if run else "")
+    )
+    hint = (
+        f"resume with: knightctl train --resume {run or newest} --nproc-per-node {world_size}"
+        if run or newest
+        else None
+    )
     return Interrupted(message, signal_name=name, run_id=run, hint=hint, checkpoint=newest)
 
 
@@ -140,8 +163,15 @@ def _rank_failure(rank: int, failure: Any) -> RankFailure:
     if not message and failure.exitcode >= 0:
         message = "it wrote no error; see its output above"
     extra = data.get("message", {}).get("extraInfo", {}) if isinstance(data.get("message"), dict) else {}
-    return RankFailure(rank, int(failure.exitcode), message, ours.get("hint"), bool(ours.get("peer_lost")), extra.get("py_callstack"),
-                       float(ours.get("time") or failure.timestamp))
+    return RankFailure(
+        rank,
+        int(failure.exitcode),
+        message,
+        ours.get("hint"),
+        bool(ours.get("peer_lost")),
+        extra.get("py_callstack"),
+        float(ours.get("time") or failure.timestamp),
+    )
 
 
 def _signal_name(number: int) -> str:

@@ -17,10 +17,11 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,17 +134,24 @@ class Ranks(Single):
         on_cuda = next(model.parameters()).device.type == "cuda"
         # Gradients as views into DDP's buckets: one copy fewer per step (about 4% of a step of the
         # 784-512-512-10 MLP on two CPU processes).
-        return DistributedDataParallel(model, device_ids=[self.local_rank] if on_cuda else None, gradient_as_bucket_view=True)
+        return DistributedDataParallel(
+            model, device_ids=[self.local_rank] if on_cuda else None, gradient_as_bucket_view=True
+        )
 
     def device(self, device: torch.device) -> torch.device:
         """This rank's device: CUDA device LOCAL_RANK on a machine with several; the CPU stays the CPU."""
         if device.type == "mps":
-            raise DeviceError("distributed training cannot use MPS: torch.distributed has no backend for it",
-                              hint="train on the CPU with --device cpu, or in one process")
+            raise DeviceError(
+                "distributed training cannot use MPS: torch.distributed has no backend for it",
+                hint="train on the CPU with --device cpu, or in one process",
+            )
         if device.type == "cuda":
             if self.local_rank >= torch.cuda.device_count():
-                raise DeviceError(f"rank {self.rank} has local rank {self.local_rank}, but this machine has "
-                                  f"{torch.cuda.device_count()} CUDA devices", hint="start at most one process per GPU")
+                raise DeviceError(
+                    f"rank {self.rank} has local rank {self.local_rank}, but this machine has "
+                    f"{torch.cuda.device_count()} CUDA devices",
+                    hint="start at most one process per GPU",
+                )
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)
         return device
@@ -155,7 +163,11 @@ class Ranks(Single):
     def _tensor_device(self) -> torch.device:
         # nccl moves CUDA tensors only; gloo takes CPU ones.
         backend = torch.distributed.get_backend()
-        return torch.device("cuda", self.local_rank) if "nccl" in str(backend) and "gloo" not in str(backend) else torch.device("cpu")
+        return (
+            torch.device("cuda", self.local_rank)
+            if "nccl" in str(backend) and "gloo" not in str(backend)
+            else torch.device("cpu")
+        )
 
 
 def join() -> Single:
@@ -174,7 +186,9 @@ def join() -> Single:
     if not torch.distributed.is_initialized():
         # No backend named: gloo for CPU tensors and, where CUDA is, nccl for CUDA tensors.
         timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-        torch.distributed.init_process_group(store=_attempt_store(ranks, timeout), rank=ranks.rank, world_size=ranks.world_size, timeout=timeout)
+        torch.distributed.init_process_group(
+            store=_attempt_store(ranks, timeout), rank=ranks.rank, world_size=ranks.world_size, timeout=timeout
+        )
     return ranks
 
 
@@ -187,10 +201,17 @@ def _attempt_store(ranks: Ranks, timeout: timedelta) -> Any:
     restarted jobs, plain torchrun scripts included.
     """
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # ranks started some other way: rank 0 hosts it
-        store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks.world_size,
-                                           is_master=ranks.is_main, timeout=timeout)
+        store = torch.distributed.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            ranks.world_size,
+            is_master=ranks.is_main,
+            timeout=timeout,
+        )
         return store
-    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks.world_size, is_master=False, timeout=timeout)
+    store = torch.distributed.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), ranks.world_size, is_master=False, timeout=timeout
+    )
     return torch.distributed.PrefixStore(f"knightctl/attempt-{ranks.restart_count}", store)
 
 
@@ -223,8 +244,14 @@ def is_peer_lost(exc: BaseException) -> bool:
 
 
 # What gloo and nccl say when a peer's connection closes or a collective gives up.
-_PEER_LOST_MARKS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted",
-                    "Timed out waiting", "remote worker crashing")
+_PEER_LOST_MARKS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+    "Timed out waiting",
+    "remote worker crashing",
+)
 
 
 def record_failure(exc: BaseException) -> None:
@@ -238,9 +265,17 @@ def record_failure(exc: BaseException) -> None:
     else:
         message, hint = f"{type(exc).__name__}: {exc}", None
     record = {
-        "message": {"message": str(exc) if isinstance(exc, KnightctlError) else message,
-                    "extraInfo": {"py_callstack": "".join(traceback.format_exception(exc)), "timestamp": str(int(time.time()))}},
-        "knightctl": {"message": message, "hint": hint, "peer_lost": is_peer_lost(exc), "time": time.time(), "rank": os.environ.get("RANK")},
+        "message": {
+            "message": str(exc) if isinstance(exc, KnightctlError) else message,
+            "extraInfo": {"py_callstack": "".join(traceback.format_exception(exc)), "timestamp": str(int(time.time()))},
+        },
+        "knightctl": {
+            "message": message,
+            "hint": hint,
+            "peer_lost": is_peer_lost(exc),
+            "time": time.time(),
+            "rank": os.environ.get("RANK"),
+        },
     }
     try:
         with open(path, "w") as handle:
@@ -255,8 +290,10 @@ def _collective(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return function(*args, **kwargs)
     except RuntimeError as exc:
         if is_peer_lost(exc):
-            raise PeerLost(f"another rank of this job stopped: {_first_line(exc)}",
-                           hint="the first rank that failed says why; this one only lost its connection to it") from exc
+            raise PeerLost(
+                f"another rank of this job stopped: {_first_line(exc)}",
+                hint="the first rank that failed says why; this one only lost its connection to it",
+            ) from exc
         raise
 
 

@@ -6,7 +6,8 @@ return `OpReport`s. See checks.py for what each op gets, derivatives.py for how.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from knightctl.errors import PluginError
 from knightctl.gradcheck.checks import check_op

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 
@@ -68,7 +69,10 @@ def sample_targets(op: OpDef, device: torch.device, options: Mapping[str, Any] |
         sample = _as_sample(value)
         args, kwargs = _with_options(op.fn, sample, options or {})
         target = op_target(op.fn, args, kwargs, sample.select_output)
-        leaves = tuple(leaf.detach().to(device=device, dtype=torch.float64) if is_float_tensor(leaf) else leaf for leaf in target.args)
+        leaves = tuple(
+            leaf.detach().to(device=device, dtype=torch.float64) if is_float_tensor(leaf) else leaf
+            for leaf in target.args
+        )
         target.args = leaves
         targets.append(target)
     return targets
@@ -85,14 +89,23 @@ def check_reference(op: OpDef, targets: list[Target], atol: float, rtol: float) 
         got = target.call({})
         expected = as_outputs(expected_out if target.select_output is None else target.select_output(expected_out))
         if len(got) != len(expected):
-            return CheckResult("reference", "failed", f"sample {s}: {len(got)} floating-point output(s), the reference {len(expected)}")
+            return CheckResult(
+                "reference", "failed", f"sample {s}: {len(got)} floating-point output(s), the reference {len(expected)}"
+            )
         for j, (a, b) in enumerate(zip(got, expected)):
             if a.shape != b.shape:
-                return CheckResult("reference", "failed", f"sample {s} output {j}: shape {tuple(a.shape)}, reference {tuple(b.shape)}")
+                return CheckResult(
+                    "reference", "failed", f"sample {s} output {j}: shape {tuple(a.shape)}, reference {tuple(b.shape)}"
+                )
             error = (a - b).abs()
             worst = max(worst, float(error.max()) if error.numel() else 0.0)
             if bool((error > atol + rtol * b.abs()).any()):
-                return CheckResult("reference", "failed", f"sample {s} output {j}: differs from the reference by up to {float(error.max()):.3g}", max_abs_error=worst)
+                return CheckResult(
+                    "reference",
+                    "failed",
+                    f"sample {s} output {j}: differs from the reference by up to {float(error.max()):.3g}",
+                    max_abs_error=worst,
+                )
     return CheckResult("reference", "passed", max_abs_error=worst)
 
 
@@ -111,23 +124,37 @@ def check_batched(op: OpDef, targets: list[Target], atol: float, rtol: float) ->
             for p, leaf in zip(target.wrt, leaves):
                 args[p] = leaf
             outs = as_outputs(target.fn(*args))
-            cotangents = [torch.linspace(-1, 1, 3 * o.numel(), dtype=o.dtype, device=o.device).reshape(3, *o.shape) for o in outs]
+            cotangents = [
+                torch.linspace(-1, 1, 3 * o.numel(), dtype=o.dtype, device=o.device).reshape(3, *o.shape) for o in outs
+            ]
             batched, fell_back = batched_vjp(outs, leaves, cotangents)
         except Exception as exc:
             status = "failed" if op.vmap else "unsupported"
             return CheckResult("batched", status, f"sample {s}: torch.vmap raised {_first_line(exc)}")
         if fell_back:
-            return CheckResult("batched", "failed" if op.vmap else "unsupported", f"sample {s}: the backward cannot be batched: {fell_back}")
+            return CheckResult(
+                "batched",
+                "failed" if op.vmap else "unsupported",
+                f"sample {s}: the backward cannot be batched: {fell_back}",
+            )
         looped = [target.call({position: row}) for row in batch]
         for j, out in enumerate(mapped):
             expected = torch.stack([row[j] for row in looped])
             if not torch.allclose(out, expected, atol=atol, rtol=rtol):
-                return CheckResult("batched", "failed", f"sample {s} output {j}: vmap of the forward differs from a loop by {float((out - expected).abs().max()):.3g}")
+                return CheckResult(
+                    "batched",
+                    "failed",
+                    f"sample {s} output {j}: vmap of the forward differs from a loop by {float((out - expected).abs().max()):.3g}",
+                )
         for b in range(3):
             single = vjp(outs, leaves, [c[b] for c in cotangents], batched=False)
             for i, (g_batched, g_single) in enumerate(zip(batched, single)):
                 if not torch.allclose(g_batched[b], g_single, atol=atol, rtol=rtol):
-                    return CheckResult("batched", "failed", f"sample {s} input {target.input_name(i)}: the batched backward differs from a single one by {float((g_batched[b] - g_single).abs().max()):.3g}")
+                    return CheckResult(
+                        "batched",
+                        "failed",
+                        f"sample {s} input {target.input_name(i)}: the batched backward differs from a single one by {float((g_batched[b] - g_single).abs().max()):.3g}",
+                    )
     return CheckResult("batched", "passed")
 
 
@@ -155,8 +182,15 @@ def _timed(check: Callable[[], CheckResult], name: str) -> CheckResult:
 
 
 def check_op(
-    op: OpDef, *, device: str = "cpu", order: int | None = None, method: str = "auto", atol: float | None = None, rtol: float | None = None,
-    library: bool = True, options: Mapping[str, Any] | None = None,
+    op: OpDef,
+    *,
+    device: str = "cpu",
+    order: int | None = None,
+    method: str = "auto",
+    atol: float | None = None,
+    rtol: float | None = None,
+    library: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> OpReport:
     """Every check for `op` on all its samples in float64; tolerances default to the op's own.
 
@@ -185,7 +219,9 @@ def check_op(
         return _finish(report, started)
     nothing = _nothing_to_check(op, targets)
     if nothing:
-        report.checks.extend([*([mutation] if mutation.status == "failed" else []), CheckResult("gradients", "unsupported", nothing)])
+        report.checks.extend(
+            [*([mutation] if mutation.status == "failed" else []), CheckResult("gradients", "unsupported", nothing)]
+        )
         return _finish(report, started)
     report.checks.append(mutation)
     if mutation.status == "passed":
@@ -194,7 +230,9 @@ def check_op(
     blocked = next((c.check for c in report.checks if c.check in _BLOCKING and c.status == "failed"), None)
     if blocked:
         reason = f"not compared: the {blocked} check failed, so gradient values mean nothing"
-        report.checks.extend(CheckResult(name, "skipped", reason) for name in ("reverse", "linearity", "forward", "batched"))
+        report.checks.extend(
+            CheckResult(name, "skipped", reason) for name in ("reverse", "linearity", "forward", "batched")
+        )
         return _finish(report, started)
     _mark_undefined(targets)
     report.checks.extend(_derivative_checks(op, targets, atol, rtol, method, order, report))
@@ -236,7 +274,9 @@ def _mark_undefined(targets: list[Target]) -> None:
         target.undefined = frozenset(i for i, g in enumerate(grads) if g is None)
 
 
-def _derivative_checks(op: OpDef, targets: list[Target], atol: float, rtol: float, method: str, order: int | None, report: OpReport) -> list[CheckResult]:
+def _derivative_checks(
+    op: OpDef, targets: list[Target], atol: float, rtol: float, method: str, order: int | None, report: OpReport
+) -> list[CheckResult]:
     if op.surrogate_gradient:
         reason = f"surrogate gradient by design: {op.surrogate_gradient}"
         return [CheckResult("reverse", "skipped", reason), CheckResult("forward", "skipped", reason)]
@@ -254,7 +294,10 @@ def _derivative_checks(op: OpDef, targets: list[Target], atol: float, rtol: floa
     try:
         linear, reentrant = check_linearity_and_reentrancy(targets, atol, rtol, op.nondet_tol)
     except Exception as exc:
-        linear, reentrant = _error("linearity", exc), CheckResult("reentrant", "skipped", "not run: the backward raised")
+        linear, reentrant = (
+            _error("linearity", exc),
+            CheckResult("reentrant", "skipped", "not run: the backward raised"),
+        )
     results.extend([linear, reentrant])
     if op.forward_mode is False:
         results.append(CheckResult("forward", "unsupported", "declared: no forward mode"))
@@ -263,19 +306,31 @@ def _derivative_checks(op: OpDef, targets: list[Target], atol: float, rtol: floa
         if op.forward_mode and result.status in ("unsupported", "error"):
             result.status = "failed"  # claimed, and does not work
         results.append(result)
-    results.extend(_higher_orders(op, targets, atol, rtol, method, order, nondeterministic=reentrant.status == "failed"))
+    results.extend(
+        _higher_orders(op, targets, atol, rtol, method, order, nondeterministic=reentrant.status == "failed")
+    )
     return results
 
 
-def _higher_orders(op: OpDef, targets: list[Target], atol: float, rtol: float, method: str, order: int | None, nondeterministic: bool) -> list[CheckResult]:
+def _higher_orders(
+    op: OpDef, targets: list[Target], atol: float, rtol: float, method: str, order: int | None, nondeterministic: bool
+) -> list[CheckResult]:
     results = []
     top = order if order is not None else max(DEFAULT_ORDER, op.max_order or 0)
     for n in range(2, top + 1):
         if op.max_order is not None and n > op.max_order:
-            results.append(CheckResult(f"order {n}", "unsupported", f"declared: derivatives up to order {op.max_order}"))
+            results.append(
+                CheckResult(f"order {n}", "unsupported", f"declared: derivatives up to order {op.max_order}")
+            )
             continue
         if nondeterministic:
-            results.append(CheckResult(f"order {n}", "skipped", "not compared: the backward is not deterministic (see reentrant), so its finite differences are noise"))
+            results.append(
+                CheckResult(
+                    f"order {n}",
+                    "skipped",
+                    "not compared: the backward is not deterministic (see reentrant), so its finite differences are noise",
+                )
+            )
             continue
         result = _timed(lambda n=n: higher_order(n, targets, atol, rtol, method), f"order {n}")  # type: ignore[misc]
         if op.max_order is not None and result.status == "unsupported":

@@ -14,8 +14,8 @@ only the entries that survive are judged in full.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import torch
 
@@ -38,7 +38,15 @@ class Tally:
     worst_ratio: float = 0.0
     kinks: dict[tuple[int, int, tuple[int, ...]], Kink] = field(default_factory=dict)
 
-    def judge_block(self, analytic: torch.Tensor, chunk: NumericChunk, j: int, *, where: tuple[int, int, int], shapes: tuple[Sequence[int], Sequence[int]]) -> None:
+    def judge_block(
+        self,
+        analytic: torch.Tensor,
+        chunk: NumericChunk,
+        j: int,
+        *,
+        where: tuple[int, int, int],
+        shapes: tuple[Sequence[int], Sequence[int]],
+    ) -> None:
         """Judge analytic (hi - lo, out_numel) against the chunk's differences for output j."""
         central = chunk.central[j]
         error = (analytic - central).abs_()
@@ -56,7 +64,18 @@ class Tally:
             values = (analytic[rows, columns], central[rows, columns], left, right)
             self._judge_entries(*values, None, where=where, inputs=chunk.elements[rows], outputs=columns, shapes=shapes)
 
-    def judge_projections(self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor, *, where: tuple[int, int, int], elements: torch.Tensor, in_shape: Sequence[int]) -> None:
+    def judge_projections(
+        self,
+        analytic: torch.Tensor,
+        central: torch.Tensor,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        tolerance: torch.Tensor,
+        *,
+        where: tuple[int, int, int],
+        elements: torch.Tensor,
+        in_shape: Sequence[int],
+    ) -> None:
         """Judge projections u^T J, (input elements, probes), each against its own tolerance."""
         error = (analytic - central).abs()
         if error.numel():
@@ -67,8 +86,17 @@ class Tally:
         self._judge_entries(*flat, where=where, inputs=elements[rows], outputs=None, shapes=((), in_shape))
 
     def _judge_entries(
-        self, analytic: torch.Tensor, central: torch.Tensor, left: torch.Tensor, right: torch.Tensor, tolerance: torch.Tensor | None,
-        *, where: tuple[int, int, int], inputs: torch.Tensor, outputs: torch.Tensor | None, shapes: tuple[Sequence[int], Sequence[int]],
+        self,
+        analytic: torch.Tensor,
+        central: torch.Tensor,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        tolerance: torch.Tensor | None,
+        *,
+        where: tuple[int, int, int],
+        inputs: torch.Tensor,
+        outputs: torch.Tensor | None,
+        shapes: tuple[Sequence[int], Sequence[int]],
     ) -> None:
         """The full rule on 1-D vectors of entries; `outputs` None means the entries are projections."""
         tol = self.atol + self.rtol * central.abs() if tolerance is None else tolerance
@@ -80,21 +108,46 @@ class Tally:
         sample, _, input_index = where
         for k in kink.nonzero().flatten().tolist():
             element = unravel(int(inputs[k]), shapes[1])
-            self.kinks.setdefault((sample, input_index, element), Kink(sample, input_index, element, float(left[k]), float(right[k])))
+            self.kinks.setdefault(
+                (sample, input_index, element), Kink(sample, input_index, element, float(left[k]), float(right[k]))
+            )
         if not bool(bad.any()):
             return
-        self.failed += int(bad.sum()) if outputs is not None else len(set(inputs[bad].tolist()))  # projections: count elements
+        self.failed += (
+            int(bad.sum()) if outputs is not None else len(set(inputs[bad].tolist()))
+        )  # projections: count elements
         ratio = torch.where(bad, error / tol.clamp_min(1e-300), torch.zeros_like(error))
         k = int(ratio.argmax())
         if float(ratio[k]) > self.worst_ratio:
             self.worst_ratio = float(ratio[k])
             output_element = unravel(int(outputs[k]), shapes[0]) if outputs is not None else ()
-            self.worst = self._mismatch(where, output_element, unravel(int(inputs[k]), shapes[1]), float(analytic[k]), float(central[k]))
+            self.worst = self._mismatch(
+                where, output_element, unravel(int(inputs[k]), shapes[1]), float(analytic[k]), float(central[k])
+            )
 
-    def _mismatch(self, where: tuple[int, int, int], output_element: tuple[int, ...], input_element: tuple[int, ...], analytic: float, numeric: float) -> Mismatch:
+    def _mismatch(
+        self,
+        where: tuple[int, int, int],
+        output_element: tuple[int, ...],
+        input_element: tuple[int, ...],
+        analytic: float,
+        numeric: float,
+    ) -> Mismatch:
         sample, output, input_index = where
         error = abs(analytic - numeric)
-        return Mismatch(sample, output, input_index, output_element, input_element, analytic, numeric, error, error / max(abs(numeric), self.atol), self.atol, self.rtol)
+        return Mismatch(
+            sample,
+            output,
+            input_index,
+            output_element,
+            input_element,
+            analytic,
+            numeric,
+            error,
+            error / max(abs(numeric), self.atol),
+            self.atol,
+            self.rtol,
+        )
 
     def finished_worst(self, targets: Sequence[Target] = ()) -> Mismatch | None:
         """The worst mismatch, with how many failed, its input's name and the inputs' values there."""
@@ -106,7 +159,11 @@ class Tally:
         target = targets[worst.sample]
         inputs = [target.args[p] for p in target.wrt]
         x = inputs[worst.input]
-        values = [(target.input_name(worst.input), float(x.detach()[worst.input_element]))] if worst.input_element or x.dim() == 0 else []
+        values = (
+            [(target.input_name(worst.input), float(x.detach()[worst.input_element]))]
+            if worst.input_element or x.dim() == 0
+            else []
+        )
         for i, other in enumerate(inputs):  # same-shaped inputs at the same element: y beside x in f(x, y)
             if i != worst.input and other.shape == x.shape and values:
                 values.append((target.input_name(i), float(other.detach()[worst.input_element])))

@@ -15,7 +15,8 @@ gradient where the derivative is not zero) is judged with the Jacobians, in deri
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.autograd.function import BackwardCFunction
@@ -45,10 +46,16 @@ def check_mutation(targets: Sequence[Target]) -> tuple[CheckResult, str]:
         for (i, leaf), original in zip(tensors, before):
             if leaf.shape != original.shape or not torch.equal(leaf.nan_to_num(), original.nan_to_num()):
                 name = target.names[i] if i < len(target.names) else f"args[{i}]"
-                change = "resized it" if leaf.shape != original.shape else f"changed it by up to {float((leaf - original).abs().max()):.3g}"
+                change = (
+                    "resized it"
+                    if leaf.shape != original.shape
+                    else f"changed it by up to {float((leaf - original).abs().max()):.3g}"
+                )
                 with torch.no_grad():
                     leaf.set_(original)  # the caller's value back, so that the report can show it
-                return CheckResult("mutation", "failed", f"sample {s}: the op changed its input {name} in place ({change})"), ""
+                return CheckResult(
+                    "mutation", "failed", f"sample {s}: the op changed its input {name} in place ({change})"
+                ), ""
     return CheckResult("mutation", "passed"), ""
 
 
@@ -118,9 +125,16 @@ def _metadata_problem(target: Target, leaves: list[torch.Tensor], raw: _RawGradi
                 continue
             read += 1
             grad, leaf = returned[k], leaves[i]
-            for what, got, want in (("dtype", grad.dtype, leaf.dtype), ("shape", tuple(grad.shape), tuple(leaf.shape)), ("device", grad.device, leaf.device)):
+            for what, got, want in (
+                ("dtype", grad.dtype, leaf.dtype),
+                ("shape", tuple(grad.shape), tuple(leaf.shape)),
+                ("device", grad.device, leaf.device),
+            ):
                 if got != want:
-                    return f"the backward returned a gradient of {what} {got} for input {target.input_name(i)} of {what} {want}", read
+                    return (
+                        f"the backward returned a gradient of {what} {got} for input {target.input_name(i)} of {what} {want}",
+                        read,
+                    )
     return "", read
 
 
@@ -146,9 +160,15 @@ def check_metadata(targets: Sequence[Target]) -> CheckResult:
         if problem:
             return CheckResult("grad metadata", "failed", f"sample {s}: {problem}")
         if error is not None:
-            return CheckResult("grad metadata", "skipped", f"sample {s}: the backward raised before its gradients could be read")
+            return CheckResult(
+                "grad metadata", "skipped", f"sample {s}: the backward raised before its gradients could be read"
+            )
     if not read:
-        return CheckResult("grad metadata", "unsupported", "no Python backward (autograd.Function, custom_op) feeds the inputs: torch's own ops")
+        return CheckResult(
+            "grad metadata",
+            "unsupported",
+            "no Python backward (autograd.Function, custom_op) feeds the inputs: torch's own ops",
+        )
     return CheckResult("grad metadata", "passed", f"{read} gradient(s) read as the backward returned them")
 
 
@@ -156,18 +176,25 @@ def _vjp(outs: list[torch.Tensor], leaves: list[torch.Tensor], cotangents: list[
     pairs = [(out, cot) for out, cot in zip(outs, cotangents) if out.requires_grad]
     if not pairs:
         return [torch.zeros_like(leaf) for leaf in leaves]
-    grads = torch.autograd.grad([o for o, _ in pairs], leaves, [c for _, c in pairs], retain_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs], leaves, [c for _, c in pairs], retain_graph=True, allow_unused=True
+    )
     return [g.detach() if g is not None else torch.zeros_like(leaf) for g, leaf in zip(grads, leaves)]
 
 
-def check_linearity_and_reentrancy(targets: Sequence[Target], atol: float, rtol: float, nondet_tol: float) -> tuple[CheckResult, CheckResult]:
+def check_linearity_and_reentrancy(
+    targets: Sequence[Target], atol: float, rtol: float, nondet_tol: float
+) -> tuple[CheckResult, CheckResult]:
     """Backwards on random non-unit cotangents: linear in them, zero for zero, and the same twice."""
     linear = CheckResult("linearity", "passed")
     reentrant = CheckResult("reentrant", "passed")
     for s, target in enumerate(targets):
         leaves, outs = _live(target)
         generator = torch.Generator().manual_seed(3000 + s)
-        u, w = ([torch.randn(o.shape, dtype=o.dtype, generator=generator).to(o.device).mul_(1.7) for o in outs] for _ in range(2))
+        u, w = (
+            [torch.randn(o.shape, dtype=o.dtype, generator=generator).to(o.device).mul_(1.7) for o in outs]
+            for _ in range(2)
+        )
         a, b = 0.625, -1.875  # a + b != 1: a backward that ignores its gradient breaks the sum
         g_u, g_w = _vjp(outs, leaves, u), _vjp(outs, leaves, w)
         g_sum = _vjp(outs, leaves, [a * x + b * y for x, y in zip(u, w)])
@@ -178,10 +205,24 @@ def check_linearity_and_reentrancy(targets: Sequence[Target], atol: float, rtol:
             expected = a * g_u[i] + b * g_w[i]
             error = (g_sum[i] - expected).abs()
             if linear.status == "passed" and bool((error > atol + rtol * expected.abs()).any()):
-                linear = CheckResult("linearity", "failed", f"sample {s} input {name}: vjp(a*u + b*w) differs from a*vjp(u) + b*vjp(w) by up to {float(error.max()):.3g}: the backward does not scale with the incoming gradient", max_abs_error=float(error.max()))
+                linear = CheckResult(
+                    "linearity",
+                    "failed",
+                    f"sample {s} input {name}: vjp(a*u + b*w) differs from a*vjp(u) + b*vjp(w) by up to {float(error.max()):.3g}: the backward does not scale with the incoming gradient",
+                    max_abs_error=float(error.max()),
+                )
             if linear.status == "passed" and bool((g_zero[i].abs() > atol).any()):
-                linear = CheckResult("linearity", "failed", f"sample {s} input {name}: a zero incoming gradient gives a gradient of up to {float(g_zero[i].abs().max()):.3g}, not 0")
+                linear = CheckResult(
+                    "linearity",
+                    "failed",
+                    f"sample {s} input {name}: a zero incoming gradient gives a gradient of up to {float(g_zero[i].abs().max()):.3g}, not 0",
+                )
             drift = float((g_again[i] - g_u[i]).abs().max()) if g_u[i].numel() else 0.0
             if reentrant.status == "passed" and drift > nondet_tol:
-                reentrant = CheckResult("reentrant", "failed", f"sample {s} input {name}: the backward run twice on the same graph differs by up to {drift:.3g} (nondet_tol {nondet_tol:g}): it is not deterministic", max_abs_error=drift)
+                reentrant = CheckResult(
+                    "reentrant",
+                    "failed",
+                    f"sample {s} input {name}: the backward run twice on the same graph differs by up to {drift:.3g} (nondet_tol {nondet_tol:g}): it is not deterministic",
+                    max_abs_error=drift,
+                )
     return linear, reentrant

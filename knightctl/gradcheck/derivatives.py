@@ -10,8 +10,9 @@ it while a 1% error in any one element still shows.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -55,7 +56,9 @@ def derivative_of(fn: Callable[..., Any], wrt: Sequence[int], cotangents: Sequen
     return g
 
 
-def reverse(name: str, targets: Sequence[Target], atol: float, rtol: float, method: str, seed: int = 0) -> tuple[CheckResult, Tally]:
+def reverse(
+    name: str, targets: Sequence[Target], atol: float, rtol: float, method: str, seed: int = 0
+) -> tuple[CheckResult, Tally]:
     """Reverse mode (vector-Jacobian products) against central differences, every sample."""
     result, _, tally, _ = reverse_and_undefined(name, targets, atol, rtol, method, seed)
     return result, tally
@@ -90,22 +93,35 @@ def reverse_and_undefined(
         detail = f"the backward returns None for {inputs}, whose derivative is not zero ({undefined.failed} element(s))"
         none_result = _result("undefined grad", undefined, how, 0.0, targets, detail)
     else:
-        none_result = CheckResult("undefined grad", "passed", f"None only where the derivative is zero ({', '.join(sorted(none_inputs))})", how)
+        none_result = CheckResult(
+            "undefined grad",
+            "passed",
+            f"None only where the derivative is zero ({', '.join(sorted(none_inputs))})",
+            how,
+        )
     return _result(name, tally, how, seconds, targets), none_result, tally, undefined
 
 
-def _result(name: str, tally: Tally, method: str, seconds: float, targets: Sequence[Target], detail: str = "") -> CheckResult:
+def _result(
+    name: str, tally: Tally, method: str, seconds: float, targets: Sequence[Target], detail: str = ""
+) -> CheckResult:
     status = "failed" if tally.failed else "passed"
     detail = detail or (f"{tally.failed} element(s) out of tolerance" if tally.failed else "")
-    return CheckResult(name, status, detail, method, tally.max_abs_error, tally.max_rel_error, tally.finished_worst(targets), seconds)
+    return CheckResult(
+        name, status, detail, method, tally.max_abs_error, tally.max_rel_error, tally.finished_worst(targets), seconds
+    )
 
 
-def _exact(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tallies: Sequence[Tally], sample: int) -> None:
+def _exact(
+    live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tallies: Sequence[Tally], sample: int
+) -> None:
     jacobian = analytic_jacobian(outs, xs)  # [output][input]: (in_numel, out_numel)
     for i, x in enumerate(xs):
         for chunk in numeric_chunks(live, outs, i):
             for j, out in enumerate(outs):
-                tallies[i].judge_block(jacobian[j][i][chunk.lo:chunk.hi], chunk, j, where=(sample, j, i), shapes=(out.shape, x.shape))
+                tallies[i].judge_block(
+                    jacobian[j][i][chunk.lo : chunk.hi], chunk, j, where=(sample, j, i), shapes=(out.shape, x.shape)
+                )
 
 
 def higher_order(order: int, targets: Sequence[Target], atol: float, rtol: float, method: str) -> CheckResult:
@@ -129,7 +145,9 @@ def higher_order(order: int, targets: Sequence[Target], atol: float, rtol: float
     result, _ = reverse(f"order {order}", derived, atol, rtol, method)
     if detached and result.status == "failed":
         result.status = "unsupported"
-        result.detail = f"the backward is not differentiable (once_differentiable, or computed outside autograd); {result.detail}"
+        result.detail = (
+            f"the backward is not differentiable (once_differentiable, or computed outside autograd); {result.detail}"
+        )
     return result
 
 
@@ -142,21 +160,37 @@ def forward(targets: Sequence[Target], atol: float, rtol: float) -> CheckResult:
         for i, position in enumerate(target.wrt):
             x = target.args[position].detach()
             if x.numel() > FORWARD_MAX_ELEMENTS:
-                return CheckResult("forward", "skipped", f"sample {s} input {i} has {x.numel()} elements; forward mode is checked up to {FORWARD_MAX_ELEMENTS}")
+                return CheckResult(
+                    "forward",
+                    "skipped",
+                    f"sample {s} input {i} has {x.numel()} elements; forward mode is checked up to {FORWARD_MAX_ELEMENTS}",
+                )
             try:
                 columns, any_tangent = _tangent_columns(target, position, x, outs)
             except (NotImplementedError, RuntimeError) as exc:  # no jvp: torch says so in words
-                return CheckResult("forward", "unsupported", f"forward-mode AD raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                return CheckResult(
+                    "forward",
+                    "unsupported",
+                    f"forward-mode AD raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                )
             chunks = list(numeric_chunks(target, outs, i))
             if not any_tangent and any(bool(c.abs().max() > 0) for chunk in chunks for c in chunk.central if c.numel()):
-                return CheckResult("forward", "unsupported", "forward-mode AD gave no tangent: torch.func.jacfwd would silently return zeros here")
+                return CheckResult(
+                    "forward",
+                    "unsupported",
+                    "forward-mode AD gave no tangent: torch.func.jacfwd would silently return zeros here",
+                )
             for chunk in chunks:
                 for j, out in enumerate(outs):
-                    tally.judge_block(columns[j][chunk.lo:chunk.hi], chunk, j, where=(s, j, i), shapes=(out.shape, x.shape))
+                    tally.judge_block(
+                        columns[j][chunk.lo : chunk.hi], chunk, j, where=(s, j, i), shapes=(out.shape, x.shape)
+                    )
     return _result("forward", tally, "exact", time.perf_counter() - started, targets)
 
 
-def _tangent_columns(target: Target, position: int, x: torch.Tensor, outs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+def _tangent_columns(
+    target: Target, position: int, x: torch.Tensor, outs: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], bool]:
     """d outputs / d x by forward mode, one dual number per element, input-major; and whether any tangent came back."""
     columns: list[list[torch.Tensor]] = [[] for _ in outs]
     any_tangent = False
@@ -168,5 +202,9 @@ def _tangent_columns(target: Target, position: int, x: torch.Tensor, outs: Seque
             for j, out in enumerate(results):
                 unpacked = fwAD.unpack_dual(out).tangent
                 any_tangent = any_tangent or unpacked is not None
-                columns[j].append(unpacked.reshape(-1) if unpacked is not None else torch.zeros(out.numel(), dtype=out.dtype, device=out.device))
+                columns[j].append(
+                    unpacked.reshape(-1)
+                    if unpacked is not None
+                    else torch.zeros(out.numel(), dtype=out.dtype, device=out.device)
+                )
     return [torch.stack(column) for column in columns], any_tangent  # input-major: (in_numel, out_numel)

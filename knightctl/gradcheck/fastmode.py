@@ -20,7 +20,7 @@ still suspect), the rest are judged one by one, as the exact rule does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -41,7 +41,14 @@ def _signed(shape: Sequence[int], generator: torch.Generator, like: torch.Tensor
     return (magnitude * sign).to(like.device)
 
 
-def fast_reverse(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], tallies: Sequence[Tally], sample: int, generator: torch.Generator) -> None:
+def fast_reverse(
+    live: Target,
+    outs: Sequence[torch.Tensor],
+    xs: Sequence[torch.Tensor],
+    tallies: Sequence[Tally],
+    sample: int,
+    generator: torch.Generator,
+) -> None:
     """Judge u^T J for every element of every input, testing groups first."""
     probes = [_signed((DRAWS, *out.shape), generator, out) for out in outs]
     projected, _ = batched_vjp(outs, xs, probes)  # u^T J for each input: (draws, *input shape)
@@ -54,7 +61,15 @@ def fast_reverse(live: Target, outs: Sequence[torch.Tensor], xs: Sequence[torch.
             _judge_elements(live, outs, i, analytic, probes, suspects, tally, sample, x.shape)
 
 
-def _suspects(live: Target, outs: Sequence[torch.Tensor], which: int, analytic: torch.Tensor, probes: Sequence[torch.Tensor], theta: float, generator: torch.Generator) -> torch.Tensor:
+def _suspects(
+    live: Target,
+    outs: Sequence[torch.Tensor],
+    which: int,
+    analytic: torch.Tensor,
+    probes: Sequence[torch.Tensor],
+    theta: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """The flat elements that no group test clears."""
     n = analytic.shape[1]
     weights = _signed((DRAWS, n), generator, analytic)
@@ -71,8 +86,16 @@ def _suspects(live: Target, outs: Sequence[torch.Tensor], which: int, analytic: 
     return torch.cat(single) if single else torch.empty(0, dtype=torch.long)
 
 
-def _cleared(live: Target, outs: Sequence[torch.Tensor], which: int, analytic: torch.Tensor, probes: Sequence[torch.Tensor],
-             weights: torch.Tensor, groups: list[torch.Tensor], theta: float) -> list[bool]:
+def _cleared(
+    live: Target,
+    outs: Sequence[torch.Tensor],
+    which: int,
+    analytic: torch.Tensor,
+    probes: Sequence[torch.Tensor],
+    weights: torch.Tensor,
+    groups: list[torch.Tensor],
+    theta: float,
+) -> list[bool]:
     """For each group, whether both draws agree to within theta; batched, a cache-sized block at a time."""
     position = live.wrt[which]
     x = live.args[position].detach()
@@ -81,10 +104,12 @@ def _cleared(live: Target, outs: Sequence[torch.Tensor], which: int, analytic: t
     cleared: list[bool] = []
     with torch.no_grad():
         for start in range(0, len(groups), per_batch):
-            block = groups[start:start + per_batch]
+            block = groups[start : start + per_batch]
             directions = torch.zeros(len(block), DRAWS, n, dtype=x.dtype, device=x.device)
             members = torch.cat(block)
-            owner = torch.repeat_interleave(torch.arange(len(block), device=x.device), torch.tensor([len(g) for g in block], device=x.device))
+            owner = torch.repeat_interleave(
+                torch.arange(len(block), device=x.device), torch.tensor([len(g) for g in block], device=x.device)
+            )
             directions[owner, :, members] = weights[:, members].T
             directions = directions.reshape(-1, n)  # (groups * draws, n)
             flat = x.reshape(1, n)
@@ -99,8 +124,17 @@ def _cleared(live: Target, outs: Sequence[torch.Tensor], which: int, analytic: t
     return cleared
 
 
-def _judge_elements(live: Target, outs: Sequence[torch.Tensor], which: int, analytic: torch.Tensor, probes: Sequence[torch.Tensor],
-                    elements: torch.Tensor, tally: Tally, sample: int, in_shape: Sequence[int]) -> None:
+def _judge_elements(
+    live: Target,
+    outs: Sequence[torch.Tensor],
+    which: int,
+    analytic: torch.Tensor,
+    probes: Sequence[torch.Tensor],
+    elements: torch.Tensor,
+    tally: Tally,
+    sample: int,
+    in_shape: Sequence[int],
+) -> None:
     """The per-element rule on projections: u^T J e_k against central and one-sided differences."""
     elements = elements.sort().values
     for chunk in numeric_chunks(live, outs, which, elements=elements):
@@ -114,4 +148,13 @@ def _judge_elements(live: Target, outs: Sequence[torch.Tensor], which: int, anal
             support = ((chunk.central[j] != 0) | (chunk_left != 0) | (chunk_right != 0)).to(u.dtype)
             bound = bound + tally.atol * (support @ u_t.abs()) + tally.rtol * (chunk.central[j].abs() @ u_t.abs())
         bound = bound.clamp_min(tally.atol * float(min(u.abs().min() for u in probes)))  # T_k >= atol * min|u|
-        tally.judge_projections(analytic[:, chunk.elements].T, central, left, right, bound, where=(sample, -1, which), elements=chunk.elements, in_shape=in_shape)
+        tally.judge_projections(
+            analytic[:, chunk.elements].T,
+            central,
+            left,
+            right,
+            bound,
+            where=(sample, -1, which),
+            elements=chunk.elements,
+            in_shape=in_shape,
+        )

@@ -21,7 +21,10 @@ _MAX_CELLS = 250_000  # a 500 x 500 block is as much as a picture can show
 
 def write_heatmap(report: OpReport, targets: list[Target], directory: Path) -> Path | None:
     """Write `<op>.png` (`<op>_<options>.png` at options) for the first failed first-order comparison with a located element, or None."""
-    failed = next((c for c in report.checks if c.status == "failed" and c.check == "reverse" and c.worst and c.worst.output >= 0), None)
+    failed = next(
+        (c for c in report.checks if c.status == "failed" and c.check == "reverse" and c.worst and c.worst.output >= 0),
+        None,
+    )
     if failed is None or failed.worst is None:
         return None
     worst = failed.worst
@@ -34,7 +37,15 @@ def write_heatmap(report: OpReport, targets: list[Target], directory: Path) -> P
     return _draw(report.label, analytic, numeric, worst.sample, worst.output, worst.input, directory)
 
 
-def _draw(name: str, analytic: torch.Tensor, numeric: torch.Tensor, sample: int, output: int, input_index: int, directory: Path) -> Path:
+def _draw(
+    name: str,
+    analytic: torch.Tensor,
+    numeric: torch.Tensor,
+    sample: int,
+    output: int,
+    input_index: int,
+    directory: Path,
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, no GUI toolkit
@@ -44,8 +55,11 @@ def _draw(name: str, analytic: torch.Tensor, numeric: torch.Tensor, sample: int,
     # a colour flip and zero as white; analytic and numeric share their limits to compare by eye.
     difference = analytic - numeric
     shared = _limit(analytic, numeric)
-    panels = [("analytic", analytic, shared, "d output / d input"), ("numeric", numeric, shared, "d output / d input"),
-              ("analytic - numeric", difference, _limit(difference), "analytic - numeric")]
+    panels = [
+        ("analytic", analytic, shared, "d output / d input"),
+        ("numeric", numeric, shared, "d output / d input"),
+        ("analytic - numeric", difference, _limit(difference), "analytic - numeric"),
+    ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4), constrained_layout=True)
     for axis, (title, values, limit, label) in zip(axes, panels):
         image = axis.imshow(values.cpu().numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")

@@ -9,8 +9,9 @@ Jacobian-vector product per element.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -69,13 +70,19 @@ class Target:
             try:
                 return list(torch.vmap(lambda x: self.call({position: x}))(batch))
             except Exception as exc:  # no batching rule: fall back to a loop, and remember
-                self.vmap_ok, self.vmap_error = False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.vmap_ok, self.vmap_error = (
+                    False,
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                )
         rows = [self.call({position: row}) for row in batch]
         return [torch.stack([row[j] for row in rows]) for j in range(len(rows[0]))]
 
 
 def op_target(
-    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], select_output: Callable[[Any], Any] | None = None
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    select_output: Callable[[Any], Any] | None = None,
 ) -> Target:
     """`fn(*args, **kwargs)` (passed through `select_output`) as a function of its pytree's leaves,
     differentiated w.r.t. the floating-point ones: those that require grad, where any does."""
@@ -86,10 +93,14 @@ def op_target(
         out = fn(*positional, **keywords)
         return out if select_output is None else select_output(out)
 
-    names = tuple(("args" if path.startswith("[0]") else "kwargs") + path[3:] for path in paths)  # "[0][1]" -> "args[1]"
+    names = tuple(
+        ("args" if path.startswith("[0]") else "kwargs") + path[3:] for path in paths
+    )  # "[0][1]" -> "args[1]"
     floats = [i for i, leaf in enumerate(leaves) if is_float_tensor(leaf)]
     marked = [i for i in floats if leaves[i].requires_grad]  # the sample says which; the rest are constants
-    return Target(on_leaves, tuple(leaves), tuple(marked or floats), names=names, rebuild=rebuild, select_output=select_output)
+    return Target(
+        on_leaves, tuple(leaves), tuple(marked or floats), names=names, rebuild=rebuild, select_output=select_output
+    )
 
 
 @dataclass
@@ -132,7 +143,10 @@ def numeric_chunks(
             hi = min(count, lo + per_batch)
             rows = torch.arange(hi - lo, device=x.device)
             chosen = rows + lo if elements is None else elements[lo:hi]
-            plus, minus = x.reshape(1, n).repeat(hi - lo, 1), x.reshape(1, n).repeat(hi - lo, 1)  # 6x faster than expand().clone()
+            plus, minus = (
+                x.reshape(1, n).repeat(hi - lo, 1),
+                x.reshape(1, n).repeat(hi - lo, 1),
+            )  # 6x faster than expand().clone()
             plus[rows, chosen] += eps
             minus[rows, chosen] -= eps  # two buffers: an output may be a view of its input
             up = [f.reshape(hi - lo, -1) for f in target.call_batched(position, plus.reshape(hi - lo, *x.shape))]
@@ -141,21 +155,38 @@ def numeric_chunks(
             yield NumericChunk(lo, hi, up, down, mid, central, eps, chosen)
 
 
-def vjp(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], cotangents: Sequence[torch.Tensor], *, batched: bool, create_graph: bool = False) -> list[torch.Tensor]:
+def vjp(
+    outputs: Sequence[torch.Tensor],
+    inputs: Sequence[torch.Tensor],
+    cotangents: Sequence[torch.Tensor],
+    *,
+    batched: bool,
+    create_graph: bool = False,
+) -> list[torch.Tensor]:
     """Vector-Jacobian products; `batched` cotangents carry a leading batch dimension. None -> zeros."""
     pairs = [(out, cot) for out, cot in zip(outputs, cotangents) if out.requires_grad]
     if not pairs:  # nothing reaches the inputs: every derivative is zero
         shape = (cotangents[0].shape[0],) if batched else ()
         return [torch.zeros(*shape, *x.shape, dtype=x.dtype, device=x.device) for x in inputs]
     grads = torch.autograd.grad(
-        [out for out, _ in pairs], list(inputs), [cot for _, cot in pairs],
-        retain_graph=True, create_graph=create_graph, allow_unused=True, is_grads_batched=batched,
+        [out for out, _ in pairs],
+        list(inputs),
+        [cot for _, cot in pairs],
+        retain_graph=True,
+        create_graph=create_graph,
+        allow_unused=True,
+        is_grads_batched=batched,
     )
     shape = (cotangents[0].shape[0],) if batched else ()
-    return [g if g is not None else torch.zeros(*shape, *x.shape, dtype=x.dtype, device=x.device) for g, x in zip(grads, inputs)]
+    return [
+        g if g is not None else torch.zeros(*shape, *x.shape, dtype=x.dtype, device=x.device)
+        for g, x in zip(grads, inputs)
+    ]
 
 
-def batched_vjp(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], cotangents: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], str]:
+def batched_vjp(
+    outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor], cotangents: Sequence[torch.Tensor]
+) -> tuple[list[torch.Tensor], str]:
     """vjp over a batch of cotangents: one vmapped backward if it can be, else a loop (and why)."""
     try:
         return vjp(outputs, inputs, cotangents, batched=True), ""

@@ -12,17 +12,25 @@ import time
 import torch
 from torch.func import functional_call
 
-from knightctl.training.build import build_components
 from knightctl.gradcheck.derivatives import reverse
 from knightctl.gradcheck.jacobian import Target
 from knightctl.gradcheck.report import OpReport
 from knightctl.plugins.system import PluginSystem
 from knightctl.spec.model import ExperimentSpec
+from knightctl.training.build import build_components
 
 MODEL_ROWS = 8  # training rows the loss is taken over: enough to cover every path, small enough to be exact
 
 
-def check_model(spec: ExperimentSpec, system: PluginSystem, *, device: str = "cpu", atol: float = 1e-5, rtol: float = 1e-3, method: str = "auto") -> OpReport:
+def check_model(
+    spec: ExperimentSpec,
+    system: PluginSystem,
+    *,
+    device: str = "cpu",
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    method: str = "auto",
+) -> OpReport:
     """Reverse mode of loss(model(x), y) w.r.t. x and each parameter, against finite differences."""
     started = time.perf_counter()
     note = ""
@@ -42,7 +50,12 @@ def check_model(spec: ExperimentSpec, system: PluginSystem, *, device: str = "cp
 
     parameters = tuple(p.detach() for p in model.parameters())
     target = Target(loss_of, (x, *parameters), tuple(range(1 + len(parameters))), vmap_ok=False, names=("x", *names))
-    report = OpReport(f"model {spec.name}", "", device, note=note or f"inputs: x (first {len(x)} training rows), then {', '.join(names)}")
+    report = OpReport(
+        f"model {spec.name}",
+        "",
+        device,
+        note=note or f"inputs: x (first {len(x)} training rows), then {', '.join(names)}",
+    )
     result, tally = reverse("reverse", [target], atol, rtol, method)
     report.checks.append(result)
     report.kinks.extend(tally.kinks.values())

@@ -6,8 +6,9 @@ shares with it: which ops a spec's model uses, the option sets it gives each, th
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -55,26 +56,38 @@ def plan_checks(ops: Sequence[OpDef], spec: ExperimentSpec | None) -> list[Plann
     return [(op, options) for op in ops for options in [{}, *(spec_option_sets(spec, op) if spec is not None else [])]]
 
 
-def model_report(spec: ExperimentSpec, system: PluginSystem, device: str, *, method: str = "auto", parameters: int | None = None) -> OpReport:
+def model_report(
+    spec: ExperimentSpec, system: PluginSystem, device: str, *, method: str = "auto", parameters: int | None = None
+) -> OpReport:
     """`check_model`, or a report that says why it was skipped (too big for a pre-flight check when
     `parameters` is given, or an op whose backward is not meant to be the true derivative)."""
     reason = _model_skip_reason(spec, system, parameters)
     where = "cpu" if device == "mps" else device
     if reason is not None:
-        return OpReport(f"model {spec.name}", "", where, [CheckResult("reverse", "skipped", reason)], note=f"model check skipped: {reason}")
+        return OpReport(
+            f"model {spec.name}",
+            "",
+            where,
+            [CheckResult("reverse", "skipped", reason)],
+            note=f"model check skipped: {reason}",
+        )
     try:
         return check_model(spec, system, device=device, method=method)
     except KnightctlError:
         raise  # the spec cannot be built: its own error says why
     except Exception as exc:  # an op's forward or backward raised inside the model: a verdict, never a traceback
         message = str(exc).splitlines()[0] if str(exc) else ""
-        return OpReport(f"model {spec.name}", "", where, [CheckResult("reverse", "error", f"{type(exc).__name__}: {message}")])
+        return OpReport(
+            f"model {spec.name}", "", where, [CheckResult("reverse", "error", f"{type(exc).__name__}: {message}")]
+        )
 
 
 def _model_skip_reason(spec: ExperimentSpec, system: PluginSystem, parameters: int | None) -> str | None:
     if parameters is not None and parameters >= PREFLIGHT_MAX_PARAMETERS:
-        return (f"the model has {parameters:,} parameters, and the pre-flight check covers models under {PREFLIGHT_MAX_PARAMETERS:,}"
-                " (`knightctl gradcheck --spec` checks it)")
+        return (
+            f"the model has {parameters:,} parameters, and the pre-flight check covers models under {PREFLIGHT_MAX_PARAMETERS:,}"
+            " (`knightctl gradcheck --spec` checks it)"
+        )
     for name in ops_used(components_used(spec), system):
         op = system.registry.get("op", name)
         if op.surrogate_gradient:
@@ -100,9 +113,15 @@ def preflight(spec: ExperimentSpec, system: PluginSystem, device: str, model: to
     return reports
 
 
-def _refusal(failed: list[OpReport], reports: list[OpReport], spec: ExperimentSpec, system: PluginSystem, device: str) -> GradcheckFailed:
+def _refusal(
+    failed: list[OpReport], reports: list[OpReport], spec: ExperimentSpec, system: PluginSystem, device: str
+) -> GradcheckFailed:
     """Each failure's op (with its options) or the model, its first failing check, and the command that shows it again."""
-    lines = "".join(f"\n  - {_who(report)}: {check.check} {check.status}: {check.detail}" for report in failed for check in report.failures[:1])
+    lines = "".join(
+        f"\n  - {_who(report)}: {check.check} {check.status}: {check.detail}"
+        for report in failed
+        for check in report.failures[:1]
+    )
     model_failed = failed[-1] is reports[-1]  # the model's report is the last
     ops_failed = len(failed) - model_failed
     parts = [f"{ops_failed} op(s) the model uses"] if ops_failed else []

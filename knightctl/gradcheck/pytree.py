@@ -8,7 +8,8 @@ than taken from `torch.utils._pytree`, which is private.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 Rebuild = Callable[[Sequence[Any]], Any]
 
@@ -32,7 +33,9 @@ def flatten(tree: Any, path: str = "") -> tuple[list[Any], Rebuild, list[str]]:
     return [tree], lambda leaves: leaves[0], [path]
 
 
-def _join(parts: list[tuple[list[Any], Rebuild, list[str]]], build: Callable[[list[Any]], Any]) -> tuple[list[Any], Rebuild, list[str]]:
+def _join(
+    parts: list[tuple[list[Any], Rebuild, list[str]]], build: Callable[[list[Any]], Any]
+) -> tuple[list[Any], Rebuild, list[str]]:
     sizes = [len(leaves) for leaves, _, _ in parts]
     leaves = [leaf for part, _, _ in parts for leaf in part]
     names = [name for _, _, part in parts for name in part]
@@ -40,7 +43,7 @@ def _join(parts: list[tuple[list[Any], Rebuild, list[str]]], build: Callable[[li
     def rebuild(values: Sequence[Any]) -> Any:
         children, start = [], 0
         for (_, child_rebuild, _), size in zip(parts, sizes):
-            children.append(child_rebuild(values[start:start + size]))
+            children.append(child_rebuild(values[start : start + size]))
             start += size
         return build(children)
 

@@ -104,14 +104,23 @@ class OpReport:
             if check.worst is not None:
                 lines.extend(_explain_worst(check.worst))
         if self.kinks:
-            shown = "; ".join(f"sample {k.sample} input {k.input} element {k.element} (left {k.left:.4g}, right {k.right:.4g})" for k in self.kinks[:4])
+            shown = "; ".join(
+                f"sample {k.sample} input {k.input} element {k.element} (left {k.left:.4g}, right {k.right:.4g})"
+                for k in self.kinks[:4]
+            )
             more = f"; and {len(self.kinks) - 4} more" if len(self.kinks) > 4 else ""
-            lines.append(f"{self.label}: {len(self.kinks)} non-differentiable point(s), judged by their one-sided derivatives: {shown}{more}")
+            lines.append(
+                f"{self.label}: {len(self.kinks)} non-differentiable point(s), judged by their one-sided derivatives: {shown}{more}"
+            )
         return lines
 
 
 def _explain_worst(worst: Mismatch) -> list[str]:
-    output = f"output {worst.output} element {worst.output_element}" if worst.output >= 0 else "a random projection of the outputs"
+    output = (
+        f"output {worst.output} element {worst.output_element}"
+        if worst.output >= 0
+        else "a random projection of the outputs"
+    )
     where = f" ({worst.input_name})" if worst.input_name else ""
     values = ", ".join(f"{place} = {value:.6g}" for place, value in worst.input_values)
     at = f", where {values}" if values else ""

@@ -10,9 +10,9 @@ and the plugins' `gradcheck_completed` hook. What `train` checks first is in pre
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -71,7 +71,10 @@ def gradcheck(
     where = str(resolve_device(device).device)
     system, loaded_spec, ops = _select(names, spec, overrides, plugins)
     plan = plan_checks(ops, loaded_spec)
-    reports = [check_op(op, device=where, order=order, method=method, atol=atol, rtol=rtol, options=options) for op, options in plan]
+    reports = [
+        check_op(op, device=where, order=order, method=method, atol=atol, rtol=rtol, options=options)
+        for op, options in plan
+    ]
     if loaded_spec is not None:
         reports.append(model_report(loaded_spec, system, where, method=method))
     result = GradcheckResult(reports)
@@ -93,11 +96,14 @@ def _track(result: GradcheckResult, spec: ExperimentSpec | None, tracking_uri: s
     result.tracking_uri = resolve_tracking_uri(tracking_uri, spec)[0]
     name = f"gradcheck {spec.name}" if spec else "gradcheck"
     experiment = (spec.tracking.experiment or spec.name) if spec else DEFAULT_EXPERIMENT
-    result.experiment_id, result.run_id = log_gradcheck_run(result.tracking_uri, result.reports, result.heatmaps, experiment=experiment, run_name=name)
+    result.experiment_id, result.run_id = log_gradcheck_run(
+        result.tracking_uri, result.reports, result.heatmaps, experiment=experiment, run_name=name
+    )
 
 
-def _select(names: Sequence[str], spec: str | Path | None, overrides: Sequence[str],
-            plugins: PluginSettings | None) -> tuple[PluginSystem, ExperimentSpec | None, list[OpDef]]:
+def _select(
+    names: Sequence[str], spec: str | Path | None, overrides: Sequence[str], plugins: PluginSettings | None
+) -> tuple[PluginSystem, ExperimentSpec | None, list[OpDef]]:
     """The plugins, the spec (if any), and the ops to check: named, the spec's, or all."""
     loaded_spec = None
     if spec is not None:

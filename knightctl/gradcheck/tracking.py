@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from knightctl.gradcheck.report import CheckResult, OpReport
 
@@ -63,11 +64,19 @@ def _entries(reports: Sequence[OpReport], now: int) -> tuple[list[Any], list[Any
         tags.extend(RunTag(f"gradcheck.{op}.{check_key(check.check)}", _SHOWN[check.status]) for check in report.checks)
         measured = compared(report)
         for check in measured:
-            metrics.append(Metric(f"gradcheck/{op}/{check_key(check.check)}/max_abs_error", check.max_abs_error, now, 0))
-            metrics.append(Metric(f"gradcheck/{op}/{check_key(check.check)}/max_rel_error", check.max_rel_error, now, 0))
+            metrics.append(
+                Metric(f"gradcheck/{op}/{check_key(check.check)}/max_abs_error", check.max_abs_error, now, 0)
+            )
+            metrics.append(
+                Metric(f"gradcheck/{op}/{check_key(check.check)}/max_rel_error", check.max_rel_error, now, 0)
+            )
         if measured:
-            metrics.append(Metric(f"gradcheck/{op}/max_abs_error", max(check.max_abs_error for check in measured), now, 0))
-            metrics.append(Metric(f"gradcheck/{op}/max_rel_error", max(check.max_rel_error for check in measured), now, 0))
+            metrics.append(
+                Metric(f"gradcheck/{op}/max_abs_error", max(check.max_abs_error for check in measured), now, 0)
+            )
+            metrics.append(
+                Metric(f"gradcheck/{op}/max_rel_error", max(check.max_rel_error for check in measured), now, 0)
+            )
     # An op named twice, or a check that appears twice, gives one key: the last one stands, once.
     return list({metric.key: metric for metric in metrics}.values()), list({tag.key: tag for tag in tags}.values())
 
@@ -77,18 +86,25 @@ def log_reports(client: Any, run_id: str, reports: Sequence[OpReport], heatmaps:
     metrics, tags = _entries(reports, int(time.time() * 1000))
     batches = max(-(-len(tags) // _TAGS_PER_BATCH), -(-len(metrics) // _METRICS_PER_BATCH), 1)
     for i in range(batches):
-        client.log_batch(run_id, metrics=metrics[i * _METRICS_PER_BATCH:(i + 1) * _METRICS_PER_BATCH],
-                         tags=tags[i * _TAGS_PER_BATCH:(i + 1) * _TAGS_PER_BATCH])
+        client.log_batch(
+            run_id,
+            metrics=metrics[i * _METRICS_PER_BATCH : (i + 1) * _METRICS_PER_BATCH],
+            tags=tags[i * _TAGS_PER_BATCH : (i + 1) * _TAGS_PER_BATCH],
+        )
     client.log_text(run_id, report_json(reports), "gradcheck/report.json")
     for heatmap in heatmaps:
         client.log_artifact(run_id, str(heatmap), "gradcheck/heatmaps")
 
 
-def log_gradcheck_run(tracking_uri: str, reports: Sequence[OpReport], heatmaps: Sequence[Path], *, experiment: str, run_name: str) -> tuple[str, str]:
+def log_gradcheck_run(
+    tracking_uri: str, reports: Sequence[OpReport], heatmaps: Sequence[Path], *, experiment: str, run_name: str
+) -> tuple[str, str]:
     """A FINISHED run holding the verdicts; returns (experiment id, run id)."""
     from knightctl.tracking.stores import create_run
 
-    client, experiment_id, run_id, _ = create_run(tracking_uri, experiment, run_name=run_name, tags={"mlflow.source.type": "LOCAL"})
+    client, experiment_id, run_id, _ = create_run(
+        tracking_uri, experiment, run_name=run_name, tags={"mlflow.source.type": "LOCAL"}
+    )
     status = "FAILED"
     try:
         log_reports(client, run_id, reports, heatmaps)

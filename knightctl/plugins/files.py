@@ -65,5 +65,9 @@ def describe_exception(exc: BaseException, within: Path | None) -> str:
     if not frames:
         return f"{type(exc).__name__}: {exc}"
     last = frames[-1]
-    where = f"line {last.lineno}" if within is not None and within.is_file() else f"{Path(last.filename).name}:{last.lineno}"
+    where = (
+        f"line {last.lineno}"
+        if within is not None and within.is_file()
+        else f"{Path(last.filename).name}:{last.lineno}"
+    )
     return f"{type(exc).__name__} at {where}: {exc}"

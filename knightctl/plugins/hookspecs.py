@@ -9,13 +9,14 @@ and are called in plugin load order; an exception in one fails the run, naming t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
-    from knightctl.plugins.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, SchedulerDef
     from knightctl.plugins.events import RunInfo, RunResult
+    from knightctl.plugins.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, SchedulerDef
 
 PROJECT_NAME = "knightctl"
 

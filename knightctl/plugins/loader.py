@@ -14,20 +14,21 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pluggy
 
-from knightctl.plugins import hookspecs
 from knightctl._version import __version__
-from knightctl.plugins.builtin import DEFAULT_PLUGINS
 from knightctl.errors import PluginError
+from knightctl.plugins import hookspecs
+from knightctl.plugins.builtin import DEFAULT_PLUGINS
 from knightctl.plugins.files import PluginFileError, describe_exception, file_digest, import_plugin_file
-from knightctl.plugins.system import ENTRY_POINT_GROUP, PluginInfo, PluginSettings, PluginSystem
 from knightctl.plugins.registry import Registry, as_definition
+from knightctl.plugins.system import ENTRY_POINT_GROUP, PluginInfo, PluginSettings, PluginSystem
 
 REGISTRATION_HOOKS: tuple[str, ...] = (
     "register_ops",
@@ -55,7 +56,9 @@ def load_plugins(settings: PluginSettings, files: tuple[Path, ...]) -> PluginSys
     loader = _Loader(settings)
     for module_name in DEFAULT_PLUGINS:
         module_path = Path(inspect.getfile(importlib.import_module(module_name)))
-        name = module_name.removeprefix("knightctl.plugins.")  # "builtin.layers", as it was named before the package moved
+        name = module_name.removeprefix(
+            "knightctl.plugins."
+        )  # "builtin.layers", as it was named before the package moved
         info = PluginInfo(name, "default", module_name, __version__, path=module_path)
         loader.load(info, lambda name=module_name: importlib.import_module(name))
     if settings.external:
@@ -101,7 +104,16 @@ class _Loader:
         try:
             digest = file_digest(resolved)
         except OSError as exc:
-            self.infos.append(PluginInfo(path.stem, source, str(path), path=resolved, status="failed", error=f"cannot read it: {exc.strerror or exc}"))  # type: ignore[arg-type]
+            self.infos.append(
+                PluginInfo(
+                    path.stem,
+                    source,
+                    str(path),
+                    path=resolved,
+                    status="failed",
+                    error=f"cannot read it: {exc.strerror or exc}",
+                )
+            )  # type: ignore[arg-type]
             return
         info = PluginInfo(path.stem, source, str(path), digest=digest, path=resolved)  # type: ignore[arg-type]
         self.load(info, lambda: import_plugin_file(resolved))
@@ -132,7 +144,9 @@ class _Loader:
         hooks = self._check_hooks(plugin)
         self.manager.register(plugin, name=info.name)
         try:
-            definitions = [as_definition(value, plugin=info.name) for value in self._registrations(info.name, info.path)]
+            definitions = [
+                as_definition(value, plugin=info.name) for value in self._registrations(info.name, info.path)
+            ]
             for definition in definitions:
                 self.registry.check(definition, plugin=info.name)
         except (_Failed, PluginError) as exc:
@@ -156,11 +170,14 @@ class _Loader:
             wanted = [
                 name
                 for name, parameter in inspect.signature(getattr(plugin, attribute)).parameters.items()
-                if parameter.default is inspect.Parameter.empty and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+                if parameter.default is inspect.Parameter.empty
+                and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
             ]
             unknown = [name for name in wanted if name not in provided]
             if unknown:
-                raise _Failed(f"hook {attribute!r} asks for argument {unknown[0]!r}, which it does not get; it gets ({', '.join(provided)})")
+                raise _Failed(
+                    f"hook {attribute!r} asks for argument {unknown[0]!r}, which it does not get; it gets ({', '.join(provided)})"
+                )
             found.append(attribute)
         return tuple(found)
 
@@ -190,7 +207,9 @@ def _code_location(plugin: Any) -> Path | None:
 _systems: dict[tuple[PluginSettings, tuple[Path, ...]], PluginSystem] = {}
 
 
-def load(settings: PluginSettings | None = None, *, files: Sequence[str | Path] = (), reload: bool = False) -> PluginSystem:
+def load(
+    settings: PluginSettings | None = None, *, files: Sequence[str | Path] = (), reload: bool = False
+) -> PluginSystem:
     """Load every plugin once for these settings and extra files; `reload=True` starts afresh.
 
     Settings default to the environment (`PluginSettings.from_env()`). A plugin that fails is left

@@ -21,7 +21,8 @@ What is read, and how:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -42,8 +43,10 @@ def from_opinfo(op_class: Callable[..., Op], info: Any, *, namespace: str = DEFA
         raise PluginError(f"{where} has no callable `op` and `sample_inputs`; is it an OpInfo?")
     dtypes = getattr(info, "dtypes", None)
     if dtypes is not None and torch.float64 not in dtypes:
-        raise PluginError(f"{where} does not list torch.float64 among its dtypes, and gradients are checked in float64",
-                          hint="add torch.float64 to the entry's dtypes")
+        raise PluginError(
+            f"{where} does not list torch.float64 among its dtypes, and gradients are checked in float64",
+            hint="add torch.float64 to the entry's dtypes",
+        )
     fields: dict[str, Any] = {
         "name": name,
         "fn": _op(info),
@@ -54,7 +57,8 @@ def from_opinfo(op_class: Callable[..., Op], info: Any, *, namespace: str = DEFA
         "vmap": _claim(getattr(info, "check_batched_grad", None)),
         "nondet_tol": float(getattr(info, "gradcheck_nondet_tol", 0.0) or 0.0),
         "layer": None,  # an OpInfo says nothing about how a model would use the op
-        "description": f"from OpInfo {info.name!r}" + (f" ({info.variant_test_name})" if getattr(info, "variant_test_name", "") else ""),
+        "description": f"from OpInfo {info.name!r}"
+        + (f" ({info.variant_test_name})" if getattr(info, "variant_test_name", "") else ""),
     }
     fields.update(changes)
     return op_class(**fields)

@@ -6,7 +6,8 @@ split in two, `fn(a, b, **options)` (a gated unit like GLU), and halve the width
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import nn

@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 import torch
 
-from knightctl.plugins.system import PluginSystem
 from knightctl.plugins.registry import OpDef
+from knightctl.plugins.system import PluginSystem
 
 Form = Literal["custom_op", "OpOverload", "OpOverloadPacket", "autograd.Function", "function"]
 LIBRARY_FORMS: tuple[Form, ...] = ("custom_op", "OpOverload", "OpOverloadPacket")  # torch.library ops: opcheck runs

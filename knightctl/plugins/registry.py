@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -164,7 +165,9 @@ class OpDef:
 def as_definition(value: object, *, plugin: str) -> object:
     """What a plugin passed to `register`, as a definition: an OpInfo entry (or anything of its
     shape) becomes the op it describes (`OpDef.from_opinfo`); anything else is left to `check`."""
-    if isinstance(value, OpDef) or not (callable(getattr(value, "sample_inputs", None)) and callable(getattr(value, "op", None))):
+    if isinstance(value, OpDef) or not (
+        callable(getattr(value, "sample_inputs", None)) and callable(getattr(value, "op", None))
+    ):
         return value
     try:
         return OpDef.from_opinfo(value)
@@ -264,4 +267,6 @@ class Registry:
         hint = f"did you mean {close[0]!r}? " if close else ""
         loaded = ", ".join(self.plugins) or "none"
         failed = f"; failed to load, so possibly the missing one: {'; '.join(self.failed)}" if self.failed else ""
-        return f"unknown {kind} {name!r}; {hint}available: {', '.join(names) or 'none'} (plugins loaded: {loaded}{failed})"
+        return (
+            f"unknown {kind} {name!r}; {hint}available: {', '.join(names) or 'none'} (plugins loaded: {loaded}{failed})"
+        )

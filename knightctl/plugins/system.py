@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
@@ -54,7 +55,12 @@ class PluginSettings:
         return cls(dirs or None, disabled, not _flag(env.get(ENV_NO_EXTERNAL)), _flag(env.get(ENV_STRICT)))
 
     def override(
-        self, *, dirs: Sequence[str | Path] = (), disable: Sequence[str] = (), no_external: bool = False, strict: bool = False
+        self,
+        *,
+        dirs: Sequence[str | Path] = (),
+        disable: Sequence[str] = (),
+        no_external: bool = False,
+        strict: bool = False,
     ) -> PluginSettings:
         """These settings with command-line options on top: given dirs replace, the rest add up."""
         return PluginSettings(
@@ -118,7 +124,10 @@ class PluginSystem:
 
     def warnings(self) -> list[str]:
         """One line per failed plugin and per note, for the CLI to show before it goes on."""
-        failed = [f"plugin {info.name!r} ({info.origin}) failed to load and was left out: {info.error}" for info in self.failures]
+        failed = [
+            f"plugin {info.name!r} ({info.origin}) failed to load and was left out: {info.error}"
+            for info in self.failures
+        ]
         return failed + list(self.notes)
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
@@ -129,11 +138,17 @@ class PluginSystem:
             except KnightctlError:
                 raise
             except Exception as exc:
-                raise PluginError(f"plugin {impl.plugin_name!r} raised in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} raised in hook {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def blame(self, exc: BaseException) -> PluginInfo | None:
         """The non-default plugin whose code raised `exc` (the innermost such frame), if any."""
-        located = [info for info in self.plugins if info.path is not None and info.source != "default" and info.status == "loaded"]
+        located = [
+            info
+            for info in self.plugins
+            if info.path is not None and info.source != "default" and info.status == "loaded"
+        ]
         for frame in reversed(traceback.extract_tb(exc.__traceback__)):
             where = Path(frame.filename)
             for info in located:

@@ -5,8 +5,11 @@ the plugin files a spec lists. No torch.
 
 from knightctl._lazy import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "ExperimentSpec": "model",
-    "load_spec": "model",
-    "read_spec_file": "file",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "ExperimentSpec": "model",
+        "load_spec": "model",
+        "read_spec_file": "file",
+    },
+)

@@ -30,7 +30,9 @@ class _SpecLoader(yaml.SafeLoader):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue  # `<<: *anchor` merges; keys written beside it may override the merged ones
             if not isinstance(key_node, yaml.ScalarNode):
-                raise yaml.constructor.ConstructorError(None, None, "keys must be plain names, not lists or mappings", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(
+                    None, None, "keys must be plain names, not lists or mappings", key_node.start_mark
+                )
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in first_line:

@@ -11,20 +11,31 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, PrivateAttr, ValidationError, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from knightctl.errors import SpecError
-from knightctl.spec.problems import Problem, format_problem, problems_from_validation
 from knightctl.plugins.registry import Registry
+from knightctl.spec.problems import Problem, format_problem, problems_from_validation
 
 if TYPE_CHECKING:
     from knightctl.plugins.system import PluginSettings
-from knightctl.spec.overrides import apply_overrides, normalise
 from knightctl.spec.file import Location, SpecDocument, read_spec_file
+from knightctl.spec.overrides import apply_overrides, normalise
 from knightctl.spec.widths import static_width_problems
 
 __all__ = ["ExperimentSpec", "load_spec"]
@@ -92,7 +103,9 @@ class _Component(SpecModel):
         if not isinstance(data, dict):
             return data
         own = set(cls.model_fields) - {"params"}
-        return {key: data[key] for key in data if key in own} | {"params": {k: v for k, v in data.items() if k not in own}}
+        return {key: data[key] for key in data if key in own} | {
+            "params": {k: v for k, v in data.items() if k not in own}
+        }
 
     @model_serializer(mode="wrap")
     def _spread_params(self, handler: Any) -> dict[str, Any]:
@@ -160,9 +173,13 @@ class TrackingSpec(SpecModel):
 
 
 class CheckpointSpec(SpecModel):
-    every_n_epochs: Annotated[int | Literal["auto"], PlainValidator(_every)] = Field("auto", description="auto: about ten per run")
+    every_n_epochs: Annotated[int | Literal["auto"], PlainValidator(_every)] = Field(
+        "auto", description="auto: about ten per run"
+    )
     keep_last: int = Field(3, gt=0, description="checkpoints kept per run; older ones are deleted")
-    dir: str = Field("checkpoints", min_length=1, description="one subfolder per run in it; relative to the working directory")
+    dir: str = Field(
+        "checkpoints", min_length=1, description="one subfolder per run in it; relative to the working directory"
+    )
 
 
 @dataclass(frozen=True)
@@ -181,7 +198,9 @@ class ExperimentSpec(SpecModel):
     name: str = Field(min_length=1, max_length=250)
     description: str = ""
     seed: int | None = Field(None, ge=0, lt=2**32)
-    plugins: tuple[Annotated[str, Field(min_length=1)], ...] = Field((), strict=False, description="plugin files, relative to the spec")
+    plugins: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        (), strict=False, description="plugin files, relative to the spec"
+    )
     data: DataSpec
     model: tuple[LayerSpec, ...] = Field(min_length=1, strict=False)  # YAML gives a list
     loss: LossSpec
@@ -225,7 +244,9 @@ _COMPONENTS: tuple[tuple[str, type[_Component], str], ...] = (
 )
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = (), *, plugins: PluginSettings | None = None, text: str | None = None) -> ExperimentSpec:
+def load_spec(
+    path: str | Path, overrides: Sequence[str] = (), *, plugins: PluginSettings | None = None, text: str | None = None
+) -> ExperimentSpec:
     """Read, override and validate a spec; raise SpecError listing every problem.
 
     `overrides` are `PATH=VALUE` strings (`optimizer.lr=0.01`, `model.0.out_features=8`); values
@@ -255,7 +276,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, plugins: Plugi
     if spec is not None and not problems:
         problems = static_width_problems(spec, registry, base_dir)
     if problems or spec is None:
-        raise SpecError(document.path, [format_problem(p, document, override_locs) for p in _ordered(problems, document)])
+        raise SpecError(
+            document.path, [format_problem(p, document, override_locs) for p in _ordered(problems, document)]
+        )
     spec._source = SpecSource(document.path, document.text, base_dir, tuple(overrides))
     return spec
 
@@ -264,11 +287,18 @@ def _ordered(problems: list[Problem], document: SpecDocument) -> list[Problem]:
     return sorted(problems, key=lambda p: document.position_of(p.loc) or (10**9, 0))
 
 
-def _resolve_components(raw: dict[str, Any], registry: Registry, context: dict[str, Any]) -> tuple[list[Problem], dict[str, Any]]:
+def _resolve_components(
+    raw: dict[str, Any], registry: Registry, context: dict[str, Any]
+) -> tuple[list[Problem], dict[str, Any]]:
     """Check every component's name and options against the registry; fill in their defaults."""
     problems: list[Problem] = []
     resolved = copy.deepcopy(raw)
-    places: list[tuple[str, Location]] = [("dataset", ("data",)), ("loss", ("loss",)), ("optimizer", ("optimizer",)), ("scheduler", ("optimizer", "scheduler"))]
+    places: list[tuple[str, Location]] = [
+        ("dataset", ("data",)),
+        ("loss", ("loss",)),
+        ("optimizer", ("optimizer",)),
+        ("scheduler", ("optimizer", "scheduler")),
+    ]
     if isinstance(raw.get("model"), list):
         places += [("layer", ("model", i)) for i in range(len(raw["model"]))]
     for kind, loc in places:
@@ -285,7 +315,9 @@ def _resolve_components(raw: dict[str, Any], registry: Registry, context: dict[s
     return problems, resolved
 
 
-def _resolve_one(kind: str, raw: Any, loc: Location, registry: Registry, context: dict[str, Any], problems: list[Problem]) -> dict[str, Any] | None:
+def _resolve_one(
+    kind: str, raw: Any, loc: Location, registry: Registry, context: dict[str, Any], problems: list[Problem]
+) -> dict[str, Any] | None:
     _, model, key = next(entry for entry in _COMPONENTS if entry[0] == kind)
     if not isinstance(raw, dict) or not isinstance(raw.get(key), str):
         return None  # the structural pass reports it
@@ -302,4 +334,3 @@ def _resolve_one(kind: str, raw: Any, loc: Location, registry: Registry, context
             problems.append(Problem(problem.loc, f"{problem.message} [{kind} {raw[key]!r}]"))
         return None
     return {**{k: raw[k] for k in own if k in raw}, **params.model_dump(mode="json")}
-

@@ -7,11 +7,12 @@ schema is not refused here but by validation, which names the `--set` it came fr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from knightctl.errors import SpecError
-from knightctl.spec.problems import dotted
 from knightctl.spec.file import Location, parse_yaml_value
+from knightctl.spec.problems import dotted
 
 
 def normalise(raw: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +45,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], spec_path: st
             last = depth == len(segments) - 1
             if isinstance(container, list):
                 if not (segment.isdigit() and int(segment) < len(container)):
-                    errors.append(f"--set {item}: {dotted(tuple(loc))} has {len(container)} items; {segment!r} is not an index 0..{len(container) - 1}")
+                    errors.append(
+                        f"--set {item}: {dotted(tuple(loc))} has {len(container)} items; {segment!r} is not an index 0..{len(container) - 1}"
+                    )
                     break
                 key: str | int = int(segment)
             elif isinstance(container, dict):

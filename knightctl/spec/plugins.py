@@ -36,5 +36,9 @@ def spec_plugin_problems(files: list[tuple[int, Path]], system: PluginSystem) ->
         if info is not None and info.status == "failed":
             problems.append(Problem(("plugins", index), f"plugin {info.name!r} failed to load: {info.error}"))
         elif info is not None and info.status == "disabled":
-            problems.append(Problem(("plugins", index), f"plugin {info.name!r} is disabled (--disable-plugin, --no-external-plugins)"))
+            problems.append(
+                Problem(
+                    ("plugins", index), f"plugin {info.name!r} is disabled (--disable-plugin, --no-external-plugins)"
+                )
+            )
     return problems

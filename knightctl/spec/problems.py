@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -51,7 +52,9 @@ def problems_from_validation(
         kind = detail["type"]
         if kind == "extra_forbidden":
             allowed = sorted(set(fields_at(model, inner[:-1])) | set(also_allowed))
-            message = f"unknown field {inner[-1]!r}{did_you_mean(str(inner[-1]), allowed)}; allowed: {', '.join(allowed)}"
+            message = (
+                f"unknown field {inner[-1]!r}{did_you_mean(str(inner[-1]), allowed)}; allowed: {', '.join(allowed)}"
+            )
         elif kind == "missing":
             message = "required field is missing"
         else:

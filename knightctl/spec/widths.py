@@ -7,8 +7,9 @@ whose width it cannot know; the dry forward before training checks everything fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from knightctl.plugins.registry import DatasetDef, LayerDef, LossDef, Registry
 from knightctl.spec.problems import Problem
@@ -48,7 +49,11 @@ def static_width_problems(spec: _Spec, registry: Registry, base_dir: Path) -> li
     context = {"base_dir": base_dir}
     dataset = registry.get("dataset", spec.data.name)
     assert isinstance(dataset, DatasetDef)
-    width = dataset.n_features(dataset.params.model_validate(spec.data.options(), context=context), base_dir) if dataset.n_features else None
+    width = (
+        dataset.n_features(dataset.params.model_validate(spec.data.options(), context=context), base_dir)
+        if dataset.n_features
+        else None
+    )
     for index, layer in enumerate(spec.model):
         if width is None:
             return []
@@ -66,5 +71,10 @@ def static_width_problems(spec: _Spec, registry: Registry, base_dir: Path) -> li
     assert isinstance(loss, LossDef)
     if loss.target == "binary" and width is not None and width != 1:
         last = len(spec.model) - 1
-        return [Problem(("model", last), f"the model ends with width {width}, but {spec.loss.name} needs exactly one output per example")]
+        return [
+            Problem(
+                ("model", last),
+                f"the model ends with width {width}, but {spec.loss.name} needs exactly one output per example",
+            )
+        ]
     return []

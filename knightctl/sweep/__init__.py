@@ -4,12 +4,15 @@ MLflow runs nested under one parent (`run`).
 
 from knightctl._lazy import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "PARENT_TAG": "run",
-    "SweepError": "space",
-    "SweepResult": "run",
-    "TrialResult": "run",
-    "grid_trials": "space",
-    "random_trials": "space",
-    "sweep": "run",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "PARENT_TAG": "run",
+        "SweepError": "space",
+        "SweepResult": "run",
+        "TrialResult": "run",
+        "grid_trials": "space",
+        "random_trials": "space",
+        "sweep": "run",
+    },
+)

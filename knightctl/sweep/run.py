@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import os
 import signal
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 from knightctl.errors import Interrupted, KnightctlError
 from knightctl.plugins.system import PluginSettings
@@ -60,10 +61,23 @@ class SweepResult:
         return ranked[0] if ranked and ranked[0].value is not None else None
 
 
-def sweep(spec: str | Path, *, grid: Sequence[str] = (), random: Sequence[str] = (), trials: int | None = None, seed: int = 0,
-          workers: int = 1, metric: str = "val/loss", goal: Literal["min", "max"] = "min", overrides: Sequence[str] = (),
-          device: str | None = None, tracking_uri: str | None = None, plugins: PluginSettings | None = None, skip_gradcheck: bool = False,
-          on_trial: Callable[[TrialResult, int, int], None] | None = None) -> SweepResult:
+def sweep(
+    spec: str | Path,
+    *,
+    grid: Sequence[str] = (),
+    random: Sequence[str] = (),
+    trials: int | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    metric: str = "val/loss",
+    goal: Literal["min", "max"] = "min",
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    tracking_uri: str | None = None,
+    plugins: PluginSettings | None = None,
+    skip_gradcheck: bool = False,
+    on_trial: Callable[[TrialResult, int, int], None] | None = None,
+) -> SweepResult:
     """Run every trial of the sweep over `spec` (a grid, or `trials` random draws), `workers` at a time."""
     from knightctl.tracking.run import resolve_tracking_uri
 
@@ -72,7 +86,9 @@ def sweep(spec: str | Path, *, grid: Sequence[str] = (), random: Sequence[str] =
     for trial in space:  # every trial's values checked as --set checks them, before anything runs
         load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)
     uri, _ = resolve_tracking_uri(tracking_uri, base)
-    client, parent_id = _parent_run(uri, base.tracking.experiment or base.name, f"{base.name} sweep", sweep_key(base.digest(), space), len(space))
+    client, parent_id = _parent_run(
+        uri, base.tracking.experiment or base.name, f"{base.name} sweep", sweep_key(base.digest(), space), len(space)
+    )
     outcome = SweepResult(parent_id, uri, metric, goal)
     finished = _finished_trials(client, parent_id, metric)
     outcome.results += [finished[t.key] for t in space if t.key in finished]
@@ -80,8 +96,16 @@ def sweep(spec: str | Path, *, grid: Sequence[str] = (), random: Sequence[str] =
     for result in outcome.results:
         if on_trial:
             on_trial(result, len(outcome.results), len(space))
-    job = {"spec": str(spec), "overrides": list(overrides), "uri": uri, "parent": parent_id, "device": device, "plugins": plugins,
-           "skip_gradcheck": skip_gradcheck, "metric": metric}
+    job = {
+        "spec": str(spec),
+        "overrides": list(overrides),
+        "uri": uri,
+        "parent": parent_id,
+        "device": device,
+        "plugins": plugins,
+        "skip_gradcheck": skip_gradcheck,
+        "metric": metric,
+    }
     status = "FAILED"
     try:
         for result in _run_all(pending, job, workers):
@@ -91,8 +115,11 @@ def sweep(spec: str | Path, *, grid: Sequence[str] = (), random: Sequence[str] =
         status = "FINISHED" if any(r.status in ("FINISHED", "SKIPPED") for r in outcome.results) else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
-        raise Interrupted(f"SIGINT: sweep stopped after {len(outcome.results)} of {len(space)} trials; MLflow run {parent_id} marked KILLED",
-                          run_id=parent_id, hint="run the same command again: trials that finished are skipped") from None
+        raise Interrupted(
+            f"SIGINT: sweep stopped after {len(outcome.results)} of {len(space)} trials; MLflow run {parent_id} marked KILLED",
+            run_id=parent_id,
+            hint="run the same command again: trials that finished are skipped",
+        ) from None
     finally:
         _close_parent(client, outcome, status)
     return outcome
@@ -118,7 +145,12 @@ def _parent_run(uri: str, experiment: str, name: str, key: str, count: int) -> t
     with store_lock(uri):  # the store's tables and the experiment, made once, before any worker
         client = MlflowClient(uri)
         experiment_id = experiment_id_for(client, experiment)
-    earlier = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{key}'", max_results=1, order_by=["attributes.start_time DESC"])
+    earlier = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{SWEEP_TAG}` = '{key}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
     if earlier:
         client.update_run(earlier[0].info.run_id, status="RUNNING")
         return client, earlier[0].info.run_id
@@ -128,8 +160,11 @@ def _parent_run(uri: str, experiment: str, name: str, key: str, count: int) -> t
 
 def _finished_trials(client: Any, parent_id: str, metric: str) -> dict[str, TrialResult]:
     """The trials an earlier run of this sweep finished, by key, as SKIPPED results."""
-    runs = client.search_runs([client.get_run(parent_id).info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                              max_results=10000)
+    runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+        max_results=10000,
+    )
     done: dict[str, TrialResult] = {}
     for run in runs:
         key = run.data.tags.get(TRIAL_TAG)
@@ -144,8 +179,12 @@ def _run_all(trials: list[Trial], job: dict[str, Any], workers: int) -> Any:
     if not trials:
         return
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-    with ProcessPoolExecutor(max_workers=min(workers, len(trials)), mp_context=get_context("spawn"), initializer=_start_worker,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(trials)),
+        mp_context=get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(threads,),
+    ) as pool:
         running: set[Future[TrialResult]] = {pool.submit(_run_trial, trial, job) for trial in trials}
         try:
             while running:
@@ -169,10 +208,22 @@ def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
     """One trial, in a worker: `train()` with the trial's --sets, tagged as a child of the sweep's run."""
     from knightctl.training.run import train
 
-    tags = {PARENT_TAG: job["parent"], TRIAL_TAG: trial.key, "knightctl.trial.overrides": "\n".join(trial.overrides), "mlflow.runName": trial.label}
+    tags = {
+        PARENT_TAG: job["parent"],
+        TRIAL_TAG: trial.key,
+        "knightctl.trial.overrides": "\n".join(trial.overrides),
+        "mlflow.runName": trial.label,
+    }
     try:
-        result = train(job["spec"], overrides=[*job["overrides"], *trial.overrides], tracking_uri=job["uri"], device=job["device"],
-                       plugins=job["plugins"], skip_gradcheck=job["skip_gradcheck"], tags=tags)
+        result = train(
+            job["spec"],
+            overrides=[*job["overrides"], *trial.overrides],
+            tracking_uri=job["uri"],
+            device=job["device"],
+            plugins=job["plugins"],
+            skip_gradcheck=job["skip_gradcheck"],
+            tags=tags,
+        )
     except KnightctlError as error:
         status = "KILLED" if isinstance(error, Interrupted) else "FAILED"
         return TrialResult(trial, status, getattr(error, "run_id", None), None, str(error).splitlines()[0])
@@ -194,12 +245,19 @@ def _close_parent(client: Any, outcome: SweepResult, status: str) -> None:
     if best is not None and best.value is not None:
         tags |= {"knightctl.best_run_id": best.run_id or "", "knightctl.best_trial": " ".join(best.trial.overrides)}
         metrics.append(Metric(f"best/{outcome.metric}", best.value, 0, 0))
-    client.log_batch(outcome.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+    client.log_batch(
+        outcome.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True
+    )
     client.set_terminated(outcome.parent_run_id, status)
 
 
 def _table(outcome: SweepResult, ranked: list[TrialResult]) -> str:
-    lines = [f"### Sweep: {len(ranked)} trials, ranked by {outcome.metric} ({outcome.goal})", "", f"| # | trial | {outcome.metric} | status | run |", "|---|---|---|---|---|"]
+    lines = [
+        f"### Sweep: {len(ranked)} trials, ranked by {outcome.metric} ({outcome.goal})",
+        "",
+        f"| # | trial | {outcome.metric} | status | run |",
+        "|---|---|---|---|---|",
+    ]
     for place, result in enumerate(ranked, start=1):
         value = f"{result.value:.6g}" if result.value is not None else "-"
         lines.append(f"| {place} | {result.trial.label} | {value} | {result.status} | {result.run_id or '-'} |")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
-from typing import Sequence
 
 from knightctl.errors import KnightctlError
 
@@ -40,19 +40,26 @@ class Trial:
     @property
     def label(self) -> str:
         """`lr=0.01 batch_size=32`: each path's last part and its value, for run names and tables."""
-        return " ".join(f"{path.rsplit('.', 1)[-1]}={value}" for path, value in (item.split("=", 1) for item in self.overrides))
+        return " ".join(
+            f"{path.rsplit('.', 1)[-1]}={value}" for path, value in (item.split("=", 1) for item in self.overrides)
+        )
 
 
 def grid_trials(grids: Sequence[str]) -> list[Trial]:
     """Every combination of `PATH=V1,V2,...` options, in the order given (the last varies fastest)."""
-    axes = [[f"{path}={value}" for value in values] for path, values in (_split_option(option, "--grid") for option in grids)]
+    axes = [
+        [f"{path}={value}" for value in values]
+        for path, values in (_split_option(option, "--grid") for option in grids)
+    ]
     return [Trial(tuple(combination)) for combination in product(*axes)]
 
 
 def random_trials(options: Sequence[str], count: int, seed: int) -> list[Trial]:
     """`count` draws of every `PATH=DISTRIBUTION:ARGS` option, from a generator seeded with `seed`."""
     draws = random.Random(seed)
-    parsed = [(path, _distribution(path, text)) for path, text in (_path_and_text(option, "--random") for option in options)]
+    parsed = [
+        (path, _distribution(path, text)) for path, text in (_path_and_text(option, "--random") for option in options)
+    ]
     return [Trial(tuple(f"{path}={draw(draws)}" for path, draw in parsed)) for _ in range(count)]
 
 
@@ -99,7 +106,9 @@ def _distribution(path: str, text: str):  # type: ignore[no-untyped-def]
     try:
         low, high = (int(low_text), int(high_text)) if name == "int" else (float(low_text), float(high_text))
     except ValueError:
-        raise SweepError(f"{where}: expected {name}:LOW:HIGH with {'integers' if name == 'int' else 'numbers'}") from None
+        raise SweepError(
+            f"{where}: expected {name}:LOW:HIGH with {'integers' if name == 'int' else 'numbers'}"
+        ) from None
     if not low < high or (name == "loguniform" and low <= 0):
         raise SweepError(f"{where}: needs LOW < HIGH" + (", both above 0" if name == "loguniform" else ""))
     if name == "int":

@@ -26,7 +26,10 @@ def log_datasets(client: Any, run_id: str, split: Split, dataset_name: str) -> N
     if split.val_x is not None and split.val_y is not None:
         parts.append((VALIDATION, split.val_x, split.val_y))
     inputs = [
-        DatasetInput(_dataset(dataset_name, split.source, x, y)._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+        DatasetInput(
+            _dataset(dataset_name, split.source, x, y)._to_mlflow_entity(),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)],
+        )
         for context, x, y in parts
     ]
     client.log_inputs(run_id, datasets=inputs)
@@ -43,4 +46,6 @@ def _dataset(name: str, source: str, features: Any, targets: Any) -> Any:
     with warnings.catch_warnings():
         # A local path matches MLflow's local-artifact source twice over; it picks that one and says so.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        return mlflow.data.from_numpy(features.detach().cpu().numpy(), targets=targets.detach().cpu().numpy(), name=name, source=origin)
+        return mlflow.data.from_numpy(
+            features.detach().cpu().numpy(), targets=targets.detach().cpu().numpy(), name=name, source=origin
+        )

@@ -25,12 +25,13 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from knightctl.errors import TrackingError
-from knightctl.tracking.offline.journal import Journal, journal_root
 from knightctl.tracking.offline.fallback import FAIL_FAST_ENV
+from knightctl.tracking.offline.journal import Journal, journal_root
 from knightctl.tracking.offline.outbox import Outbox
 from knightctl.tracking.sqlitemetrics import MetricTuple, SqliteMetricSink
 from knightctl.tracking.stores import sqlite_path
@@ -52,15 +53,24 @@ class MetricWriter:
     then names the run (or `abandon` stops it if no run comes).
     """
 
-    def __init__(self, tracking_uri: str, run_id: str | None = None, *, system_metrics: bool = False, journal_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        run_id: str | None = None,
+        *,
+        system_metrics: bool = False,
+        journal_dir: Path | None = None,
+    ) -> None:
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and open sqlite handles
         self._queue: Any = context.Queue()  # the run id first, then lists of metrics, then None
         self._status: Any = context.Queue()  # ("ready", ""), then ("done", journaled count); or ("error", message)
         self._buffer: list[MetricTuple] = []
         self.journal_root = journal_root(journal_dir)  # where metrics wait while a server is away
         self._process = context.Process(
-            target=_write_metrics, args=(tracking_uri, self._queue, self._status, system_metrics, str(self.journal_root)),
-            name="knightctl-metrics", daemon=True,
+            target=_write_metrics,
+            args=(tracking_uri, self._queue, self._status, system_metrics, str(self.journal_root)),
+            name="knightctl-metrics",
+            daemon=True,
         )
         self._process.start()
         self.run_id: str | None = None

@@ -8,8 +8,9 @@ check. It is written when the run starts and rewritten when it ends, FAILED and 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from torch import nn
@@ -97,7 +98,11 @@ def render_note(story: RunStory) -> str:
 
 def _results(metrics: Mapping[str, float]) -> list[tuple[str, float]]:
     first = [(key, metrics[key]) for key in _HEADLINE if key in metrics]
-    rest = sorted((k, v) for k, v in metrics.items() if k not in _HEADLINE and k not in _NOT_RESULTS and not k.startswith("system/"))
+    rest = sorted(
+        (k, v)
+        for k, v in metrics.items()
+        if k not in _HEADLINE and k not in _NOT_RESULTS and not k.startswith("system/")
+    )
     return first + rest
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Mapping
+from collections.abc import Mapping
 
 HOST_TAG = "knightctl.host"
 PID_TAG = "knightctl.pid"

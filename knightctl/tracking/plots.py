@@ -8,9 +8,10 @@ are imported inside the functions, so importing this module costs nothing until 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -158,7 +159,9 @@ def _read_outputs(outputs: torch.Tensor, target: str, xx: np.ndarray, yy: np.nda
     if target == "class" and outputs.ndim == 2 and outputs.shape[0] == n_points:
         return DecisionGrid(xx, yy, outputs.argmax(dim=-1).reshape(xx.shape).cpu().numpy(), None, int(outputs.shape[1]))
     expected = "(N, 1) logits" if target == "binary" else "(N, C) class scores"
-    raise ValueError(f"the model returned outputs of shape {tuple(outputs.shape)} for {n_points} points; expected {expected}")
+    raise ValueError(
+        f"the model returned outputs of shape {tuple(outputs.shape)} for {n_points} points; expected {expected}"
+    )
 
 
 def _limits(values: torch.Tensor) -> tuple[float, float]:
@@ -247,7 +250,9 @@ def decision_boundary(
     ax.set(xlabel=feature_names[0], ylabel=feature_names[1], title="Decision boundary (shading: predicted class)")
     handles, _ = ax.get_legend_handles_labels()
     # Outside the axes, so that the legend never hides points or the boundary.
-    ax.legend(handles=[*handles, *extra], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small")
+    ax.legend(
+        handles=[*handles, *extra], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize="small"
+    )
     return figure
 
 

@@ -13,25 +13,26 @@ import platform
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from knightctl._version import __version__
-from knightctl.training.build import Components
-from knightctl.training.devices import DeviceChoice
+from knightctl.checkpoint.resume import CHECKPOINT_DIR_TAG, Resumption
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import log_reports
-from knightctl.training.loop import Position
-from knightctl.tracking.plots import run_plots
 from knightctl.plugins.system import PluginSystem
-from knightctl.tracking.plugintags import plugin_tags
-from knightctl.checkpoint.resume import CHECKPOINT_DIR_TAG, Resumption
+from knightctl.spec.model import ExperimentSpec
 from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, model_summary
 from knightctl.tracking.owner import owner_tags
-from knightctl.spec.model import ExperimentSpec
+from knightctl.tracking.plots import run_plots
+from knightctl.tracking.plugintags import plugin_tags
 from knightctl.tracking.run import MlflowRun, git_commit
+from knightctl.training.build import Components
+from knightctl.training.devices import DeviceChoice
+from knightctl.training.loop import Position
 
 
 def keep_checkpoint(run: MlflowRun, path: Path) -> None:
@@ -42,8 +43,17 @@ def keep_checkpoint(run: MlflowRun, path: Path) -> None:
         warnings.warn(f"could not store checkpoint {path} with MLflow run {run.run_id}: {exc}", stacklevel=1)
 
 
-def record_start(run: MlflowRun, spec: ExperimentSpec, choice: DeviceChoice, parts: Components, verdicts: Sequence[OpReport],
-                 skip_gradcheck: bool, position: Position, resumed: Resumption | None, checkpoint_folder: Path) -> None:
+def record_start(
+    run: MlflowRun,
+    spec: ExperimentSpec,
+    choice: DeviceChoice,
+    parts: Components,
+    verdicts: Sequence[OpReport],
+    skip_gradcheck: bool,
+    position: Position,
+    resumed: Resumption | None,
+    checkpoint_folder: Path,
+) -> None:
     """Before the first step: the gradient verdicts, the datasets, and the run's description."""
     if verdicts:
         log_reports(run.client, run.run_id, verdicts)

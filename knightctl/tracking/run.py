@@ -14,26 +14,27 @@ import os
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from knightctl.errors import Interrupted, TrackingError
-from knightctl.tracking.offline.journal import Journal
-from knightctl.tracking.metricwriter import MetricWriter
-from knightctl.tracking.offline.fallback import StoreFallback
-from knightctl.tracking.plots import save_png
 from knightctl.tracking.datasets import log_datasets
+from knightctl.tracking.metricwriter import MetricWriter
 from knightctl.tracking.note import RunStory, render_note
+from knightctl.tracking.offline.fallback import StoreFallback
+from knightctl.tracking.offline.journal import Journal
+from knightctl.tracking.plots import save_png
 from knightctl.tracking.stores import create_run, reopen_run
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from knightctl.training.data import Split
     from knightctl.spec.model import ExperimentSpec
+    from knightctl.training.data import Split
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _PARAM_BATCH = 100  # params per log_batch call, MLflow's own limit
@@ -69,8 +70,12 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
 def git_commit(cwd: Path) -> tuple[str, bool] | None:
     """(commit, dirty) of the repository around `cwd`, or None outside one."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True).stdout
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return commit, bool(status.strip())
@@ -116,7 +121,9 @@ class MlflowRun:
         from mlflow.entities import RunTag
 
         self._store(
-            lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True),
+            lambda: self.client.log_batch(
+                self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True
+            ),
             lambda journal: journal.add_tags(tags),
         )
 
@@ -140,7 +147,9 @@ class MlflowRun:
         """Store the local file `local_path` with the run, in the artifact folder `artifact_dir`."""
         self._store(
             lambda: self.client.log_artifact(self.run_id, str(local_path), artifact_dir),
-            lambda journal: journal.add_artifact(local_path, artifact_dir),  # a copy: the file may change before `knightctl sync`
+            lambda journal: journal.add_artifact(
+                local_path, artifact_dir
+            ),  # a copy: the file may change before `knightctl sync`
         )
 
     def log_model(self, model: torch.nn.Module, example: np.ndarray) -> str | None:
@@ -181,13 +190,21 @@ class MlflowRun:
     def _store_fallback(self) -> StoreFallback:
         if self._fallback is None:
             journal = Journal(self.writer.journal_root, self.run_id, self.tracking_uri)
-            self._fallback = StoreFallback(self.client, self.tracking_uri, journal, loop_over=lambda: self.writer.closed)
+            self._fallback = StoreFallback(
+                self.client, self.tracking_uri, journal, loop_over=lambda: self.writer.closed
+            )
         return self._fallback
 
 
 @contextmanager
-def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str], writer: MetricWriter | None = None,
-             resume_run_id: str | None = None) -> Iterator[MlflowRun]:
+def open_run(
+    spec: ExperimentSpec,
+    *,
+    tracking_uri: str,
+    tags: Mapping[str, str],
+    writer: MetricWriter | None = None,
+    resume_run_id: str | None = None,
+) -> Iterator[MlflowRun]:
     """Create the run (or reopen `resume_run_id`), log params, tags and spec; close it with the
     status the block earned.
 
@@ -203,7 +220,10 @@ def open_run(spec: ExperimentSpec, *, tracking_uri: str, tags: Mapping[str, str]
         else:
             run_name = tags.get(RUN_NAME_TAG) or spec.tracking.run_name or spec.name  # a sweep names its trials
             client, experiment_id, run_id, notices = create_run(
-                tracking_uri, spec.tracking.experiment or spec.name, run_name=run_name, tags={k: v for k, v in tags.items() if k != RUN_NAME_TAG}
+                tracking_uri,
+                spec.tracking.experiment or spec.name,
+                run_name=run_name,
+                tags={k: v for k, v in tags.items() if k != RUN_NAME_TAG},
             )
     except BaseException:
         writer.abandon()
@@ -299,7 +319,11 @@ def _log_spec(client: Any, run_id: str, spec: ExperimentSpec, resumed: bool = Fa
         client.log_batch(run_id, params=params[start : start + _PARAM_BATCH], synchronous=True)
     if spec.source is not None and not resumed:
         client.log_text(run_id, spec.source.text, f"spec/{Path(spec.source.path).name}")
-    client.log_text(run_id, yaml.safe_dump(spec.to_data(), sort_keys=False), "spec/resumed.yaml" if resumed else "spec/resolved.yaml")
+    client.log_text(
+        run_id,
+        yaml.safe_dump(spec.to_data(), sort_keys=False),
+        "spec/resumed.yaml" if resumed else "spec/resolved.yaml",
+    )
 
 
 def _log_failure(run: MlflowRun, exc: BaseException) -> None:

@@ -8,15 +8,16 @@ naming the store.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from knightctl.errors import TrackingError
-from knightctl.tracking.stores import check_server, sqlite_path
 from knightctl.tracking.run import resolve_tracking_uri
+from knightctl.tracking.stores import check_server, sqlite_path
 
 KEY_METRICS = ("val/accuracy", "val/loss", "train/loss")
 MIN_PREFIX = 4  # shortest run-id prefix accepted as a reference, in hex digits
@@ -114,7 +115,10 @@ def _experiments(client: Any, name: str | None, uri: str) -> dict[str, str]:
     if name is not None:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise TrackingError(f"no experiment named {name!r} in {uri}", hint="`knightctl runs` without --experiment lists every experiment's runs")
+            raise TrackingError(
+                f"no experiment named {name!r} in {uri}",
+                hint="`knightctl runs` without --experiment lists every experiment's runs",
+            )
         return {experiment.experiment_id: experiment.name}
     found: dict[str, str] = {}
     page_token = None
@@ -185,7 +189,10 @@ def _resolve(client: Any, uri: str, reference: str, experiments: dict[str, str])
             f"no run {reference!r} in {uri}",
             hint=f"give a run id, a unique prefix of one ({MIN_PREFIX}+ characters) or a run name; `knightctl runs` lists them",
         )
-    shown = [f"{run.info.run_id} ({run.info.run_name}, {experiments.get(run.info.experiment_id, '?')})" for run in found.values()]
+    shown = [
+        f"{run.info.run_id} ({run.info.run_name}, {experiments.get(run.info.experiment_id, '?')})"
+        for run in found.values()
+    ]
     more = "\n  ..." if len(shown) > _SHOWN_CANDIDATES else ""
     raise TrackingError(
         f"{reference!r} is ambiguous in {uri}; it names:\n  " + "\n  ".join(shown[:_SHOWN_CANDIDATES]) + more,
@@ -211,5 +218,8 @@ def compare_runs(tracking_uri: str | None, run_a: str, run_b: str) -> RunCompari
         run_b=_summary(second, experiments),
         differing_params=differing,
         identical_params=sum(1 for key, value in params_a.items() if params_b.get(key) == value),
-        metrics=tuple(MetricPair(key, metrics_a.get(key), metrics_b.get(key)) for key in sorted(metrics_a.keys() | metrics_b.keys())),
+        metrics=tuple(
+            MetricPair(key, metrics_a.get(key), metrics_b.get(key))
+            for key in sorted(metrics_a.keys() | metrics_b.keys())
+        ),
     )

@@ -14,7 +14,8 @@ installed MLflow's, which the writer has verified by opening the store), by MLfl
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 MetricTuple = tuple[str, float, int, int]  # key, value, timestamp (ms), step
 _LARGEST_FLOAT = 1.7976931348623157e308
@@ -63,7 +64,9 @@ class SqliteMetricSink:
             > tuple_(self._latest.c.step, self._latest.c.timestamp, self._latest.c.value),
         )
         with self._engine.begin() as connection:
-            stage = connection.execute(select(self._runs.c.lifecycle_stage).where(self._runs.c.run_uuid == self.run_id)).scalar()
+            stage = connection.execute(
+                select(self._runs.c.lifecycle_stage).where(self._runs.c.run_uuid == self.run_id)
+            ).scalar()
             if stage != "active":  # log_batch refuses a deleted run, and so does this
                 raise InactiveRun(f"run {self.run_id} is {stage or 'missing'}")
             connection.execute(insert(self._metrics).prefix_with("OR IGNORE"), rows)
@@ -75,7 +78,14 @@ class SqliteMetricSink:
     def _row(self, entry: MetricTuple) -> dict[str, Any]:
         key, value, timestamp, step = entry
         stored, is_nan = stored_value(value)
-        return {"key": key, "value": stored, "timestamp": timestamp, "step": step, "is_nan": is_nan, "run_uuid": self.run_id}
+        return {
+            "key": key,
+            "value": stored,
+            "timestamp": timestamp,
+            "step": step,
+            "is_nan": is_nan,
+            "run_uuid": self.run_id,
+        }
 
 
 def _newest_per_key(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,7 +93,11 @@ def _newest_per_key(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     newest: dict[str, dict[str, Any]] = {}
     for row in rows:
         held = newest.get(row["key"])
-        if held is None or (row["step"], row["timestamp"], row["value"]) > (held["step"], held["timestamp"], held["value"]):
+        if held is None or (row["step"], row["timestamp"], row["value"]) > (
+            held["step"],
+            held["timestamp"],
+            held["value"],
+        ):
             newest[row["key"]] = row
     return list(newest.values())
 

@@ -20,9 +20,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from knightctl.errors import ResumeError, TrackingError
@@ -96,7 +97,8 @@ def check_store(uri: str, cwd: Path | None = None) -> list[str]:
         source = Path(unquote(urlparse(uri).path) if uri.startswith("file:") else uri)
         raise TrackingError(
             f"{uri} is an MLflow file store, which MLflow 3.13 and later no longer open",
-            hint="migrate it once to a sqlite database and use that: " + _MIGRATE.format(source=source, target="sqlite:///mlflow.db")
+            hint="migrate it once to a sqlite database and use that: "
+            + _MIGRATE.format(source=source, target="sqlite:///mlflow.db")
             + ", then --tracking-uri sqlite:///mlflow.db",
         )
     database = sqlite_path(uri)
@@ -116,7 +118,8 @@ def _old_file_store_notices(mlruns: Path, database: Path, uri: str) -> list[str]
     if not database.exists():
         raise TrackingError(
             f"{mlruns} holds runs of an MLflow file store, which MLflow 3.13 and later no longer open, and {uri} does not exist yet",
-            hint="migrate them into it first, so old and new runs share one store: " + _MIGRATE.format(source="./mlruns", target=uri)
+            hint="migrate them into it first, so old and new runs share one store: "
+            + _MIGRATE.format(source="./mlruns", target=uri)
             + "; or keep them apart with --tracking-uri",
         )
     if _has_run(uri, run_id):
@@ -227,11 +230,18 @@ def reopen_run(uri: str, run_id: str, *, tags: Mapping[str, str]) -> tuple[Any, 
     try:
         run = client.get_run(run_id)
     except MlflowException:
-        raise TrackingError(f"MLflow run {run_id} is not in {uri}", hint="resume against the store it was tracked in (--tracking-uri)") from None
+        raise TrackingError(
+            f"MLflow run {run_id} is not in {uri}", hint="resume against the store it was tracked in (--tracking-uri)"
+        ) from None
     if run.info.lifecycle_stage == "deleted":
-        raise ResumeError(f"MLflow run {run_id} in {uri} was deleted", hint="restore it (mlflow runs restore) or resume from the checkpoint file without tracking")
+        raise ResumeError(
+            f"MLflow run {run_id} in {uri} was deleted",
+            hint="restore it (mlflow runs restore) or resume from the checkpoint file without tracking",
+        )
     if run.info.status == "RUNNING" and owner_alive(run.data.tags):
-        raise ResumeError(f"MLflow run {run_id} is still being trained, by process {run.data.tags[PID_TAG]} on this machine")
+        raise ResumeError(
+            f"MLflow run {run_id} is still being trained, by process {run.data.tags[PID_TAG]} on this machine"
+        )
     try:
         client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()], synchronous=True)
     except MlflowException as exc:

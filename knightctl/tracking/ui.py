@@ -14,12 +14,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from knightctl.errors import Terminated, TrackingError
-from knightctl.tracking.runlist import local_store_path, require_store
 from knightctl.tracking.run import resolve_tracking_uri
+from knightctl.tracking.runlist import local_store_path, require_store
 
 GRACE_S = 5.0  # seconds the server gets to shut down after SIGTERM before it is killed
 # The job runner serves MLflow's GenAI features (scorers, trace roll-ups), which knightctl runs
@@ -35,7 +35,20 @@ def ui_command(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000) -> 
     directly; for a sqlite file, experiments created from the UI put theirs in ./mlruns beside
     it, as MLflow's client does for `knightctl train` with the default sqlite:///mlflow.db.
     """
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     store = local_store_path(tracking_uri)
     if store is not None and tracking_uri.startswith("sqlite"):
         command += ["--default-artifact-root", str(store.resolve().parent / "mlruns")]
@@ -117,7 +130,9 @@ def serve_ui(tracking_uri: str | None, host: str = "127.0.0.1", port: int = 5000
     process = None
     with _sigterm_as_interrupt():
         try:
-            process = subprocess.Popen(ui_command(uri, host, port), env=environment, start_new_session=hasattr(os, "killpg"))
+            process = subprocess.Popen(
+                ui_command(uri, host, port), env=environment, start_new_session=hasattr(os, "killpg")
+            )
             return process.wait()
         except KeyboardInterrupt as stop:
             if process is not None:

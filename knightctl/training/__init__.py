@@ -5,20 +5,23 @@ the loop as the chapter writes it (`loop`) and `train()` top to bottom (`run`).
 
 from knightctl._lazy import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "Components": "build",
-    "DeviceChoice": "devices",
-    "Observer": "run",
-    "Position": "loop",
-    "RunInfo": "run",
-    "RunResult": "run",
-    "Split": "data",
-    "StepMetrics": "metrics",
-    "TabularData": "data",
-    "build_components": "build",
-    "gradient_norm": "metrics",
-    "new_seed": "devices",
-    "resolve_device": "devices",
-    "set_deterministic": "devices",
-    "train": "run",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "Components": "build",
+        "DeviceChoice": "devices",
+        "Observer": "run",
+        "Position": "loop",
+        "RunInfo": "run",
+        "RunResult": "run",
+        "Split": "data",
+        "StepMetrics": "metrics",
+        "TabularData": "data",
+        "build_components": "build",
+        "gradient_norm": "metrics",
+        "new_seed": "devices",
+        "resolve_device": "devices",
+        "set_deterministic": "devices",
+        "train": "run",
+    },
+)

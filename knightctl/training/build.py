@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from knightctl.training.data import Split, split_data
 from knightctl.errors import DeviceError, KnightctlError, ModelShapeError, PluginError
 from knightctl.plugins.oplayers import OpLayer
 from knightctl.plugins.registry import ComponentDef, LossDef, Registry
 from knightctl.spec.model import ExperimentSpec
+from knightctl.training.data import Split, split_data
 
 
 @dataclass
@@ -40,7 +40,14 @@ def build_components(spec: ExperimentSpec, registry: Registry, device: torch.dev
     assert isinstance(loss_def, LossDef)
     dataset_def = _definition(registry, "dataset", spec.data.name)
     tabular = _call(dataset_def, _params(dataset_def, spec.data.options(), base_dir), base_dir, seed)
-    data = split_data(tabular, val_fraction=spec.data.val_fraction, seed=seed, target=loss_def.target, dataset_name=spec.data.name, device=device)
+    data = split_data(
+        tabular,
+        val_fraction=spec.data.val_fraction,
+        seed=seed,
+        target=loss_def.target,
+        dataset_name=spec.data.name,
+        device=device,
+    )
     layers = []
     for layer in spec.model:
         definition = _definition(registry, "layer", layer.type)
@@ -48,11 +55,18 @@ def build_components(spec: ExperimentSpec, registry: Registry, device: torch.dev
     model = nn.Sequential(*layers).to(device)
     loss_fn = _call(loss_def, _params(loss_def, spec.loss.options(), base_dir)).to(device)
     optimizer_def = _definition(registry, "optimizer", spec.optimizer.name)
-    optimizer = _call(optimizer_def, model.parameters(), spec.optimizer.lr, _params(optimizer_def, spec.optimizer.options(), base_dir))
+    optimizer = _call(
+        optimizer_def, model.parameters(), spec.optimizer.lr, _params(optimizer_def, spec.optimizer.options(), base_dir)
+    )
     scheduler = None
     if spec.optimizer.scheduler is not None:
         scheduler_def = _definition(registry, "scheduler", spec.optimizer.scheduler.name)
-        scheduler = _call(scheduler_def, optimizer, _params(scheduler_def, spec.optimizer.scheduler.options(), base_dir), spec.train.epochs)
+        scheduler = _call(
+            scheduler_def,
+            optimizer,
+            _params(scheduler_def, spec.optimizer.scheduler.options(), base_dir),
+            spec.train.epochs,
+        )
     return Components(model, loss_fn, loss_def, optimizer, scheduler, data)
 
 
@@ -110,7 +124,9 @@ def _layer_error(exc: Exception, where: str, layer: nn.Module, x: torch.Tensor) 
                 f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) has no kernel for {x.device.type}: {exc}".strip(),
                 hint="run on a device the op supports (--device cpu), or register a kernel for this device in the plugin",
             )
-        return PluginError(f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) raised on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}")
+        return PluginError(
+            f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) raised on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+        )
     if isinstance(exc, (RuntimeError, ValueError, TypeError, IndexError)):
         return ModelShapeError(f"{where} cannot take an input of shape {tuple(x.shape)}: {exc}")
     return PluginError(f"{where} raised on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}")

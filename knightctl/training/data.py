@@ -7,8 +7,9 @@ Dataset or DataLoader, which would dominate the step time of small models.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 

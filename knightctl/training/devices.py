@@ -50,8 +50,14 @@ def resolve_device(requested: str = "auto") -> DeviceChoice:
     if requested == "mps":
         if not _mps_available():
             built = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_built()
-            why = "this torch build has MPS but no MPS device is available (MPS needs macOS 12.3+ on Apple silicon)" if built else "this torch build has no MPS support (MPS is for macOS on Apple silicon)"
-            raise DeviceError(f"--device mps: {why}", hint="use --device auto to pick the best device present, or --device cpu")
+            why = (
+                "this torch build has MPS but no MPS device is available (MPS needs macOS 12.3+ on Apple silicon)"
+                if built
+                else "this torch build has no MPS support (MPS is for macOS on Apple silicon)"
+            )
+            raise DeviceError(
+                f"--device mps: {why}", hint="use --device auto to pick the best device present, or --device cpu"
+            )
         return DeviceChoice(torch.device("mps"), "requested")
     raise DeviceError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
 
@@ -59,11 +65,15 @@ def resolve_device(requested: str = "auto") -> DeviceChoice:
 def _checked_cuda(requested: str) -> torch.device:
     if not torch.cuda.is_available():
         why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
-        raise DeviceError(f"--device {requested}: {why}", hint="use --device auto to pick the best device present, or --device cpu")
+        raise DeviceError(
+            f"--device {requested}: {why}", hint="use --device auto to pick the best device present, or --device cpu"
+        )
     count = torch.cuda.device_count()
     index = int(requested.partition(":")[2] or torch.cuda.current_device())
     if index >= count:
-        raise DeviceError(f"--device {requested}: there {'is' if count == 1 else 'are'} only {count} CUDA device{'s' * (count != 1)} (cuda:0..cuda:{count - 1})")
+        raise DeviceError(
+            f"--device {requested}: there {'is' if count == 1 else 'are'} only {count} CUDA device{'s' * (count != 1)} (cuda:0..cuda:{count - 1})"
+        )
     return torch.device("cuda", index)
 
 

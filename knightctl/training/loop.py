@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from knightctl.checkpoint.files import CheckpointFolder
-from knightctl.training.data import epoch_batches, steps_per_epoch
+from knightctl.checkpoint.state import ResumePoint, rng_states, training_state
 from knightctl.distributed.ranks import SINGLE, PeerLost, is_peer_lost
 from knightctl.errors import Interrupted, KnightctlError, RunFailed
+from knightctl.tracking.stores import absolute_uri
+from knightctl.training.data import epoch_batches, steps_per_epoch
 from knightctl.training.metrics import NonFiniteLoss, StepMetrics, evaluate, gradient_norm
 from knightctl.training.signals import StopOnSignal
-from knightctl.tracking.stores import absolute_uri
-from knightctl.checkpoint.state import ResumePoint, rng_states, training_state
 
 
 @dataclass
@@ -76,14 +77,22 @@ class Loop:
         self.log(self.metrics.collect())
         parameters = [p.detach() for p in self.parts.model.parameters()]
         if parameters and not bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
-            raise RunFailed(f"the model's weights are no longer finite at step {self.position.step}; no checkpoint was written")
+            raise RunFailed(
+                f"the model's weights are no longer finite at step {self.position.step}; no checkpoint was written"
+            )
         rank_generators = self.ranks.gather(rng_states()) if self.ranks.distributed else None
         if not self.ranks.is_main:
             self.position.checkpoint = self.checkpoints.file_for(self.position.step)
             return self.position.checkpoint
         state = training_state(
-            parts=self.parts, point=self.position.resume_point(self.data_order), spec=self.spec, run_id=self.run.run_id,
-            tracking_uri=absolute_uri(self.run.tracking_uri) if self.run.tracking_uri else None, metrics=self.metrics.snapshot(), history=self.position.history, latest=self.position.latest,
+            parts=self.parts,
+            point=self.position.resume_point(self.data_order),
+            spec=self.spec,
+            run_id=self.run.run_id,
+            tracking_uri=absolute_uri(self.run.tracking_uri) if self.run.tracking_uri else None,
+            metrics=self.metrics.snapshot(),
+            history=self.position.history,
+            latest=self.position.latest,
         )
         if rank_generators is not None:
             state["rank_rng"] = rank_generators
@@ -122,7 +131,10 @@ def run_loop(loop: Loop) -> float:
             return time.perf_counter() - started
         raise Interrupted(
             f"{name}: interrupted at epoch {loop.position.epoch} (step {loop.position.step}); checkpoint {path}",
-            hint=f"resume with: {resume_command(loop.run.run_id, path)}", signal_name=name, run_id=loop.run.run_id, checkpoint=path,
+            hint=f"resume with: {resume_command(loop.run.run_id, path)}",
+            signal_name=name,
+            run_id=loop.run.run_id,
+            checkpoint=path,
         ) from None
     except BaseException as exc:
         # Ranks of a distributed job fail one at a time, so their losses can no longer be reduced
@@ -132,8 +144,10 @@ def run_loop(loop: Loop) -> float:
         if not isinstance(exc, Exception):  # a second signal: out at once, no checkpoint
             raise
         if is_peer_lost(exc) and not isinstance(exc, PeerLost):  # DDP's own gradient all-reduce, in backward
-            lost = PeerLost(f"another rank of this job stopped at step {loop.position.step + 1}",
-                            hint="the first rank that failed says why; this one only lost its connection to it")
+            lost = PeerLost(
+                f"another rank of this job stopped at step {loop.position.step + 1}",
+                hint="the first rank that failed says why; this one only lost its connection to it",
+            )
             lost.hint = "; ".join(filter(None, [lost.hint, loop.resume_hint()]))
             raise lost from exc
         if isinstance(exc, KnightctlError):  # explained already; where to go on from is news
@@ -168,7 +182,14 @@ def _log_unfinished(loop: Loop, last_good_step: int) -> None:
 
 def _loop(loop: Loop) -> float:
     """The training loop, as the chapter writes it, plus cheap bookkeeping. Returns its seconds."""
-    spec, parts, position, metrics, stop, config = loop.spec, loop.parts, loop.position, loop.metrics, loop.stop, loop.spec.train
+    spec, parts, position, metrics, stop, config = (
+        loop.spec,
+        loop.parts,
+        loop.position,
+        loop.metrics,
+        loop.stop,
+        loop.spec.train,
+    )
     batch_size = None if config.batch_size == "full" else config.batch_size
     eval_every = eval_interval(config, steps_per_epoch(parts.data.n_train, batch_size))
     checkpoint_every = checkpoint_interval(spec)
@@ -190,7 +211,11 @@ def _loop(loop: Loop) -> float:
             samples += len(inputs)
             inputs, targets, weight = ranks.shard(inputs, targets)
             optimizer.zero_grad()
-            loss = loss_fn(module(inputs), targets) if weight == 1.0 else _weighted_loss(module, loss_fn, inputs, targets, weight)
+            loss = (
+                loss_fn(module(inputs), targets)
+                if weight == 1.0
+                else _weighted_loss(module, loss_fn, inputs, targets, weight)
+            )
             loss.backward()
             clipped_norm = nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip) if config.grad_clip else None
             optimizer.step()
@@ -216,7 +241,9 @@ def _loop(loop: Loop) -> float:
             metrics.add_point(position.step, values)
             points = metrics.collect()  # the one device synchronisation per evaluation
             now = time.perf_counter()
-            points.append((position.step, {"epoch": float(epoch), "train/samples_per_s": samples / max(now - since, 1e-9)}))
+            points.append(
+                (position.step, {"epoch": float(epoch), "train/samples_per_s": samples / max(now - since, 1e-9)})
+            )
             since, samples = now, 0
             loop.log(points)
             evaluated = dict(position.latest)
@@ -224,7 +251,9 @@ def _loop(loop: Loop) -> float:
             observer.epoch_completed(epoch, position.step, evaluated)
         if last or epoch % checkpoint_every == 0:
             loop.save_checkpoint()
-        if not last and not ranks.distributed and stop.requested is not None:  # finishing beats stopping after the last step
+        if (
+            not last and not ranks.distributed and stop.requested is not None
+        ):  # finishing beats stopping after the last step
             raise _StopRequested()
     return time.perf_counter() - loop_started
 
@@ -251,7 +280,9 @@ def _stop_asked(stop: StopOnSignal, ranks: Any, step: int, check_every: int) -> 
     return stop.requested is not None
 
 
-def _weighted_loss(module: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, weight: float) -> torch.Tensor:
+def _weighted_loss(
+    module: nn.Module, loss_fn: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, weight: float
+) -> torch.Tensor:
     """A rank's share of the global batch's mean loss (distributed.py). A rank with no rows of a
     small last batch still runs forward and backward, with a loss of zero, because DDP's gradient
     all-reduce needs every rank."""

@@ -9,8 +9,8 @@ operations per evaluation, whatever the number of steps or windows in between.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -137,7 +137,9 @@ def gradient_norm(model: nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(list(norms)))
 
 
-def evaluate(model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, target: str) -> dict[str, torch.Tensor | float]:
+def evaluate(
+    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, target: str
+) -> dict[str, torch.Tensor | float]:
     """Validation loss, and accuracy for classification losses, as device tensors."""
     model.eval()
     try:

@@ -7,33 +7,34 @@ optimizer, generators and position come from the checkpoint, and the same MLflow
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from knightctl.training.build import Components, build_components, dry_forward
 from knightctl.checkpoint.files import CheckpointFolder
-from knightctl.training.data import steps_per_epoch
-from knightctl.distributed.ranks import Single, joined
-from knightctl.training.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
-from knightctl.errors import Interrupted, KnightctlError, Terminated
-from knightctl.gradcheck.report import OpReport
-from knightctl.gradcheck.preflight import preflight
+from knightctl.checkpoint.resume import Resumption, prepare_resume
+from knightctl.checkpoint.state import restore, set_rng_states
 from knightctl.distributed.jobs import JobRecord, agreed_resume, job_file, write_job
+from knightctl.distributed.ranks import Single, joined
+from knightctl.errors import Interrupted, KnightctlError, Terminated
+from knightctl.gradcheck.preflight import preflight
+from knightctl.gradcheck.report import OpReport
+from knightctl.plugins.events import NoRun, Observer, RunInfo, RunResult
+from knightctl.plugins.loader import load as load_plugins
+from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
+from knightctl.spec.model import ExperimentSpec, load_spec
+from knightctl.tracking.record import keep_checkpoint, record_results, record_start, resumed_from, run_tags
+from knightctl.tracking.run import MlflowRun, open_run, resolve_tracking_uri, start_writer
+from knightctl.training.build import Components, build_components, dry_forward
+from knightctl.training.data import steps_per_epoch
+from knightctl.training.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
 from knightctl.training.loop import Loop, Position, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
-from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
-from knightctl.plugins.loader import load as load_plugins
-from knightctl.checkpoint.resume import Resumption, prepare_resume
-from knightctl.plugins.events import NoRun, Observer, RunInfo, RunResult
-from knightctl.tracking.record import keep_checkpoint, record_results, record_start, resumed_from, run_tags
-from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.training.signals import StopOnSignal
-from knightctl.tracking.run import MlflowRun, open_run, resolve_tracking_uri, start_writer
-from knightctl.checkpoint.state import restore, set_rng_states
 
 
 def train(
@@ -78,28 +79,81 @@ def train(
     on from its newest checkpoint (jobs.py).
     """
     with joined() as ranks:
-        return _train(ranks, spec, overrides, device, tracking_uri, track, deterministic, observers, plugins, skip_gradcheck, resume,
-                      allow_spec_change, detect_anomaly, checkpoint_dir, stop_at_step, record_losses, tags)
+        return _train(
+            ranks,
+            spec,
+            overrides,
+            device,
+            tracking_uri,
+            track,
+            deterministic,
+            observers,
+            plugins,
+            skip_gradcheck,
+            resume,
+            allow_spec_change,
+            detect_anomaly,
+            checkpoint_dir,
+            stop_at_step,
+            record_losses,
+            tags,
+        )
 
 
-def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], device: str | None, tracking_uri: str | None,
-           track: bool, deterministic: bool | None, observers: Sequence[Observer], plugins: PluginSettings | None, skip_gradcheck: bool,
-           resume: str | Path | None, allow_spec_change: bool, detect_anomaly: bool, checkpoint_dir: str | Path | None, stop_at_step: int | None,
-           record_losses: bool, tags: Mapping[str, str] | None) -> RunResult:
+def _train(
+    ranks: Single,
+    spec: ExperimentSpec | str | Path | None,
+    overrides: Sequence[str],
+    device: str | None,
+    tracking_uri: str | None,
+    track: bool,
+    deterministic: bool | None,
+    observers: Sequence[Observer],
+    plugins: PluginSettings | None,
+    skip_gradcheck: bool,
+    resume: str | Path | None,
+    allow_spec_change: bool,
+    detect_anomaly: bool,
+    checkpoint_dir: str | Path | None,
+    stop_at_step: int | None,
+    record_losses: bool,
+    tags: Mapping[str, str] | None,
+) -> RunResult:
     started = time.perf_counter()
     resume = agreed_resume(ranks, resume, spec, tracking_uri) if ranks.distributed else resume
-    resumed = prepare_resume(resume, spec, overrides, plugins=plugins, tracking_uri=tracking_uri, allow_spec_change=allow_spec_change) if resume else None
+    resumed = (
+        prepare_resume(
+            resume, spec, overrides, plugins=plugins, tracking_uri=tracking_uri, allow_spec_change=allow_spec_change
+        )
+        if resume
+        else None
+    )
     spec, system = _spec_and_plugins(resumed.spec if resumed else spec, overrides, plugins)
     spec = spec.with_seed(ranks.broadcast(spec.seed))  # a generated seed is rank 0's
     observers = [*observers, PluginEvents(system)] if ranks.is_main else []
     if ranks.distributed:
-        tags = {**(tags or {}), "knightctl.world_size": str(ranks.world_size), "knightctl.restarts": str(ranks.restart_count)}
+        tags = {
+            **(tags or {}),
+            "knightctl.world_size": str(ranks.world_size),
+            "knightctl.restarts": str(ranks.restart_count),
+        }
     uri, uri_source = _tracking_uri(tracking_uri, spec, resumed) if track and ranks.is_main else (None, "--no-track")
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
     try:
-        choice, parts, verdicts = _prepare(spec, system, device, deterministic, skip_gradcheck or not ranks.is_main, ranks)
-        run_context = open_run(spec, tracking_uri=uri, tags={**run_tags(spec, choice, system), **(tags or {})}, writer=writer,
-                               resume_run_id=resumed.run_id if resumed else None) if uri else nullcontext(NoRun())
+        choice, parts, verdicts = _prepare(
+            spec, system, device, deterministic, skip_gradcheck or not ranks.is_main, ranks
+        )
+        run_context = (
+            open_run(
+                spec,
+                tracking_uri=uri,
+                tags={**run_tags(spec, choice, system), **(tags or {})},
+                writer=writer,
+                resume_run_id=resumed.run_id if resumed else None,
+            )
+            if uri
+            else nullcontext(NoRun())
+        )
     except BaseException:
         if writer is not None:
             writer.abandon()
@@ -109,9 +163,24 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, overrides: S
     with _interruptible(position, stop) as run_holder, run_context as run:
         run.run_id = ranks.broadcast(run.run_id)
         run_holder.append(run.run_id)
-        loop = _loop_for(spec, parts, run, observers, position, stop, resumed, checkpoint_dir, stop_at_step, record_losses, system, ranks)
+        loop = _loop_for(
+            spec,
+            parts,
+            run,
+            observers,
+            position,
+            stop,
+            resumed,
+            checkpoint_dir,
+            stop_at_step,
+            record_losses,
+            system,
+            ranks,
+        )
         if ranks.distributed and ranks.is_main and ranks.job_id:
-            write_job(ranks.job_id, JobRecord(run.run_id, str(loop.checkpoints.path), run.tracking_uri, ranks.world_size))
+            write_job(
+                ranks.job_id, JobRecord(run.run_id, str(loop.checkpoints.path), run.tracking_uri, ranks.world_size)
+            )
         if isinstance(run, MlflowRun):
             record_start(run, spec, choice, parts, verdicts, skip_gradcheck, position, resumed, loop.checkpoints.path)
         info = _run_info(spec, choice, parts, run, resumed, ranks.world_size)
@@ -135,16 +204,40 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, overrides: S
         model_uri = record_results(run, spec, parts, position) if isinstance(run, MlflowRun) else None
     if ranks.is_main and ranks.job_id:  # finished: nothing left to restart from
         job_file(ranks.job_id).unlink(missing_ok=True)
-    result = RunResult(info, dict(position.latest), position.history, position.step, time.perf_counter() - started, loop_seconds, parts.model,
-                       model_uri, uri_source, store_wait_seconds, position.checkpoint, loop.metrics.per_step, getattr(run, "pending_sync", None))
+    result = RunResult(
+        info,
+        dict(position.latest),
+        position.history,
+        position.step,
+        time.perf_counter() - started,
+        loop_seconds,
+        parts.model,
+        model_uri,
+        uri_source,
+        store_wait_seconds,
+        position.checkpoint,
+        loop.metrics.per_step,
+        getattr(run, "pending_sync", None),
+    )
     for observer in observers:
         observer.run_finished(result)
     return result
 
 
-def _loop_for(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequence[Observer], position: Position, stop: StopOnSignal,
-              resumed: Resumption | None, checkpoint_dir: str | Path | None, stop_at_step: int | None, record_losses: bool,
-              system: PluginSystem, ranks: Single) -> Loop:
+def _loop_for(
+    spec: ExperimentSpec,
+    parts: Components,
+    run: Any,
+    observers: Sequence[Observer],
+    position: Position,
+    stop: StopOnSignal,
+    resumed: Resumption | None,
+    checkpoint_dir: str | Path | None,
+    stop_at_step: int | None,
+    record_losses: bool,
+    system: PluginSystem,
+    ranks: Single,
+) -> Loop:
     """The loop's state: fresh, or as the checkpoint left it (the global generators: `_start_generators`).
 
     Every rank of a distributed job draws the same data order; rank 0 names the checkpoint folder."""
@@ -163,8 +256,22 @@ def _loop_for(spec: ExperimentSpec, parts: Components, run: Any, observers: Sequ
     if record_losses:
         metrics.per_step = []
     metrics.reduce = ranks.reducer()
-    return Loop(spec, parts, run, observers, position, metrics, data_order, folder, stop, start, stop_at_step, system.blame,
-                ranks, ranks.wrap(parts.model))
+    return Loop(
+        spec,
+        parts,
+        run,
+        observers,
+        position,
+        metrics,
+        data_order,
+        folder,
+        stop,
+        start,
+        stop_at_step,
+        system.blame,
+        ranks,
+        ranks.wrap(parts.model),
+    )
 
 
 def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: Single) -> None:
@@ -184,7 +291,9 @@ def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: S
         seed_everything(((spec.seed or 0) * 2654435761 + int(resumed.state["step"]) + 7919 * ranks.rank) % 2**32)
 
 
-def _checkpoint_folder(spec: ExperimentSpec, run: Any, resumed: Resumption | None, checkpoint_dir: str | Path | None) -> CheckpointFolder:
+def _checkpoint_folder(
+    spec: ExperimentSpec, run: Any, resumed: Resumption | None, checkpoint_dir: str | Path | None
+) -> CheckpointFolder:
     """checkpoint.dir/RUN_ID (or SPEC-NAME-TIME under --no-track); a resumed run keeps its folder."""
     if resumed is not None and checkpoint_dir is None:
         folder = resumed.folder
@@ -202,8 +311,14 @@ def _tracking_uri(cli_uri: str | None, spec: ExperimentSpec, resumed: Resumption
     return uri, source
 
 
-def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, deterministic: bool | None,
-             skip_gradcheck: bool, ranks: Single) -> tuple[DeviceChoice, Components, list[OpReport]]:
+def _prepare(
+    spec: ExperimentSpec,
+    system: PluginSystem,
+    device: str | None,
+    deterministic: bool | None,
+    skip_gradcheck: bool,
+    ranks: Single,
+) -> tuple[DeviceChoice, Components, list[OpReport]]:
     """The device, seed and components; a dry forward and the ops' gradient check, before any run exists."""
     assert spec.seed is not None
     choice = resolve_device(device or spec.train.device)
@@ -221,7 +336,9 @@ def _prepare(spec: ExperimentSpec, system: PluginSystem, device: str | None, det
     return choice, parts, list(verdicts)
 
 
-def _spec_and_plugins(spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], plugins: PluginSettings | None) -> tuple[ExperimentSpec, PluginSystem]:
+def _spec_and_plugins(
+    spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], plugins: PluginSettings | None
+) -> tuple[ExperimentSpec, PluginSystem]:
     """The spec, read if need be and given a seed if it has none, and the plugins it runs with."""
     if spec is None:
         raise KnightctlError("no spec: give a spec file, or --resume a run")
@@ -257,7 +374,9 @@ def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str 
         raise Interrupted(message, signal_name=signal_name, run_id=run_id, hint=hint) from None
 
 
-def _run_info(spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any, resumed: Resumption | None, world_size: int) -> RunInfo:
+def _run_info(
+    spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any, resumed: Resumption | None, world_size: int
+) -> RunInfo:
     batch_size = None if spec.train.batch_size == "full" else spec.train.batch_size
     return RunInfo(
         spec_name=spec.name,

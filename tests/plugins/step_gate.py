@@ -32,8 +32,11 @@ class StepGate(nn.Module):
         if not (self.training and torch.is_grad_enabled()):
             return x
         self.steps += 1
-        if self.steps == int(os.environ.get("KNIGHTCTL_CRASH_STEP", "0")) and os.environ.get("RANK") == os.environ.get("KNIGHTCTL_CRASH_RANK") \
-                and (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" or os.environ.get("KNIGHTCTL_CRASH_ALWAYS")):
+        if (
+            self.steps == int(os.environ.get("KNIGHTCTL_CRASH_STEP", "0"))
+            and os.environ.get("RANK") == os.environ.get("KNIGHTCTL_CRASH_RANK")
+            and (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" or os.environ.get("KNIGHTCTL_CRASH_ALWAYS"))
+        ):
             raise RuntimeError(f"test crash in rank {os.environ['RANK']} at step {self.steps}")
         if self.steps == int(os.environ.get("KNIGHTCTL_NAN_STEP", "0")):
             return x * float("nan")
@@ -59,5 +62,15 @@ class Drift(nn.Module):
 
 @hookimpl
 def register_layers(register):
-    register(LayerDef(name="test_gate", build=lambda params: StepGate(), description="identity that holds or poisons one training step"))
-    register(LayerDef(name="test_drift", build=lambda params: Drift(), description="adds a count kept outside the model's state"))
+    register(
+        LayerDef(
+            name="test_gate",
+            build=lambda params: StepGate(),
+            description="identity that holds or poisons one training step",
+        )
+    )
+    register(
+        LayerDef(
+            name="test_drift", build=lambda params: Drift(), description="adds a count kept outside the model's state"
+        )
+    )

@@ -93,7 +93,9 @@ class CsvParams(Params):
         header = _read_header(_resolve(self.path, info.context), self.delimiter)
         missing = [c for c in (*self.features, self.target) if c not in header]
         if missing:
-            raise ValueError(f"{self.path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(header)}")
+            raise ValueError(
+                f"{self.path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(header)}"
+            )
         return self
 
 
@@ -123,7 +125,9 @@ def _build_csv(params: CsvParams, base_dir: Path, seed: int) -> TabularData:
             rows = list(csv.DictReader(handle, delimiter=params.delimiter))
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from None
-    features = [[_number(row, column, line, path) for column in params.features] for line, row in enumerate(rows, start=2)]
+    features = [
+        [_number(row, column, line, path) for column in params.features] for line, row in enumerate(rows, start=2)
+    ]
     labels = [(row.get(params.target) or "").strip() for row in rows]
     if any(label == "" for label in labels):
         line = labels.index("") + 2

@@ -108,9 +108,36 @@ def register_layers(register) -> None:  # type: ignore[no-untyped-def]
             description="affine map y = x W^T + b (torch.nn.Linear)",
         )
     )
-    register(LayerDef(name="dropout", build=_torch_module("Dropout"), params=DropoutParams, description="torch.nn.Dropout"))
-    register(LayerDef(name="layer_norm", build=_build_layer_norm, params=NormParams, out_features=_check_width, description="torch.nn.LayerNorm over the last dimension"))
-    register(LayerDef(name="batch_norm", build=_build_batch_norm, params=NormParams, out_features=_check_width, description="torch.nn.BatchNorm1d"))
-    register(LayerDef(name="flatten", build=_torch_module("Flatten"), out_features=None, description="torch.nn.Flatten"))
+    register(
+        LayerDef(name="dropout", build=_torch_module("Dropout"), params=DropoutParams, description="torch.nn.Dropout")
+    )
+    register(
+        LayerDef(
+            name="layer_norm",
+            build=_build_layer_norm,
+            params=NormParams,
+            out_features=_check_width,
+            description="torch.nn.LayerNorm over the last dimension",
+        )
+    )
+    register(
+        LayerDef(
+            name="batch_norm",
+            build=_build_batch_norm,
+            params=NormParams,
+            out_features=_check_width,
+            description="torch.nn.BatchNorm1d",
+        )
+    )
+    register(
+        LayerDef(name="flatten", build=_torch_module("Flatten"), out_features=None, description="torch.nn.Flatten")
+    )
     for name, class_name, params in _ACTIVATIONS:
-        register(LayerDef(name=name, build=_torch_module(class_name), params=params, description=f"torch.nn.{class_name}, elementwise"))
+        register(
+            LayerDef(
+                name=name,
+                build=_torch_module(class_name),
+                params=params,
+                description=f"torch.nn.{class_name}, elementwise",
+            )
+        )

@@ -48,8 +48,36 @@ def _build_plain(class_name: str) -> Any:
 
 @hookimpl
 def register_losses(register) -> None:  # type: ignore[no-untyped-def]
-    register(LossDef(name="bce_with_logits", build=_build_bce, params=BceParams, target="binary", description="binary cross-entropy on logits (torch.nn.BCEWithLogitsLoss)"))
-    register(LossDef(name="cross_entropy", build=_build_cross_entropy, params=CrossEntropyParams, target="class", description="multi-class cross-entropy on logits (torch.nn.CrossEntropyLoss)"))
-    register(LossDef(name="mse", build=_build_plain("MSELoss"), params=NoParams, target="real", description="mean squared error"))
-    register(LossDef(name="l1", build=_build_plain("L1Loss"), params=NoParams, target="real", description="mean absolute error"))
-    register(LossDef(name="huber", build=_build_plain("HuberLoss"), params=HuberParams, target="real", description="Huber loss"))
+    register(
+        LossDef(
+            name="bce_with_logits",
+            build=_build_bce,
+            params=BceParams,
+            target="binary",
+            description="binary cross-entropy on logits (torch.nn.BCEWithLogitsLoss)",
+        )
+    )
+    register(
+        LossDef(
+            name="cross_entropy",
+            build=_build_cross_entropy,
+            params=CrossEntropyParams,
+            target="class",
+            description="multi-class cross-entropy on logits (torch.nn.CrossEntropyLoss)",
+        )
+    )
+    register(
+        LossDef(
+            name="mse", build=_build_plain("MSELoss"), params=NoParams, target="real", description="mean squared error"
+        )
+    )
+    register(
+        LossDef(
+            name="l1", build=_build_plain("L1Loss"), params=NoParams, target="real", description="mean absolute error"
+        )
+    )
+    register(
+        LossDef(
+            name="huber", build=_build_plain("HuberLoss"), params=HuberParams, target="real", description="Huber loss"
+        )
+    )

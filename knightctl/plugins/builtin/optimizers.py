@@ -79,13 +79,42 @@ def _build_cosine(optimizer: Any, params: CosineParams, epochs: int) -> Any:
 @hookimpl
 def register_optimizers(register) -> None:  # type: ignore[no-untyped-def]
     register(OptimizerDef(name="adam", build=_optimizer("Adam"), params=AdamParams, description="torch.optim.Adam"))
-    register(OptimizerDef(name="adamw", build=_optimizer("AdamW"), params=AdamWParams, description="torch.optim.AdamW (decoupled weight decay)"))
+    register(
+        OptimizerDef(
+            name="adamw",
+            build=_optimizer("AdamW"),
+            params=AdamWParams,
+            description="torch.optim.AdamW (decoupled weight decay)",
+        )
+    )
     register(OptimizerDef(name="sgd", build=_optimizer("SGD"), params=SgdParams, description="torch.optim.SGD"))
-    register(OptimizerDef(name="rmsprop", build=_optimizer("RMSprop"), params=RmspropParams, description="torch.optim.RMSprop"))
+    register(
+        OptimizerDef(
+            name="rmsprop", build=_optimizer("RMSprop"), params=RmspropParams, description="torch.optim.RMSprop"
+        )
+    )
 
 
 @hookimpl
 def register_schedulers(register) -> None:  # type: ignore[no-untyped-def]
-    register(SchedulerDef(name="step", build=_build_step, params=StepParams, description="multiply the lr by gamma every step_size epochs"))
-    register(SchedulerDef(name="exponential", build=_build_exponential, params=ExponentialParams, description="multiply the lr by gamma every epoch"))
-    register(SchedulerDef(name="cosine", build=_build_cosine, params=CosineParams, description="cosine annealing from lr to eta_min"))
+    register(
+        SchedulerDef(
+            name="step",
+            build=_build_step,
+            params=StepParams,
+            description="multiply the lr by gamma every step_size epochs",
+        )
+    )
+    register(
+        SchedulerDef(
+            name="exponential",
+            build=_build_exponential,
+            params=ExponentialParams,
+            description="multiply the lr by gamma every epoch",
+        )
+    )
+    register(
+        SchedulerDef(
+            name="cosine", build=_build_cosine, params=CosineParams, description="cosine annealing from lr to eta_min"
+        )
+    )

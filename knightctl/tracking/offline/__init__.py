@@ -4,12 +4,15 @@
 
 from knightctl._lazy import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "FAIL_FAST_ENV": "fallback",
-    "Journal": "journal",
-    "Outbox": "outbox",
-    "StoreFallback": "fallback",
-    "SyncReport": "sync",
-    "describe_pending": "sync",
-    "journal_root": "journal",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "FAIL_FAST_ENV": "fallback",
+        "Journal": "journal",
+        "Outbox": "outbox",
+        "StoreFallback": "fallback",
+        "SyncReport": "sync",
+        "describe_pending": "sync",
+        "journal_root": "journal",
+    },
+)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from knightctl.errors import TrackingError
 from knightctl.tracking.offline.journal import Counts, Journal
@@ -187,11 +188,17 @@ class StoreFallback:
             return None
         sentence = ""
         if counts:
-            parts = [f"{n:,} {noun}{'s' * (n != 1)}" for n, noun in ((counts.metrics, "metric"), (counts.artifacts, "artifact"), (counts.tags, "tag")) if n]
+            parts = [
+                f"{n:,} {noun}{'s' * (n != 1)}"
+                for n, noun in ((counts.metrics, "metric"), (counts.artifacts, "artifact"), (counts.tags, "tag"))
+                if n
+            ]
             parts += ["the run's status"] if counts.status else []
             listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
             verb = "is" if len(parts) == 1 and (parts[0] == "the run's status" or parts[0].startswith("1 ")) else "are"
             sentence = f"{listed} {verb} waiting in {shown_path(self.journal.path)}; run `knightctl sync` once {self.tracking_uri} is back"
         if self.skipped:
-            sentence += ("; " if sentence else "") + f"{' and '.join(self.skipped)} could not be logged (the final checkpoint holds the weights)"
+            sentence += (
+                "; " if sentence else ""
+            ) + f"{' and '.join(self.skipped)} could not be logged (the final checkpoint holds the weights)"
         return sentence

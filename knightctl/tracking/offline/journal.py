@@ -21,10 +21,11 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from knightctl.tracking.sqlitemetrics import MetricTuple
 
@@ -94,7 +95,9 @@ class Journal:
             staged = folder / f".{local_path.name}.tmp"
             shutil.copyfile(local_path, staged)
             staged.rename(folder / local_path.name)
-            self._append_locked({"op": "artifact", "file": str((folder / local_path.name).relative_to(self.path)), "path": artifact_dir})
+            self._append_locked(
+                {"op": "artifact", "file": str((folder / local_path.name).relative_to(self.path)), "path": artifact_dir}
+            )
 
     def add_status(self, status: str, end_time_ms: int | None = None) -> None:
         self._append({"op": "status", "status": status, "end_time": end_time_ms or int(time.time() * 1000)})
@@ -134,7 +137,9 @@ class Journal:
     def _append_locked(self, entry: Mapping[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / "run.json").exists():
-            _write_atomic(self.path / "run.json", json.dumps({"run_id": self.run_id, "tracking_uri": self.tracking_uri}))
+            _write_atomic(
+                self.path / "run.json", json.dumps({"run_id": self.run_id, "tracking_uri": self.tracking_uri})
+            )
         with open(self.path / "journal.jsonl", "ab") as out:
             if out.tell() and _last_byte(self.path / "journal.jsonl") != b"\n":
                 out.write(b"\n")  # end a line a crash tore, so that this entry is not glued to it
@@ -181,7 +186,9 @@ def _groups(entries: Iterator[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int
     group: list[dict[str, Any]] = []
     consumed = 0
     for number, entry in entries:
-        fits = entry["op"] == "metrics" and sum(len(e["metrics"]) for e in group) + len(entry["metrics"]) <= _BATCH_LIMIT
+        fits = (
+            entry["op"] == "metrics" and sum(len(e["metrics"]) for e in group) + len(entry["metrics"]) <= _BATCH_LIMIT
+        )
         if group and not (fits and group[-1]["op"] == "metrics"):
             yield consumed, group
             group = []

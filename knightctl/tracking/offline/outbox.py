@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from knightctl.tracking.offline.journal import Journal
 from knightctl.tracking.offline.fallback import failure_reason, is_connection_error, is_http, shown_path
+from knightctl.tracking.offline.journal import Journal
 from knightctl.tracking.sqlitemetrics import MetricTuple
 
 FIRST_RETRY_S = 2.0  # a restarting server is often back within seconds
@@ -26,7 +27,9 @@ MAX_RETRY_S = 30.0  # a server away for long is still found within half a minute
 class Outbox:
     """Writes metric batches with `write`, journaling them while the http server at `tracking_uri` is away."""
 
-    def __init__(self, write: Callable[[list[MetricTuple]], None], client: Any, journal: Journal, tracking_uri: str) -> None:
+    def __init__(
+        self, write: Callable[[list[MetricTuple]], None], client: Any, journal: Journal, tracking_uri: str
+    ) -> None:
         self.write, self.client, self.journal, self.tracking_uri = write, client, journal, tracking_uri
         self.offline = journal.exists()  # a journal this run left earlier goes first
         self.retry_at = time.monotonic() if self.offline else 0.0
@@ -69,7 +72,9 @@ class Outbox:
         self.offline, self._backoff_s = False, FIRST_RETRY_S
         if self._warned and not self._resumed:
             self._resumed = True
-            _say(f"note: the MLflow tracking server {self.tracking_uri} is back; {delivered.metrics:,} journaled metrics delivered")
+            _say(
+                f"note: the MLflow tracking server {self.tracking_uri} is back; {delivered.metrics:,} journaled metrics delivered"
+            )
         return True
 
     def close(self) -> int:

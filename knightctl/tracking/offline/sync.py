@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from knightctl.errors import SyncError, TrackingError
-from knightctl.tracking.offline.journal import Counts, Journal, journals
-from knightctl.tracking.offline.fallback import failure_reason, fail_fast_http, is_connection_error, is_http, shown_path
 from knightctl.tracking.note import amend_note
+from knightctl.tracking.offline.fallback import fail_fast_http, failure_reason, is_connection_error, is_http, shown_path
+from knightctl.tracking.offline.journal import Counts, Journal, journals
 from knightctl.tracking.owner import HOST_TAG, PID_TAG, owner_alive
-from knightctl.tracking.stores import check_server, sqlite_path
 from knightctl.tracking.run import NOTE_TAG
+from knightctl.tracking.stores import check_server, sqlite_path
 
 _PAGE = 1000  # runs per search request
 
@@ -161,14 +161,18 @@ def _close_stale_runs(uri: str, waiting: set[str], report: SyncReport) -> None:
         if run.info.run_id in waiting or owner_alive(tags) is not False:
             continue  # its journal may still hold its real status; or its owner lives, or is elsewhere
         _mark_killed(client, run.info.run_id, tags)
-        report.killed.append(StaleRun(run.info.run_id, uri, tags.get(PID_TAG, "?"), tags.get(HOST_TAG, socket.gethostname())))
+        report.killed.append(
+            StaleRun(run.info.run_id, uri, tags.get(PID_TAG, "?"), tags.get(HOST_TAG, socket.gethostname()))
+        )
 
 
 def _running_runs(client: Any, experiments: list[str]) -> list[Any]:
     runs: list[Any] = []
     token = None
     while True:
-        page = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=_PAGE, page_token=token)
+        page = client.search_runs(
+            experiments, filter_string="attributes.status = 'RUNNING'", max_results=_PAGE, page_token=token
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -179,8 +183,11 @@ def _mark_killed(client: Any, run_id: str, tags: dict[str, str]) -> None:
     """End the run KILLED; its description's status row and a last line say why."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     reason = f"its process ({tags.get(PID_TAG)} on {tags.get(HOST_TAG)}) ended without closing the run (SIGKILL, a crash or a power cut)"
-    note = amend_note(tags.get(NOTE_TAG, ""), "KILLED: its process ended without closing the run",
-                      f"**Marked KILLED by `knightctl sync`** on {when}: {reason}.")
+    note = amend_note(
+        tags.get(NOTE_TAG, ""),
+        "KILLED: its process ended without closing the run",
+        f"**Marked KILLED by `knightctl sync`** on {when}: {reason}.",
+    )
     client.set_tag(run_id, NOTE_TAG, note)
     client.set_terminated(run_id, "KILLED")
 
