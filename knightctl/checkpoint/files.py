@@ -109,7 +109,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: a torch file, but not a knightctl checkpoint (no format_version)")
     if state["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: written by a newer knightctl (checkpoint format {state['format_version']}, this one reads {FORMAT_VERSION})"
+            f"{path}: written by a newer knightctl (checkpoint format {state['format_version']}, this one reads "
+            f"{FORMAT_VERSION})"
         )
     return state
 

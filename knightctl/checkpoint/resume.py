@@ -62,7 +62,10 @@ def prepare_resume(
     except CheckpointError as error:
         earlier = [p for p in CheckpointFolder(path.parent).checkpoints() if p != path]
         if earlier:
-            error.hint = f"an earlier checkpoint of this run is {earlier[-1]}; resume from it with: knightctl train --resume {earlier[-1]}"
+            error.hint = (
+                f"an earlier checkpoint of this run is {earlier[-1]}; "
+                f"resume from it with: knightctl train --resume {earlier[-1]}"
+            )
         raise
     resumed_spec = _spec_for(state, path, spec, overrides, plugins)
     changes = spec_changes(state["spec"], resumed_spec.to_data())
@@ -77,7 +80,8 @@ def prepare_resume(
         )
     if int(state["epoch"]) >= resumed_spec.train.epochs:
         raise ResumeError(
-            f"{path}: the run already trained all {state['epoch']} epochs (step {state['step']}); nothing is left to do",
+            f"{path}: the run already trained all {state['epoch']} epochs (step {state['step']}); "
+            "nothing is left to do",
             hint=f"to train on, raise the epochs: --set train.epochs={2 * state['epoch']} --allow-spec-change",
         )
     folder = (
@@ -150,8 +154,10 @@ def _from_run(run_id: str, spec: ExperimentSpec | str | Path | None, tracking_ur
         run = client.get_run(run_id)
     except MlflowException:
         raise ResumeError(
-            f"{run_id!r} is neither a checkpoint file or folder, nor a run with checkpoints in {looked_in}, nor a run in {uri}",
-            hint="give the run id `knightctl train` printed, a checkpoint path, or the store the run is in (--tracking-uri)",
+            f"{run_id!r} is neither a checkpoint file or folder, nor a run with checkpoints in {looked_in}, nor a run "
+            f"in {uri}",
+            hint="give the run id `knightctl train` printed, a checkpoint path, or the store the run is in "
+            "(--tracking-uri)",
         ) from None
     recorded = run.data.tags.get(CHECKPOINT_DIR_TAG)
     if recorded and CheckpointFolder(Path(recorded)).latest() is not None:

@@ -98,7 +98,7 @@ def verify_resume(
 def _first_loss_difference(straight: list[float], split: list[float]) -> str | None:
     if len(straight) != len(split):
         return f"the split run took {len(split)} steps, the straight one {len(straight)}"
-    for step, (a, b) in enumerate(zip(straight, split), start=1):
+    for step, (a, b) in enumerate(zip(straight, split, strict=True), start=1):
         if a != b:  # exact: a resumed run must not differ in the last bit
             return f"step {step}: loss {a!r} straight through, {b!r} resumed"
     return None

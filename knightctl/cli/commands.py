@@ -304,7 +304,8 @@ def sweep(
     tracking_uri: str | None,
     skip_gradcheck: bool,
 ) -> None:
-    """Train SPEC once per trial of a grid or random search, WORKERS at a time; rank the trials. Exit 1 if none finished."""
+    """Train SPEC once per trial of a grid or random search, WORKERS at a time; rank the trials.
+    Exit 1 if none finished."""
     from knightctl.console.core import make_console
     from knightctl.console.sweeps import render_sweep, render_trial
     from knightctl.sweep.run import sweep as run_sweep
@@ -340,7 +341,8 @@ def sweep(
     "--tracking-uri",
     default=None,
     metavar="URI",
-    help="Deliver every journal to URI instead of the store it names, and look for stale runs there (default: each journal's store, and MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+    help="Deliver every journal to URI instead of the store it names, and look for stale runs there (default: each "
+    "journal's store, and MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
 )
 @click.option(
     "--journal-dir",
@@ -350,7 +352,8 @@ def sweep(
     help="Where the journals are (default: .knightctl/journal here).",
 )
 def sync(tracking_uri: str | None, journal_dir: str | None) -> None:
-    """Deliver what runs journaled while their tracking server was away; mark stale RUNNING runs KILLED. Exit 1 if anything still waits."""
+    """Deliver what runs journaled while their tracking server was away; mark stale RUNNING runs KILLED.
+    Exit 1 if anything still waits."""
     from pathlib import Path
 
     from knightctl.console.core import make_console

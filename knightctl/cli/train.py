@@ -1,4 +1,5 @@
-"""`knightctl train`: one process, several through torch.distributed.run (--nproc-per-node), or one rank under torchrun."""
+"""`knightctl train`: one process, several through torch.distributed.run (--nproc-per-node), or one
+rank under torchrun."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from knightctl.cli.common import SET_HELP, load_plugins_warned, plugin_settings,
     "--resume",
     default=None,
     metavar="RUN|PATH",
-    help="Go on from the newest checkpoint of a run (its MLflow run id) or a checkpoint file or folder; SPEC is then optional.",
+    help="Go on from the newest checkpoint of a run (its MLflow run id) or a checkpoint file or folder; SPEC is then "
+    "optional.",
 )
 @click.option(
     "--allow-spec-change",
@@ -58,7 +60,8 @@ from knightctl.cli.common import SET_HELP, load_plugins_warned, plugin_settings,
     type=click.IntRange(1, 1024),
     default=None,
     metavar="N",
-    help="Train in N processes on this machine with DistributedDataParallel (gloo on CPU, nccl on CUDA), through torch.distributed.run.",
+    help="Train in N processes on this machine with DistributedDataParallel (gloo on CPU, nccl on CUDA), through "
+    "torch.distributed.run.",
 )
 @click.option(
     "--max-restarts",

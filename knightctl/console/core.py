@@ -190,7 +190,8 @@ def render_resume_verdict(console: Console, verdict: ResumeVerdict) -> None:
             soft_wrap=True,
         )
         console.print(
-            "  hint: on CUDA, train with --deterministic; a plugin op that draws random numbers outside torch's generators cannot be resumed exactly",
+            "  hint: on CUDA, train with --deterministic; a plugin op that draws random numbers outside torch's "
+            "generators cannot be resumed exactly",
             soft_wrap=True,
         )
 

@@ -53,7 +53,10 @@ def render_ops(console: Console, rows: list[OpSummary], *, as_json: bool = False
             f"[bold]{escape(row.name)}[/]  from {escape(row.plugin)} ({escape(_short_path(row.origin))})",
             soft_wrap=True,
         )
-        facts = f"{row.form}, {layer}, order {row.max_order}, forward mode {row.forward_mode}, vmap {row.vmap}, devices {row.devices}"
+        facts = (
+            f"{row.form}, {layer}, order {row.max_order}, forward mode {row.forward_mode}, vmap {row.vmap}, "
+            f"devices {row.devices}"
+        )
         console.print(f"    {facts}", markup=False, soft_wrap=True)
         if row.surrogate_gradient:
             console.print(f"    surrogate gradient, by design: {row.surrogate_gradient}", markup=False, soft_wrap=True)

@@ -34,7 +34,8 @@ def render_sync(console: Console, report: SyncReport) -> None:
         say(f"delivered {_counted(len(report.delivered), 'journal')} ({held}): {escape(', '.join(report.delivered))}")
     for stale in report.killed:
         say(
-            f"marked KILLED: run {stale.run_id} on {escape(stale.tracking_uri)} (its process {stale.pid} on {escape(stale.host)} is gone)"
+            f"marked KILLED: run {stale.run_id} on {escape(stale.tracking_uri)} (its process {stale.pid} on "
+            f"{escape(stale.host)} is gone)"
         )
     for pending in report.pending:
         say(f"[bold yellow]still waiting:[/] {escape(describe_pending(pending))}")

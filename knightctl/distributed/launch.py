@@ -94,7 +94,7 @@ def launch(worker_args: Sequence[str], *, nproc_per_node: int, max_restarts: int
         raise _interrupted(job_id, _signal_name(int(stopped.sigval)), nproc_per_node) from None
     finally:
         os.environ.pop(LAUNCHED_ENV, None)
-        for logger, level in zip(quiet, levels):
+        for logger, level in zip(quiet, levels, strict=True):
             logger.setLevel(level)
     return job_id
 

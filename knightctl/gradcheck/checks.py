@@ -92,7 +92,7 @@ def check_reference(op: OpDef, targets: list[Target], atol: float, rtol: float) 
             return CheckResult(
                 "reference", "failed", f"sample {s}: {len(got)} floating-point output(s), the reference {len(expected)}"
             )
-        for j, (a, b) in enumerate(zip(got, expected)):
+        for j, (a, b) in enumerate(zip(got, expected, strict=True)):
             if a.shape != b.shape:
                 return CheckResult(
                     "reference", "failed", f"sample {s} output {j}: shape {tuple(a.shape)}, reference {tuple(b.shape)}"
@@ -118,10 +118,10 @@ def check_batched(op: OpDef, targets: list[Target], atol: float, rtol: float) ->
         x = target.args[position].detach()
         batch = torch.stack([x, x * 0.5 + 0.25, x * 1.5 - 0.125])
         try:
-            mapped = torch.vmap(lambda row: target.call({position: row}))(batch)
+            mapped = torch.vmap(lambda row, target=target, position=position: target.call({position: row}))(batch)
             args = list(target.args)
             leaves = [args[p].detach().requires_grad_() for p in target.wrt]
-            for p, leaf in zip(target.wrt, leaves):
+            for p, leaf in zip(target.wrt, leaves, strict=True):
                 args[p] = leaf
             outs = as_outputs(target.fn(*args))
             cotangents = [
@@ -144,16 +144,18 @@ def check_batched(op: OpDef, targets: list[Target], atol: float, rtol: float) ->
                 return CheckResult(
                     "batched",
                     "failed",
-                    f"sample {s} output {j}: vmap of the forward differs from a loop by {float((out - expected).abs().max()):.3g}",
+                    f"sample {s} output {j}: vmap of the forward differs from a loop by "
+                    f"{float((out - expected).abs().max()):.3g}",
                 )
         for b in range(3):
             single = vjp(outs, leaves, [c[b] for c in cotangents], batched=False)
-            for i, (g_batched, g_single) in enumerate(zip(batched, single)):
+            for i, (g_batched, g_single) in enumerate(zip(batched, single, strict=True)):
                 if not torch.allclose(g_batched[b], g_single, atol=atol, rtol=rtol):
                     return CheckResult(
                         "batched",
                         "failed",
-                        f"sample {s} input {target.input_name(i)}: the batched backward differs from a single one by {float((g_batched[b] - g_single).abs().max()):.3g}",
+                        f"sample {s} input {target.input_name(i)}: the batched backward differs from a single one by "
+                        f"{float((g_batched[b] - g_single).abs().max()):.3g}",
                     )
     return CheckResult("batched", "passed")
 
@@ -328,7 +330,8 @@ def _higher_orders(
                 CheckResult(
                     f"order {n}",
                     "skipped",
-                    "not compared: the backward is not deterministic (see reentrant), so its finite differences are noise",
+                    "not compared: the backward is not deterministic (see reentrant), so its finite differences are "
+                    "noise",
                 )
             )
             continue

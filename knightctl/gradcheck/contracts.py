@@ -43,7 +43,7 @@ def check_mutation(targets: Sequence[Target]) -> tuple[CheckResult, str]:
                 target.fn(*target.args)
         except Exception as exc:
             return CheckResult("mutation", "skipped", "the forward raised"), f"sample {s}: {_first_line(exc)}"
-        for (i, leaf), original in zip(tensors, before):
+        for (i, leaf), original in zip(tensors, before, strict=True):
             if leaf.shape != original.shape or not torch.equal(leaf.nan_to_num(), original.nan_to_num()):
                 name = target.names[i] if i < len(target.names) else f"args[{i}]"
                 change = (
@@ -132,7 +132,8 @@ def _metadata_problem(target: Target, leaves: list[torch.Tensor], raw: _RawGradi
             ):
                 if got != want:
                     return (
-                        f"the backward returned a gradient of {what} {got} for input {target.input_name(i)} of {what} {want}",
+                        f"the backward returned a gradient of {what} {got} for input {target.input_name(i)} of {what} "
+                        f"{want}",
                         read,
                     )
     return "", read
@@ -173,13 +174,13 @@ def check_metadata(targets: Sequence[Target]) -> CheckResult:
 
 
 def _vjp(outs: list[torch.Tensor], leaves: list[torch.Tensor], cotangents: list[torch.Tensor]) -> list[torch.Tensor]:
-    pairs = [(out, cot) for out, cot in zip(outs, cotangents) if out.requires_grad]
+    pairs = [(out, cot) for out, cot in zip(outs, cotangents, strict=True) if out.requires_grad]
     if not pairs:
         return [torch.zeros_like(leaf) for leaf in leaves]
     grads = torch.autograd.grad(
         [o for o, _ in pairs], leaves, [c for _, c in pairs], retain_graph=True, allow_unused=True
     )
-    return [g.detach() if g is not None else torch.zeros_like(leaf) for g, leaf in zip(grads, leaves)]
+    return [g.detach() if g is not None else torch.zeros_like(leaf) for g, leaf in zip(grads, leaves, strict=True)]
 
 
 def check_linearity_and_reentrancy(
@@ -197,7 +198,7 @@ def check_linearity_and_reentrancy(
         )
         a, b = 0.625, -1.875  # a + b != 1: a backward that ignores its gradient breaks the sum
         g_u, g_w = _vjp(outs, leaves, u), _vjp(outs, leaves, w)
-        g_sum = _vjp(outs, leaves, [a * x + b * y for x, y in zip(u, w)])
+        g_sum = _vjp(outs, leaves, [a * x + b * y for x, y in zip(u, w, strict=True)])
         g_zero = _vjp(outs, leaves, [torch.zeros_like(o) for o in outs])
         g_again = _vjp(outs, leaves, u)
         for i in range(len(leaves)):
@@ -208,21 +209,24 @@ def check_linearity_and_reentrancy(
                 linear = CheckResult(
                     "linearity",
                     "failed",
-                    f"sample {s} input {name}: vjp(a*u + b*w) differs from a*vjp(u) + b*vjp(w) by up to {float(error.max()):.3g}: the backward does not scale with the incoming gradient",
+                    f"sample {s} input {name}: vjp(a*u + b*w) differs from a*vjp(u) + b*vjp(w) by up to "
+                    f"{float(error.max()):.3g}: the backward does not scale with the incoming gradient",
                     max_abs_error=float(error.max()),
                 )
             if linear.status == "passed" and bool((g_zero[i].abs() > atol).any()):
                 linear = CheckResult(
                     "linearity",
                     "failed",
-                    f"sample {s} input {name}: a zero incoming gradient gives a gradient of up to {float(g_zero[i].abs().max()):.3g}, not 0",
+                    f"sample {s} input {name}: a zero incoming gradient gives a gradient of up to "
+                    f"{float(g_zero[i].abs().max()):.3g}, not 0",
                 )
             drift = float((g_again[i] - g_u[i]).abs().max()) if g_u[i].numel() else 0.0
             if reentrant.status == "passed" and drift > nondet_tol:
                 reentrant = CheckResult(
                     "reentrant",
                     "failed",
-                    f"sample {s} input {name}: the backward run twice on the same graph differs by up to {drift:.3g} (nondet_tol {nondet_tol:g}): it is not deterministic",
+                    f"sample {s} input {name}: the backward run twice on the same graph differs by up to {drift:.3g} "
+                    f"(nondet_tol {nondet_tol:g}): it is not deterministic",
                     max_abs_error=drift,
                 )
     return linear, reentrant

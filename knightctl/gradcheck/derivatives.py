@@ -163,7 +163,8 @@ def forward(targets: Sequence[Target], atol: float, rtol: float) -> CheckResult:
                 return CheckResult(
                     "forward",
                     "skipped",
-                    f"sample {s} input {i} has {x.numel()} elements; forward mode is checked up to {FORWARD_MAX_ELEMENTS}",
+                    f"sample {s} input {i} has {x.numel()} elements; forward mode is checked up to "
+                    f"{FORWARD_MAX_ELEMENTS}",
                 )
             try:
                 columns, any_tangent = _tangent_columns(target, position, x, outs)

@@ -80,7 +80,7 @@ def _suspects(
             single.extend(groups)  # refining does not narrow it down: judge these one by one
             break
         cleared = _cleared(live, outs, which, analytic, probes, weights, groups, theta)
-        failing = [g for g, ok in zip(groups, cleared) if not ok]
+        failing = [g for g, ok in zip(groups, cleared, strict=True) if not ok]
         single.extend(g for g in failing if len(g) == 1)
         groups = [part for g in failing if len(g) > 1 for part in g.tensor_split(min(SPLIT, len(g)))]
     return torch.cat(single) if single else torch.empty(0, dtype=torch.long)
@@ -116,7 +116,7 @@ def _cleared(
             up = live.call_batched(position, (flat + GROUP_EPS * directions).reshape(-1, *x.shape))
             down = live.call_batched(position, (flat - GROUP_EPS * directions).reshape(-1, *x.shape))
             numeric = torch.zeros(len(block), DRAWS, dtype=x.dtype, device=x.device)
-            for u, f_up, f_down in zip(probes, up, down):
+            for u, f_up, f_down in zip(probes, up, down, strict=True):
                 difference = (f_up - f_down).reshape(len(block), DRAWS, -1) / (2 * GROUP_EPS)
                 numeric += (difference * u.reshape(1, DRAWS, -1)).sum(-1)
             expected = (directions.reshape(len(block), DRAWS, n) * analytic.reshape(1, DRAWS, n)).sum(-1)

@@ -20,7 +20,8 @@ _MAX_CELLS = 250_000  # a 500 x 500 block is as much as a picture can show
 
 
 def write_heatmap(report: OpReport, targets: list[Target], directory: Path) -> Path | None:
-    """Write `<op>.png` (`<op>_<options>.png` at options) for the first failed first-order comparison with a located element, or None."""
+    """Write `<op>.png` (`<op>_<options>.png` at options) for the first failed first-order comparison
+    with a located element, or None."""
     failed = next(
         (c for c in report.checks if c.status == "failed" and c.check == "reverse" and c.worst and c.worst.output >= 0),
         None,
@@ -61,7 +62,7 @@ def _draw(
         ("analytic - numeric", difference, _limit(difference), "analytic - numeric"),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4), constrained_layout=True)
-    for axis, (title, values, limit, label) in zip(axes, panels):
+    for axis, (title, values, limit, label) in zip(axes, panels, strict=True):
         image = axis.imshow(values.cpu().numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
         axis.set_title(title)
         axis.set_xlabel(f"input {input_index} element")

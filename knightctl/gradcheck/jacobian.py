@@ -151,7 +151,7 @@ def numeric_chunks(
             minus[rows, chosen] -= eps  # two buffers: an output may be a view of its input
             up = [f.reshape(hi - lo, -1) for f in target.call_batched(position, plus.reshape(hi - lo, *x.shape))]
             down = [f.reshape(hi - lo, -1) for f in target.call_batched(position, minus.reshape(hi - lo, *x.shape))]
-            central = [(u - d).div_(2 * eps) for u, d in zip(up, down)]
+            central = [(u - d).div_(2 * eps) for u, d in zip(up, down, strict=True)]
             yield NumericChunk(lo, hi, up, down, mid, central, eps, chosen)
 
 
@@ -164,7 +164,7 @@ def vjp(
     create_graph: bool = False,
 ) -> list[torch.Tensor]:
     """Vector-Jacobian products; `batched` cotangents carry a leading batch dimension. None -> zeros."""
-    pairs = [(out, cot) for out, cot in zip(outputs, cotangents) if out.requires_grad]
+    pairs = [(out, cot) for out, cot in zip(outputs, cotangents, strict=True) if out.requires_grad]
     if not pairs:  # nothing reaches the inputs: every derivative is zero
         shape = (cotangents[0].shape[0],) if batched else ()
         return [torch.zeros(*shape, *x.shape, dtype=x.dtype, device=x.device) for x in inputs]
@@ -180,7 +180,7 @@ def vjp(
     shape = (cotangents[0].shape[0],) if batched else ()
     return [
         g if g is not None else torch.zeros(*shape, *x.shape, dtype=x.dtype, device=x.device)
-        for g, x in zip(grads, inputs)
+        for g, x in zip(grads, inputs, strict=True)
     ]
 
 
@@ -217,7 +217,7 @@ def analytic_jacobian(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Te
             cotangents[rows, rows + start] = 1.0
             grads, _ = batched_vjp([out], inputs, [cotangents.reshape(stop - start, *out.shape)])
             cotangents[rows, rows + start] = 0.0  # the buffer is zero again for the next batch
-            for block, g in zip(blocks, grads):
+            for block, g in zip(blocks, grads, strict=True):
                 block[:, start:stop] = g.reshape(stop - start, -1).T
         result.append(blocks)
     return result

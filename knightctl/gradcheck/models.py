@@ -46,7 +46,7 @@ def check_model(
     names = [name for name, _ in model.named_parameters()]
 
     def loss_of(inputs: torch.Tensor, *parameters: torch.Tensor) -> torch.Tensor:
-        return loss_fn(functional_call(model, dict(zip(names, parameters)), (inputs,)), y)
+        return loss_fn(functional_call(model, dict(zip(names, parameters, strict=True)), (inputs,)), y)
 
     parameters = tuple(p.detach() for p in model.parameters())
     target = Target(loss_of, (x, *parameters), tuple(range(1 + len(parameters))), vmap_ok=False, names=("x", *names))

@@ -85,7 +85,8 @@ def model_report(
 def _model_skip_reason(spec: ExperimentSpec, system: PluginSystem, parameters: int | None) -> str | None:
     if parameters is not None and parameters >= PREFLIGHT_MAX_PARAMETERS:
         return (
-            f"the model has {parameters:,} parameters, and the pre-flight check covers models under {PREFLIGHT_MAX_PARAMETERS:,}"
+            f"the model has {parameters:,} parameters, and the pre-flight check covers models under "
+            f"{PREFLIGHT_MAX_PARAMETERS:,}"
             " (`knightctl gradcheck --spec` checks it)"
         )
     for name in ops_used(components_used(spec), system):
@@ -116,7 +117,8 @@ def preflight(spec: ExperimentSpec, system: PluginSystem, device: str, model: to
 def _refusal(
     failed: list[OpReport], reports: list[OpReport], spec: ExperimentSpec, system: PluginSystem, device: str
 ) -> GradcheckFailed:
-    """Each failure's op (with its options) or the model, its first failing check, and the command that shows it again."""
+    """Each failure's op (with its options) or the model, its first failing check, and the command
+    that shows it again."""
     lines = "".join(
         f"\n  - {_who(report)}: {check.check} {check.status}: {check.detail}"
         for report in failed

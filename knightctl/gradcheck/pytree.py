@@ -23,7 +23,7 @@ def flatten(tree: Any, path: str = "") -> tuple[list[Any], Rebuild, list[str]]:
     if isinstance(tree, dict):
         keys = list(tree)
         parts = [flatten(tree[key], f"{path}[{key!r}]") for key in keys]
-        return _join(parts, lambda children: dict(zip(keys, children)))
+        return _join(parts, lambda children: dict(zip(keys, children, strict=True)))
     if isinstance(tree, (tuple, list)):
         parts = [flatten(child, f"{path}[{i}]") for i, child in enumerate(tree)]
         kind = type(tree)
@@ -42,7 +42,7 @@ def _join(
 
     def rebuild(values: Sequence[Any]) -> Any:
         children, start = [], 0
-        for (_, child_rebuild, _), size in zip(parts, sizes):
+        for (_, child_rebuild, _), size in zip(parts, sizes, strict=True):
             children.append(child_rebuild(values[start : start + size]))
             start += size
         return build(children)

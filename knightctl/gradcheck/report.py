@@ -110,7 +110,8 @@ class OpReport:
             )
             more = f"; and {len(self.kinks) - 4} more" if len(self.kinks) > 4 else ""
             lines.append(
-                f"{self.label}: {len(self.kinks)} non-differentiable point(s), judged by their one-sided derivatives: {shown}{more}"
+                f"{self.label}: {len(self.kinks)} non-differentiable point(s), judged by their one-sided derivatives: "
+                f"{shown}{more}"
             )
         return lines
 
@@ -126,6 +127,7 @@ def _explain_worst(worst: Mismatch) -> list[str]:
     at = f", where {values}" if values else ""
     return [
         f"    worst: sample {worst.sample}, {output}, input {worst.input}{where} element {worst.input_element}{at}",
-        f"    analytic {worst.analytic:.9g}  numeric {worst.numeric:.9g}  abs error {worst.abs_error:.3g}  rel error {worst.rel_error:.3g}"
+        f"    analytic {worst.analytic:.9g}  numeric {worst.numeric:.9g}  abs error {worst.abs_error:.3g}  rel error "
+        f"{worst.rel_error:.3g}"
         f"  (tolerance {worst.atol:g} + {worst.rtol:g} * |numeric|)",
     ]

@@ -121,7 +121,7 @@ def _select(
 
 def _heatmaps(plan: Sequence[Planned], reports: Sequence[OpReport], directory: Path) -> list[Path]:
     paths = []
-    for (op, options), report in zip(plan, reports):  # the model's report, last, has no op and no heatmap
+    for (op, options), report in zip(plan, reports, strict=False):  # the model's report, last, has no op and no heatmap
         if report.verdict == "failed" and report.checks[0].status != "error":
             path = write_heatmap(report, sample_targets(op, torch.device(report.device), options), directory)
             if path is not None:

@@ -176,7 +176,8 @@ class _Loader:
             unknown = [name for name in wanted if name not in provided]
             if unknown:
                 raise _Failed(
-                    f"hook {attribute!r} asks for argument {unknown[0]!r}, which it does not get; it gets ({', '.join(provided)})"
+                    f"hook {attribute!r} asks for argument {unknown[0]!r}, which it does not get; it gets "
+                    f"({', '.join(provided)})"
                 )
             found.append(attribute)
         return tuple(found)

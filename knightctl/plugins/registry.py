@@ -241,7 +241,8 @@ class Registry:
             existing = self._defs[entry.kind].get(entry.name) if entry else None
             if existing is not None:
                 raise PluginError(
-                    f"the {entry.kind} {entry.name!r} is registered twice: by plugin {existing.plugin!r} and by plugin {plugin!r}",
+                    f"the {entry.kind} {entry.name!r} is registered twice: by plugin {existing.plugin!r} and by plugin "
+                    f"{plugin!r}",
                     hint="disable one of the two plugins (--disable-plugin NAME) or rename the component",
                 )
         for entry in (definition, derived):

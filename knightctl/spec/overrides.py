@@ -46,7 +46,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], spec_path: st
             if isinstance(container, list):
                 if not (segment.isdigit() and int(segment) < len(container)):
                     errors.append(
-                        f"--set {item}: {dotted(tuple(loc))} has {len(container)} items; {segment!r} is not an index 0..{len(container) - 1}"
+                        f"--set {item}: {dotted(tuple(loc))} has {len(container)} items; {segment!r} is not an index "
+                        f"0..{len(container) - 1}"
                     )
                     break
                 key: str | int = int(segment)

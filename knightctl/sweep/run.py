@@ -116,7 +116,8 @@ def sweep(
     except KeyboardInterrupt:
         status = "KILLED"
         raise Interrupted(
-            f"SIGINT: sweep stopped after {len(outcome.results)} of {len(space)} trials; MLflow run {parent_id} marked KILLED",
+            f"SIGINT: sweep stopped after {len(outcome.results)} of {len(space)} trials; MLflow run {parent_id} marked "
+            "KILLED",
             run_id=parent_id,
             hint="run the same command again: trials that finished are skipped",
         ) from None

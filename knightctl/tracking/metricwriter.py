@@ -142,7 +142,8 @@ class MetricWriter:
             self._release()
 
     def _next_status(self, timeout_s: float, failure: str) -> tuple[str, str]:
-        """The writer's next (kind, detail) message, or ("error", why none came): it died, or `failure` after `timeout_s`."""
+        """The writer's next (kind, detail) message, or ("error", why none came): it died, or `failure`
+        after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -1,4 +1,5 @@
-"""The figures a training run logs to MLflow: its learning curves and, for two-feature classifiers, its decision boundary.
+"""The figures a training run logs to MLflow: its learning curves and, for two-feature classifiers,
+its decision boundary.
 
 Figures are built on `matplotlib.figure.Figure` with an Agg canvas, never through pyplot: no global
 figure registry to leak into, nothing to close, and safe to use from any thread. matplotlib and torch

@@ -77,7 +77,8 @@ def record_start(
 
 
 def record_results(run: MlflowRun, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
-    """After the last step: the final checkpoint (as checkpoints/final.pt), the plots and (unless turned off) the model."""
+    """After the last step: the final checkpoint (as checkpoints/final.pt), the plots and (unless
+    turned off) the model."""
     if position.checkpoint is not None:
         with tempfile.TemporaryDirectory() as folder:
             final = Path(folder) / "final.pt"

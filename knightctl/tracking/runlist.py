@@ -83,7 +83,8 @@ def require_store(tracking_uri: str) -> None:
     if path is not None and not path.exists():
         raise TrackingError(
             f"no MLflow store at {path.absolute()} ({tracking_uri}): nothing has been tracked there yet",
-            hint="train something first (`knightctl train SPEC`), or name the store with --tracking-uri or MLFLOW_TRACKING_URI",
+            hint="train something first (`knightctl train SPEC`), or name the store with --tracking-uri or "
+            "MLFLOW_TRACKING_URI",
         )
 
 
@@ -187,7 +188,8 @@ def _resolve(client: Any, uri: str, reference: str, experiments: dict[str, str])
     if not found:
         raise TrackingError(
             f"no run {reference!r} in {uri}",
-            hint=f"give a run id, a unique prefix of one ({MIN_PREFIX}+ characters) or a run name; `knightctl runs` lists them",
+            hint=f"give a run id, a unique prefix of one ({MIN_PREFIX}+ characters) or a run name; `knightctl runs` "
+            "lists them",
         )
     shown = [
         f"{run.info.run_id} ({run.info.run_name}, {experiments.get(run.info.experiment_id, '?')})"

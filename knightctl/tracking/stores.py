@@ -77,7 +77,8 @@ def check_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         elapsed = time.monotonic() - started
         raise TrackingError(
             f"the MLflow tracking server {uri} is unreachable: {reason} (checked in {elapsed:.1f} s)",
-            hint="start it (mlflow server --host 127.0.0.1 --port 5000), fix --tracking-uri or MLFLOW_TRACKING_URI, or train with --no-track",
+            hint="start it (mlflow server --host 127.0.0.1 --port 5000), fix --tracking-uri or MLFLOW_TRACKING_URI, or "
+            "train with --no-track",
         ) from None
 
 
@@ -117,7 +118,8 @@ def _old_file_store_notices(mlruns: Path, database: Path, uri: str) -> list[str]
         return []
     if not database.exists():
         raise TrackingError(
-            f"{mlruns} holds runs of an MLflow file store, which MLflow 3.13 and later no longer open, and {uri} does not exist yet",
+            f"{mlruns} holds runs of an MLflow file store, which MLflow 3.13 and later no longer open, and {uri} does "
+            "not exist yet",
             hint="migrate them into it first, so old and new runs share one store: "
             + _MIGRATE.format(source="./mlruns", target=uri)
             + "; or keep them apart with --tracking-uri",

@@ -88,7 +88,8 @@ def _call(definition: ComponentDef, *args: Any) -> Any:
         raise
     except Exception as exc:
         raise PluginError(
-            f"plugin {definition.plugin!r} failed to build {definition.kind} {definition.name!r}: {type(exc).__name__}: {exc}"
+            f"plugin {definition.plugin!r} failed to build {definition.kind} {definition.name!r}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
 
 
@@ -121,11 +122,14 @@ def _layer_error(exc: Exception, where: str, layer: nn.Module, x: torch.Tensor) 
             return ModelShapeError(f"{where} splits its input in two halves and needs an even width, not {x.shape[-1]}")
         if isinstance(exc, NotImplementedError):
             return DeviceError(
-                f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) has no kernel for {x.device.type}: {exc}".strip(),
-                hint="run on a device the op supports (--device cpu), or register a kernel for this device in the plugin",
+                f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) has no kernel for {x.device.type}: "
+                f"{exc}".strip(),
+                hint="run on a device the op supports (--device cpu), or register a kernel for this device in the "
+                "plugin",
             )
         return PluginError(
-            f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) raised on an input of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+            f"{where}: op {layer.op_name} (plugin {layer.plugin!r}) raised on an input of shape {tuple(x.shape)}: "
+            f"{type(exc).__name__}: {exc}"
         )
     if isinstance(exc, (RuntimeError, ValueError, TypeError, IndexError)):
         return ModelShapeError(f"{where} cannot take an input of shape {tuple(x.shape)}: {exc}")
@@ -140,13 +144,15 @@ def _check_outputs(outputs: torch.Tensor, targets: torch.Tensor, parts: Componen
         width = outputs.shape[-1] if outputs.ndim == 2 else None
         if width is None or width < n_classes:
             raise ModelShapeError(
-                f"{last} gives outputs of shape {tuple(outputs.shape)}, but {spec.loss.name} needs one logit per class: "
+                f"{last} gives outputs of shape {tuple(outputs.shape)}, but {spec.loss.name} needs one logit per "
+                "class: "
                 f"({outputs.shape[0]}, {n_classes}) for the {n_classes} classes in {spec.data.name!r}"
             )
     try:
         parts.loss_fn(outputs, targets)
     except (RuntimeError, ValueError) as exc:
         raise ModelShapeError(
-            f"{last} gives outputs of shape {tuple(outputs.shape)} that {spec.loss.name} cannot compare with targets of "
+            f"{last} gives outputs of shape {tuple(outputs.shape)} that {spec.loss.name} cannot compare with targets "
+            "of "
             f"shape {tuple(targets.shape)}: {exc}"
         ) from None

@@ -72,7 +72,8 @@ def _checked_cuda(requested: str) -> torch.device:
     index = int(requested.partition(":")[2] or torch.cuda.current_device())
     if index >= count:
         raise DeviceError(
-            f"--device {requested}: there {'is' if count == 1 else 'are'} only {count} CUDA device{'s' * (count != 1)} (cuda:0..cuda:{count - 1})"
+            f"--device {requested}: there {'is' if count == 1 else 'are'} only {count} CUDA device{'s' * (count != 1)} "
+            f"(cuda:0..cuda:{count - 1})"
         )
     return torch.device("cuda", index)
 

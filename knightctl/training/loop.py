@@ -158,7 +158,8 @@ def run_loop(loop: Loop) -> float:
         stored = loop.run.run_id and loop.ranks.is_main  # (a distributed job's launcher stores another rank's)
         traceback_note = "the full traceback is stored with the MLflow run as error/traceback.txt; " if stored else ""
         raise RunFailed(
-            f"training failed at epoch {loop.position.epoch} (step {loop.position.step}){raised_in}: {type(exc).__name__}: {exc}",
+            f"training failed at epoch {loop.position.epoch} (step {loop.position.step}){raised_in}: "
+            f"{type(exc).__name__}: {exc}",
             hint=traceback_note + loop.resume_hint(),
         ) from exc
 

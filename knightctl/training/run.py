@@ -370,7 +370,8 @@ def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str 
         message += f"; MLflow run {run_id} marked KILLED" if run_id else ""
         hint = None
         if position.checkpoint is not None:
-            hint = f"the last checkpoint is {position.checkpoint}; resume with: {resume_command(run_id, position.checkpoint)}"
+            command = resume_command(run_id, position.checkpoint)
+            hint = f"the last checkpoint is {position.checkpoint}; resume with: {command}"
         raise Interrupted(message, signal_name=signal_name, run_id=run_id, hint=hint) from None
 
 

@@ -1,4 +1,5 @@
-"""Built-in datasets: `battles` (the chapter's battle outcomes), `blobs` (Gaussian clusters) and `csv` (any CSV file)."""
+"""Built-in datasets: `battles` (the chapter's battle outcomes), `blobs` (Gaussian clusters) and
+`csv` (any CSV file)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def _build_blobs(params: BlobsParams, base_dir: Path, seed: int) -> TabularData:
         targets=labels.to(torch.float32),
         feature_names=tuple(f"x{i}" for i in range(params.n_features)),
         class_names=tuple(f"blob{i}" for i in range(params.n_classes)),
-        source=f"blobs(n_samples={params.n_samples}, n_features={params.n_features}, n_classes={params.n_classes}, spread={params.spread})",
+        source=f"blobs(n_samples={params.n_samples}, n_features={params.n_features}, n_classes={params.n_classes}, "
+        f"spread={params.spread})",
     )
 
 

@@ -179,7 +179,10 @@ class StoreFallback:
         if not self.check():
             return ""
         model = "; the model was not logged (the final checkpoint holds its weights)" if self.skipped else ""
-        return f"\n_The tracking server was away when this run ended: its last records were delivered later by `knightctl sync`{model}._\n"
+        return (
+            "\n_The tracking server was away when this run ended: its last records were delivered later by "
+            f"`knightctl sync`{model}._\n"
+        )
 
     def pending_sync(self) -> str | None:
         """One sentence on what waits in the journal and how it gets delivered, or None if nothing does."""
@@ -196,7 +199,10 @@ class StoreFallback:
             parts += ["the run's status"] if counts.status else []
             listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
             verb = "is" if len(parts) == 1 and (parts[0] == "the run's status" or parts[0].startswith("1 ")) else "are"
-            sentence = f"{listed} {verb} waiting in {shown_path(self.journal.path)}; run `knightctl sync` once {self.tracking_uri} is back"
+            sentence = (
+                f"{listed} {verb} waiting in {shown_path(self.journal.path)}; "
+                f"run `knightctl sync` once {self.tracking_uri} is back"
+            )
         if self.skipped:
             sentence += (
                 "; " if sentence else ""

@@ -73,7 +73,8 @@ class Outbox:
         if self._warned and not self._resumed:
             self._resumed = True
             _say(
-                f"note: the MLflow tracking server {self.tracking_uri} is back; {delivered.metrics:,} journaled metrics delivered"
+                f"note: the MLflow tracking server {self.tracking_uri} is back; {delivered.metrics:,} journaled "
+                "metrics delivered"
             )
         return True
 

@@ -182,7 +182,10 @@ def _running_runs(client: Any, experiments: list[str]) -> list[Any]:
 def _mark_killed(client: Any, run_id: str, tags: dict[str, str]) -> None:
     """End the run KILLED; its description's status row and a last line say why."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    reason = f"its process ({tags.get(PID_TAG)} on {tags.get(HOST_TAG)}) ended without closing the run (SIGKILL, a crash or a power cut)"
+    reason = (
+        f"its process ({tags.get(PID_TAG)} on {tags.get(HOST_TAG)}) ended without closing the run "
+        "(SIGKILL, a crash or a power cut)"
+    )
     note = amend_note(
         tags.get(NOTE_TAG, ""),
         "KILLED: its process ended without closing the run",
