@@ -119,5 +119,34 @@ class Interrupted(KnightctlError):
         self.exit_code = 143 if signal_name == "SIGTERM" else 130
 
 
+class SweepError(KnightctlError):
+    """A --grid or --random option that cannot be read."""
+
+    exit_code = 2
+
+
+class DistributedFailure(KnightctlError):
+    """A rank of a distributed job failed, and no restarts were left."""
+
+    exit_code = 1
+
+
+class PeerLost(KnightctlError):
+    """Another rank of the job stopped (crashed, or was killed): this one cannot go on without it."""
+
+    exit_code = 1
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" if it has none): what a table row or a tag can hold."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def one_line(exc: BaseException) -> str:
+    """`TypeName: first line of the message`: an exception told in one line, type included."""
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM delivered as an exception, so that it unwinds a run exactly like Ctrl-C does."""

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from knightctl.errors import SpecError
+from knightctl.errors import SpecError, SweepError
 from knightctl.sweep.run import PARENT_TAG, sweep
-from knightctl.sweep.space import SweepError, grid_trials, random_trials
+from knightctl.sweep.space import grid_trials, random_trials
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"

@@ -9,7 +9,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "JobRecord": "jobs",
         "LAUNCHED_ENV": "jobs",
-        "PeerLost": "ranks",
         "RankFailure": "launch",
         "Ranks": "ranks",
         "SINGLE": "ranks",

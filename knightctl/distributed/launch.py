@@ -25,13 +25,7 @@ from typing import Any
 
 from knightctl.checkpoint.files import CheckpointFolder
 from knightctl.distributed.jobs import LAUNCHED_ENV, read_job
-from knightctl.errors import Interrupted, KnightctlError
-
-
-class DistributedFailure(KnightctlError):
-    """A rank of a distributed job failed, and no restarts were left."""
-
-    exit_code = 1
+from knightctl.errors import DistributedFailure, Interrupted
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from knightctl.errors import DeviceError, KnightctlError
+from knightctl.errors import DeviceError, KnightctlError, PeerLost, first_line
 
 # How long a rank waits in a collective for the others (seconds). Rank 0 alone runs the gradient
 # check and opens the MLflow run before the first collective, which can take a minute on a slow
 # store; a rank that died is noticed at once (its connection closes), not after this.
 COLLECTIVE_TIMEOUT_S = 600
 _STOP_CODES = {None: 0, "SIGINT": 1, "SIGTERM": 2}
-
-
-class PeerLost(KnightctlError):
-    """Another rank of the job stopped (crashed, or was killed): this one cannot go on without it."""
-
-    exit_code = 1
 
 
 class Single:
@@ -291,12 +285,7 @@ def _collective(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     except RuntimeError as exc:
         if is_peer_lost(exc):
             raise PeerLost(
-                f"another rank of this job stopped: {_first_line(exc)}",
+                f"another rank of this job stopped: {(first_line(exc) or type(exc).__name__)}",
                 hint="the first rank that failed says why; this one only lost its connection to it",
             ) from exc
         raise
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from knightctl.errors import one_line
 from knightctl.gradcheck.contracts import check_linearity_and_reentrancy, check_metadata, check_mutation
 from knightctl.gradcheck.derivatives import forward, higher_order, reverse_and_undefined
 from knightctl.gradcheck.jacobian import Target, as_outputs, batched_vjp, is_float_tensor, op_target, vjp
@@ -32,14 +33,9 @@ DEFAULT_ORDER = 2
 _BLOCKING = ("mutation", "grad metadata")  # after one of these fails, gradient values mean nothing
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
-
 def _error(check: str, exc: BaseException, sample: int | None = None) -> CheckResult:
     where = f"sample {sample}: " if sample is not None else ""
-    return CheckResult(check, "error", f"{where}{_first_line(exc)}")
+    return CheckResult(check, "error", f"{where}{one_line(exc)}")
 
 
 def _as_sample(value: Any) -> Sample:
@@ -130,7 +126,7 @@ def check_batched(op: OpDef, targets: list[Target], atol: float, rtol: float) ->
             batched, fell_back = batched_vjp(outs, leaves, cotangents)
         except Exception as exc:
             status = "failed" if op.vmap else "unsupported"
-            return CheckResult("batched", status, f"sample {s}: torch.vmap raised {_first_line(exc)}")
+            return CheckResult("batched", status, f"sample {s}: torch.vmap raised {one_line(exc)}")
         if fell_back:
             return CheckResult(
                 "batched",
@@ -168,7 +164,7 @@ def check_library(op: OpDef, targets: list[Target]) -> CheckResult:
         try:
             torch.library.opcheck(op.fn, tuple(args), kwargs)
         except Exception as exc:
-            return CheckResult("opcheck", "failed", f"sample {s}: {_first_line(exc)}")
+            return CheckResult("opcheck", "failed", f"sample {s}: {one_line(exc)}")
     return CheckResult("opcheck", "passed", "schema, fake tensor, autograd registration, AOT dispatch")
 
 
@@ -215,7 +211,7 @@ def check_op(
     try:
         mutation, raised = check_mutation(targets)
     except Exception as exc:
-        mutation, raised = CheckResult("mutation", "skipped"), f"{_first_line(exc)}"
+        mutation, raised = CheckResult("mutation", "skipped"), f"{one_line(exc)}"
     if raised:
         report.checks.append(CheckResult("forward pass", "error", raised))
         return _finish(report, started)

@@ -21,15 +21,11 @@ from typing import Any
 import torch
 from torch.autograd.function import BackwardCFunction
 
+from knightctl.errors import one_line
 from knightctl.gradcheck.jacobian import Target, as_outputs
 from knightctl.gradcheck.report import CheckResult
 
 _MAX_NODES = 10_000  # graph nodes walked to find the op's Python backward nodes
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def check_mutation(targets: Sequence[Target]) -> tuple[CheckResult, str]:
@@ -42,7 +38,7 @@ def check_mutation(targets: Sequence[Target]) -> tuple[CheckResult, str]:
             with torch.no_grad():
                 target.fn(*target.args)
         except Exception as exc:
-            return CheckResult("mutation", "skipped", "the forward raised"), f"sample {s}: {_first_line(exc)}"
+            return CheckResult("mutation", "skipped", "the forward raised"), f"sample {s}: {one_line(exc)}"
         for (i, leaf), original in zip(tensors, before, strict=True):
             if leaf.shape != original.shape or not torch.equal(leaf.nan_to_num(), original.nan_to_num()):
                 name = target.names[i] if i < len(target.names) else f"args[{i}]"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.autograd.forward_ad as fwAD
 
+from knightctl.errors import one_line
 from knightctl.gradcheck.compare import Tally
 from knightctl.gradcheck.fastmode import fast_reverse
 from knightctl.gradcheck.jacobian import Target, analytic_jacobian, as_outputs, numeric_chunks, vjp
@@ -172,7 +173,7 @@ def forward(targets: Sequence[Target], atol: float, rtol: float) -> CheckResult:
                 return CheckResult(
                     "forward",
                     "unsupported",
-                    f"forward-mode AD raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                    f"forward-mode AD raised {one_line(exc)}",
                 )
             chunks = list(numeric_chunks(target, outs, i))
             if not any_tangent and any(bool(c.abs().max() > 0) for chunk in chunks for c in chunk.central if c.numel()):

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from knightctl.errors import one_line
 from knightctl.gradcheck.pytree import flatten
 
 EPS = 1e-6  # finite-difference step in float64: truncation ~eps^2, rounding ~1e-16/eps = 1e-10
@@ -72,7 +73,7 @@ class Target:
             except Exception as exc:  # no batching rule: fall back to a loop, and remember
                 self.vmap_ok, self.vmap_error = (
                     False,
-                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                    one_line(exc),
                 )
         rows = [self.call({position: row}) for row in batch]
         return [torch.stack([row[j] for row in rows]) for j in range(len(rows[0]))]
@@ -191,7 +192,7 @@ def batched_vjp(
     try:
         return vjp(outputs, inputs, cotangents, batched=True), ""
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        reason = one_line(exc)
     rows = [vjp(outputs, inputs, [c[b] for c in cotangents], batched=False) for b in range(cotangents[0].shape[0])]
     return [torch.stack([row[i] for row in rows]) for i in range(len(inputs))], reason
 

@@ -8,7 +8,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "PARENT_TAG": "run",
-        "SweepError": "space",
         "SweepResult": "run",
         "TrialResult": "run",
         "grid_trials": "space",

@@ -22,10 +22,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
-from knightctl.errors import Interrupted, KnightctlError
+from knightctl.errors import Interrupted, KnightctlError, SweepError
 from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
-from knightctl.sweep.space import SweepError, Trial, grid_trials, random_trials, sweep_key
+from knightctl.sweep.space import Trial, grid_trials, random_trials, sweep_key
 
 SWEEP_TAG = "knightctl.sweep"
 TRIAL_TAG = "knightctl.trial"

@@ -16,15 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from knightctl.errors import KnightctlError
+from knightctl.errors import SweepError
 
 _DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-
-
-class SweepError(KnightctlError):
-    """A --grid or --random option that cannot be read."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

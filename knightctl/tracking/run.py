@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knightctl.errors import Interrupted, TrackingError
+from knightctl.errors import Interrupted, TrackingError, first_line
 from knightctl.tracking.datasets import log_datasets
 from knightctl.tracking.metricwriter import MetricWriter
 from knightctl.tracking.note import RunStory, render_note
@@ -240,10 +240,10 @@ def open_run(
         run.close_metrics()  # a metric that could not be stored fails the run
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted) as interrupt:
-        status, ending = "KILLED", _first_line(interrupt) or "interrupted"
+        status, ending = "KILLED", first_line(interrupt) or "interrupted"
         raise
     except BaseException as exc:
-        ending = _first_line(exc) or type(exc).__name__
+        ending = first_line(exc) or type(exc).__name__
         _log_failure(run, exc)
         raise
     finally:
@@ -297,11 +297,6 @@ def _finish(run: MlflowRun, status: str, ending: str, restore_uri: Callable[[], 
             run.pending_sync = fallback.pending_sync()
         finally:
             restore_uri()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _log_spec(client: Any, run_id: str, spec: ExperimentSpec, resumed: bool = False) -> None:

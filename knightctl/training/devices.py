@@ -92,6 +92,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def loop_seed(seed: int, offset: int, rank: int) -> int:
+    """The training loop's seed: the spec's, moved by `offset` (1 from the start, the step on a resume
+    with another number of processes) and by the rank, mixed so that nearby inputs are far apart
+    (Knuth's multiplicative hash), within the 32 bits every generator takes."""
+    return (seed * 2654435761 + offset + 7919 * rank) % 2**32
+
+
 def set_deterministic(enabled: bool) -> None:
     """Deterministic kernels everywhere (slower on CUDA); errors on ops that have none."""
     if enabled:

@@ -22,8 +22,8 @@ from torch import nn
 
 from knightctl.checkpoint.files import CheckpointFolder
 from knightctl.checkpoint.state import ResumePoint, rng_states, training_state
-from knightctl.distributed.ranks import SINGLE, PeerLost, is_peer_lost
-from knightctl.errors import Interrupted, KnightctlError, RunFailed
+from knightctl.distributed.ranks import SINGLE, is_peer_lost
+from knightctl.errors import Interrupted, KnightctlError, PeerLost, RunFailed
 from knightctl.tracking.stores import absolute_uri
 from knightctl.training.data import epoch_batches, steps_per_epoch
 from knightctl.training.metrics import NonFiniteLoss, StepMetrics, evaluate, gradient_norm

@@ -31,7 +31,14 @@ from knightctl.tracking.record import keep_checkpoint, record_results, record_st
 from knightctl.tracking.run import MlflowRun, open_run, resolve_tracking_uri, start_writer
 from knightctl.training.build import Components, build_components, dry_forward
 from knightctl.training.data import steps_per_epoch
-from knightctl.training.devices import DeviceChoice, new_seed, resolve_device, seed_everything, set_deterministic
+from knightctl.training.devices import (
+    DeviceChoice,
+    loop_seed,
+    new_seed,
+    resolve_device,
+    seed_everything,
+    set_deterministic,
+)
 from knightctl.training.loop import Loop, Position, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
 from knightctl.training.signals import StopOnSignal
@@ -280,7 +287,7 @@ def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: S
     The loop's seed differs from the one that initialised the weights, so its draws are not theirs;
     each rank of a distributed job gets its own (rank 0's is a single process's)."""
     if resumed is None:
-        seed_everything(((spec.seed or 0) * 2654435761 + 1 + 7919 * ranks.rank) % 2**32)
+        seed_everything(loop_seed(spec.seed or 0, 1, ranks.rank))
         return
     per_rank = resumed.state.get("rank_rng")  # written by a distributed job
     if per_rank is not None and len(per_rank) == ranks.world_size:
@@ -288,7 +295,7 @@ def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: S
     elif per_rank is None and not ranks.distributed:
         set_rng_states(resumed.state["rng"])
     else:  # a different number of processes: fresh draws, distinct per rank
-        seed_everything(((spec.seed or 0) * 2654435761 + int(resumed.state["step"]) + 7919 * ranks.rank) % 2**32)
+        seed_everything(loop_seed(spec.seed or 0, int(resumed.state["step"]), ranks.rank))
 
 
 def _checkpoint_folder(

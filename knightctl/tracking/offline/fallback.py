@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from knightctl.errors import TrackingError
+from knightctl.errors import TrackingError, first_line
 from knightctl.tracking.offline.journal import Counts, Journal
 from knightctl.tracking.stores import check_server
 
@@ -61,7 +61,7 @@ def failure_reason(exc: BaseException) -> str:
         return f"no answer within {FAIL_FAST_ENV['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
     if any(_is_network(error) for error in chain):
         return "the connection was lost"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc) or type(exc).__name__
     return first if len(first) <= 160 else first[:157] + "..."
 
 
