@@ -89,7 +89,8 @@ def main() -> None:
                 ratios.append((b1 + b2) / (a1 + a2))
             shown = ", ".join(f"{r:.2f}" for r in ratios)
             print(
-                f"chapter model, batch 64, 3900 steps: checkpoints {label} / only the final one = {statistics.median(ratios):.3f}x (pairs: {shown})"
+                f"chapter model, batch 64, 3900 steps: checkpoints {label} / only the final one = "
+                f"{statistics.median(ratios):.3f}x (pairs: {shown})"
             )
 
 

@@ -102,7 +102,8 @@ def main() -> None:
         )
     speedup = statistics.median(speedups)
     print(
-        f"median over {args.pairs} pairs ({os.cpu_count()} cores): {args.processes} DDP processes train {speedup:.2f}x as fast as 1; "
+        f"median over {args.pairs} pairs ({os.cpu_count()} cores): "
+        f"{args.processes} DDP processes train {speedup:.2f}x as fast as 1; "
         f"scaling efficiency {speedup / args.processes:.2f}",
         flush=True,
     )
@@ -113,7 +114,8 @@ def main() -> None:
         plain.append((a1 + a2) / (b1 + b2))
     speedup = statistics.median(plain)
     print(
-        f"plain PyTorch, the same model and batch ({steps} steps, median of {args.pairs} pairs): {args.processes} DDP processes train "
+        f"plain PyTorch, the same model and batch ({steps} steps, median of {args.pairs} pairs): "
+        f"{args.processes} DDP processes train "
         f"{speedup:.2f}x as fast as 1; scaling efficiency {speedup / args.processes:.2f}",
         flush=True,
     )

@@ -164,7 +164,8 @@ def plugin_ops(rows: list[tuple[str, str, str, str, str]]) -> None:
     started = time.perf_counter()
     system = load(PluginSettings(dirs=(ROOT / "plugins",)))
     print(
-        f"plugin load {time.perf_counter() - started:.3f} s; {len(system.registry.ops())} ops; failures: {len(system.failures)}"
+        f"plugin load {time.perf_counter() - started:.3f} s; {len(system.registry.ops())} ops; "
+        f"failures: {len(system.failures)}"
     )
     for call in ("cold", "warm"):
         started = time.perf_counter()
@@ -200,7 +201,10 @@ def exact_speed(n: int, pairs: int, skip_torch: bool, rows: list[tuple[str, str,
             ratios.append(got["t"].seconds / got["k"].seconds)
     k_med = statistics.median(r.seconds for r in ours)
     k_verdicts = sorted({r.verdict for r in ours})
-    line = f"n={n:<6} {pairs} pair(s)  knightctl exact {k_med:8.3f} s (peak +{max(r.peak_mib for r in ours):,.0f} MiB, {'/'.join(k_verdicts)})"
+    line = (
+        f"n={n:<6} {pairs} pair(s)  knightctl exact {k_med:8.3f} s "
+        f"(peak +{max(r.peak_mib for r in ours):,.0f} MiB, {'/'.join(k_verdicts)})"
+    )
     if theirs:
         t_med = statistics.median(r.seconds for r in theirs)
         t_verdicts = sorted({r.verdict for r in theirs})
@@ -231,7 +235,8 @@ def wrong_op(seeds: int, rows: list[tuple[str, str, str, str, str]]) -> None:
     k_exact = Run(lambda: knightctl_check(wrong_squareplus, x, "exact"))
     t_exact = Run(lambda: torch_check(wrong_squareplus, x, fast=False))
     print(
-        f"exact   knightctl {k_exact.verdict:<6} {k_exact.seconds:.3f} s   torch (fast_mode=False) {t_exact.verdict:<6} {t_exact.seconds:.3f} s"
+        f"exact   knightctl {k_exact.verdict:<6} {k_exact.seconds:.3f} s   "
+        f"torch (fast_mode=False) {t_exact.verdict:<6} {t_exact.seconds:.3f} s"
     )
     ratio = t_exact.seconds / k_exact.seconds
     rows.append(
@@ -248,14 +253,16 @@ def wrong_op(seeds: int, rows: list[tuple[str, str, str, str, str]]) -> None:
         ("1% wrong at one element", one_wrong_squareplus),
         ("1% wrong everywhere", wrong_squareplus),
     ):
-        k_fast = [Run(lambda s=s: knightctl_check(fn, x, "fast", seed=s)) for s in range(seeds)]  # type: ignore[misc]
-        t_fast = [Run(lambda s=s: torch_check(fn, x, fast=True, seed=s)) for s in range(seeds)]  # type: ignore[misc]
+        k_fast = [Run(lambda s=s, fn=fn: knightctl_check(fn, x, "fast", seed=s)) for s in range(seeds)]  # type: ignore[misc]
+        t_fast = [Run(lambda s=s, fn=fn: torch_check(fn, x, fast=True, seed=s)) for s in range(seeds)]  # type: ignore[misc]
         k_med = statistics.median(r.seconds for r in k_fast)
         t_med = statistics.median(r.seconds for r in t_fast)
         k_verdicts = "/".join(sorted({r.verdict for r in k_fast}))
         t_verdicts = "/".join(sorted({r.verdict for r in t_fast}))
         print(
-            f"fast, {label:<24} knightctl {k_verdicts:<6} {k_med:.4f} s   torch (fast_mode=True) {t_verdicts:<6} {t_med:.4f} s   knightctl/torch {k_med / t_med:.2f}x"
+            f"fast, {label:<24} knightctl {k_verdicts:<6} {k_med:.4f} s   "
+            f"torch (fast_mode=True) {t_verdicts:<6} {t_med:.4f} s   "
+            f"knightctl/torch {k_med / t_med:.2f}x"
         )
         rows.append(
             (
@@ -287,13 +294,15 @@ def main() -> None:
     cpu = max(os.sched_getaffinity(0))
     pinned(cpu)
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, 1 torch thread pinned to CPU {cpu}; eps {EPS}, atol {ATOL}, rtol {RTOL}"
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, 1 torch thread pinned to CPU {cpu}; "
+        f"eps {EPS}, atol {ATOL}, rtol {RTOL}"
     )
     rows: list[tuple[str, str, str, str, str]] = []
     if not args.no_plugins:
         plugin_ops(rows)
     print(
-        "\n== exact verdict speed: knightctl check_op(order=1, method='exact') vs torch.autograd.gradcheck(fast_mode=False), squareplus; target >= 10x at 1000 =="
+        "\n== exact verdict speed: knightctl check_op(order=1, method='exact') "
+        "vs torch.autograd.gradcheck(fast_mode=False), squareplus; target >= 10x at 1000 =="
     )
     warm = sample(100)
     knightctl_check(squareplus, warm, "exact")
@@ -305,7 +314,7 @@ def main() -> None:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     print("\n== summary ==")
     for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 if __name__ == "__main__":

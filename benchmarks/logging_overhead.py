@@ -70,7 +70,8 @@ def measure(label: str, spec: Path, overrides: list[str], pairs: int, uri: str) 
         plain_times.append(times[None])
         ratios.append(times[uri] / times[None])
     print(
-        f"{label:<46} {steps:>5} steps  untracked {statistics.median(plain_times):6.2f} s  tracked {statistics.median(tracked_times):6.2f} s  "
+        f"{label:<46} {steps:>5} steps  untracked {statistics.median(plain_times):6.2f} s  "
+        f"tracked {statistics.median(tracked_times):6.2f} s  "
         f"ratio {statistics.median(ratios):.3f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 
@@ -123,7 +124,8 @@ def main() -> None:
         if args.mlflow_direct:
             for synchronous in (True, False):
                 print(
-                    f"mlflow.log_metric every step (synchronous={synchronous}): {mlflow_direct(uri, synchronous):.1f}x the bare loop"
+                    f"mlflow.log_metric every step (synchronous={synchronous}): "
+                    f"{mlflow_direct(uri, synchronous):.1f}x the bare loop"
                 )
 
 

@@ -127,8 +127,10 @@ def measure(label: str, batch: str, steps: int, pairs: int, tracking_uri: str | 
         ours_rates.append(ours)
         ratios.append(ours / plain)
     print(
-        f"{label:<24} {epochs * per_epoch:>5} steps x {pairs} pairs  plain {statistics.median(plain_rates):>6,.0f} steps/s  "
-        f"knightctl {statistics.median(ours_rates):>6,.0f} steps/s  median pair ratio {statistics.median(ratios):.3f}x  "
+        f"{label:<24} {epochs * per_epoch:>5} steps x {pairs} pairs  "
+        f"plain {statistics.median(plain_rates):>6,.0f} steps/s  "
+        f"knightctl {statistics.median(ours_rates):>6,.0f} steps/s  "
+        f"median pair ratio {statistics.median(ratios):.3f}x  "
         f"best-run ratio {max(ours_rates) / max(plain_rates):.3f}x"
     )
 

@@ -87,3 +87,32 @@ def test_only_the_command_line_and_its_console_import_click_and_rich() -> None:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 imported = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 assert not any(n.split(".")[0] in ("click", "rich") for n in imported), f"{name} imports {imported}"
+
+
+def imported_roots(path: Path) -> set[str]:
+    """The top-level packages `path` imports, at any depth of its code."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_mlflow_is_imported_only_by_the_tracking_package_and_gradchecks_logging() -> None:
+    allowed = ("knightctl.tracking", "knightctl.gradcheck.tracking")
+    importers = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if "mlflow" in imported_roots(p))
+    assert importers and all(name.startswith(allowed) for name in importers), importers
+
+
+def test_every_error_knightctl_explains_is_defined_in_errors_py() -> None:
+    elsewhere = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            # KnightctlError's subclasses, and any other exception named as one
+            if isinstance(node, ast.ClassDef) and any(getattr(base, "id", "").endswith("Error") for base in node.bases):
+                elsewhere.append(f"{module_name(path)}.{node.name}")
+    assert elsewhere == []

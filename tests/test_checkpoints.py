@@ -149,8 +149,8 @@ def test_a_checkpoint_that_pickles_code_is_refused_and_the_code_never_runs(tmp_p
     )
     assert done.returncode == 1, done.stderr
     assert (
-        f"{crafted}: refused: a checkpoint may hold only tensors and plain values, and it pickles {os.system.__module__}.system"
-        in done.stderr
+        f"{crafted}: refused: a checkpoint may hold only tensors and plain values, "
+        f"and it pickles {os.system.__module__}.system" in done.stderr
     )
     assert not marker.exists()
 

@@ -55,7 +55,8 @@ try:
 except SystemExit as exc:
     code = exc.code
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "mlflow"))
-report = {"code": code, "heavy": heavy, "spec_loaded": "knightctl.spec" in sys.modules, "cli_loaded": "knightctl.cli" in sys.modules}
+report = {"code": code, "heavy": heavy, "spec_loaded": "knightctl.spec" in sys.modules, \
+"cli_loaded": "knightctl.cli" in sys.modules}
 sys.stderr.write("\\nIMPORT-PROBE " + json.dumps(report) + "\\n")
 """
 

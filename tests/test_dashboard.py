@@ -65,8 +65,8 @@ def test_the_description_tells_the_runs_story(reviewed) -> None:
     assert "| device | cpu (" in note
     assert "| data | battles: 800 training rows, 200 validation rows" in note
     assert (
-        "| model | Linear(2→10) → knight::sigmoid_gate → Linear(5→5) → knight::smooth_relu → Linear(5→1); 66 parameters |"
-        in note
+        "| model | Linear(2→10) → knight::sigmoid_gate → Linear(5→5) → "
+        "knight::smooth_relu → Linear(5→1); 66 parameters |" in note
     )
     assert "480 steps in" in note  # 60 epochs of 8
     assert (

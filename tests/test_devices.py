@@ -99,7 +99,8 @@ def test_deterministic_mode_works_after_torch_test_utilities_froze_the_flags() -
     script = (
         "import torch\ntorch.backends.disable_global_flags()\n"
         "from knightctl.training.devices import set_deterministic\n"
-        "set_deterministic(True)\nassert torch.backends.cudnn.deterministic and torch.are_deterministic_algorithms_enabled()\n"
+        "set_deterministic(True)\n"
+        "assert torch.backends.cudnn.deterministic and torch.are_deterministic_algorithms_enabled()\n"
         "set_deterministic(False)\nassert not torch.backends.cudnn.deterministic\nprint('switched')\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -88,7 +88,7 @@ def _on_tensors(fn, args):
 
     def on_tensors(*tensors):
         full = list(args)
-        for i, t in zip(slots, tensors):
+        for i, t in zip(slots, tensors, strict=False):
             full[i] = t
         return fn(*full)
 
@@ -255,7 +255,7 @@ def test_vmap(op):
         batch = [torch.stack([t, 0.5 * t, t.flip(-1)], dim=i % (t.dim() + 1)) for i, t in enumerate(tensors)]
         in_dims = tuple(i % (t.dim() + 1) for i, t in enumerate(tensors))
         if op.vmap:
-            looped = torch.stack([fn(*(b.select(d, k) for b, d in zip(batch, in_dims))) for k in range(3)])
+            looped = torch.stack([fn(*(b.select(d, k) for b, d in zip(batch, in_dims, strict=True))) for k in range(3)])
             torch.testing.assert_close(torch.vmap(fn, in_dims=in_dims)(*batch), looped, atol=op.atol, rtol=op.rtol)
         else:
             with pytest.raises(RuntimeError, match="vmap"):

@@ -203,7 +203,8 @@ PLUGIN = textwrap.dedent(
         yield SampleInput(make_tensor(3, 2, device=device, dtype=dtype, requires_grad=requires_grad, low=0.5, high=2.0))
 
     op_db = [
-        OpInfo("{ns}::twice", op=torch.ops.{ns}.twice, dtypes=(torch.float64,), sample_inputs_func=samples, supports_forward_ad=True),
+        OpInfo("{ns}::twice", op=torch.ops.{ns}.twice, dtypes=(torch.float64,), sample_inputs_func=samples, \
+supports_forward_ad=True),
         OpInfo("{bad_name}", op=torch.sin, dtypes=(torch.float32,), sample_inputs_func=samples),
     ]
 

@@ -75,7 +75,8 @@ SCALED_OP = textwrap.dedent(
 
     @hookimpl
     def register_ops(register):
-        register(OpDef(name="pf::scaled", fn=scaled, sample_inputs=_samples, params=ScaledParams, max_order=1, forward_mode=False, vmap=False))
+        register(OpDef(name="pf::scaled", fn=scaled, sample_inputs=_samples, params=ScaledParams, max_order=1, \
+forward_mode=False, vmap=False))
     '''
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -135,5 +136,6 @@ def test_a_writer_started_before_its_run_can_be_abandoned_without_touching_the_s
     writer = MetricWriter(f"sqlite:///{tmp_path}/mlflow.db")  # started while the run is being prepared
     writer.abandon()  # the run never came: a build error, a failed gradient check
     writer.abandon()
-    assert writer._process.exitcode == 0
+    # It stops on its own once MLflow is imported, or is terminated after 5 s on a loaded machine.
+    assert not writer._process.is_alive() and writer._process.exitcode in (0, -signal.SIGTERM)
     assert not (tmp_path / "mlflow.db").exists()

@@ -85,7 +85,10 @@ def test_an_op_whose_backward_raises_fails_the_run_naming_its_plugin(
         train(spec, tracking_uri=uri, plugins=NO_DIRS)  # the pre-flight check meets it first
     with pytest.raises(
         RunFailed,
-        match=r"training failed at epoch 1 \(step 0\) in plugin 'faulty_ops' \(.*faulty_ops.py\): ArithmeticError: the backward",
+        match=(
+            r"training failed at epoch 1 \(step 0\) in plugin 'faulty_ops' \(.*faulty_ops.py\): "
+            r"ArithmeticError: the backward"
+        ),
     ):
         train(spec, tracking_uri=uri, plugins=NO_DIRS, skip_gradcheck=True)
     assert only_run(uri).info.status == "FAILED"

@@ -24,7 +24,8 @@ def {fn}(x):
 
 @hookimpl
 def register_ops(register):
-    register(OpDef(name="{name}", fn={fn}, sample_inputs=lambda device, dtype: [(torch.zeros(3, device=device, dtype=dtype),)]))
+    register(OpDef(name="{name}", fn={fn}, sample_inputs=lambda device, dtype: \
+[(torch.zeros(3, device=device, dtype=dtype),)]))
 """
 
 BROKEN = {
@@ -144,7 +145,10 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(tmp_path: Path
         PluginError, match="the op 'twin::op' is registered twice: by plugin 'first' and by plugin 'second'"
     ):
         load(PluginSettings(dirs=(plugin_dir(tmp_path / "dir", files),)))
-    layer = "from knightctl import LayerDef, hookimpl\n\n@hookimpl\ndef register_layers(register):\n    register(LayerDef(name='clash::act', build=print))\n"
+    layer = (
+        "from knightctl import LayerDef, hookimpl\n\n@hookimpl\ndef register_layers(register):\n"
+        "    register(LayerDef(name='clash::act', build=print))\n"
+    )
     clash_with_layer = {"a_layer.py": layer, "b_op.py": GOOD_OP.format(fn="r", name="clash::act")}
     with pytest.raises(
         PluginError, match="the layer 'clash::act' is registered twice: by plugin 'a_layer' and by plugin 'b_op'"

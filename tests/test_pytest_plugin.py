@@ -76,7 +76,8 @@ def test_each_op_is_an_item_that_fails_skips_or_passes_by_its_verdict(pytester: 
             "knightctl-ops::gradcheck?pp::good? PASSED*",
             "plugin broken (*broken.py): import failed: RuntimeError at line 2: the lab server is down",
             "It failed to load, so the ops it registers were not checked.",
-            "pp::bad (pp_ops): mutation passed, grad metadata passed, reference skipped, reverse failed, *linearity failed*",
+            "pp::bad (pp_ops): mutation passed, grad metadata passed, reference skipped, reverse failed, "
+            "*linearity failed*",
             "pp::bad: reverse failed (exact): 30 element(s) out of tolerance",
             "    worst: sample 0, output 0 element (*), input 0 (args?0?) element (*), where args?0? = *",
             "    analytic * numeric * abs error * rel error *",

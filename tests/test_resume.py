@@ -191,7 +191,8 @@ def test_checkpoints_survive_sigkill_in_the_middle_of_writing(tmp_path: Path) ->
         "import sys, torch\nfrom pathlib import Path\nfrom knightctl.checkpoint import save_checkpoint\n"
         "target = Path(sys.argv[1])\nversion = 0\n"
         "while True:\n    version += 1\n"
-        "    save_checkpoint({'format_version': 2, 'version': version, 'weights': torch.full((4_000_000,), float(version))}, target)\n"
+        "    save_checkpoint({'format_version': 2, 'version': version, "
+        "'weights': torch.full((4_000_000,), float(version))}, target)\n"
         "    Path(sys.argv[2]).write_text(str(version))\n"
     )
     target, progress = tmp_path / "big.pt", tmp_path / "written"

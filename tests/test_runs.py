@@ -1,4 +1,5 @@
-"""`knightctl runs`, `runs compare` and `ui` on a real sqlite MLflow store: runs made with MlflowClient, one trained by knightctl."""
+"""`knightctl runs`, `runs compare` and `ui` on a real sqlite MLflow store: runs made with MlflowClient, one trained
+by knightctl."""
 
 from __future__ import annotations
 
@@ -305,12 +306,14 @@ def test_formats_and_status_colours() -> None:
 def test_runs_never_imports_torch_and_help_imports_neither_torch_nor_mlflow(store: Store) -> None:
     script = (
         "import json, sys\nfrom knightctl.cli import main\n"
-        "def call(args):\n    try:\n        main(args)\n    except SystemExit as done:\n        assert not done.code, (args, done.code)\n"
+        "def call(args):\n    try:\n        main(args)\n"
+        "    except SystemExit as done:\n        assert not done.code, (args, done.code)\n"
         "for args in (['--help'], ['runs', '--help'], ['ui', '--help']):\n    call(args)\n"
         "after_help = sorted(m for m in ('torch', 'mlflow') if m in sys.modules)\n"
         f"call(['runs', '--tracking-uri', {store.uri!r}, '--limit', '3'])\n"
         f"call(['runs', '--tracking-uri', {store.uri!r}, 'compare', 'galahad', 'percival'])\n"
-        "print(json.dumps({'after_help': after_help, 'torch': 'torch' in sys.modules, 'mlflow': 'mlflow' in sys.modules}))\n"
+        "print(json.dumps({'after_help': after_help, "
+        "'torch': 'torch' in sys.modules, 'mlflow': 'mlflow' in sys.modules}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=store.folder, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

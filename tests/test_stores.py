@@ -168,5 +168,5 @@ def test_a_run_leaves_no_tracking_uri_behind_for_the_next_spec(tmp_path: Path, m
     stores = [tmp_path / "first.db", tmp_path / "second.db"]
     run_ids = [train(ROUND_TABLE, overrides=[*QUICK, f"tracking.uri=sqlite:///{store}"]).run_id for store in stores]
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    for store, run_id in zip(stores, run_ids):
+    for store, run_id in zip(stores, run_ids, strict=True):
         assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "FINISHED"

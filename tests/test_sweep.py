@@ -8,8 +8,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from knightctl.errors import SpecError, SweepError
-from knightctl.sweep.run import PARENT_TAG, sweep
+from knightctl.sweep.run import sweep
 from knightctl.sweep.space import grid_trials, random_trials
+from knightctl.tracking.tags import PARENT_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"

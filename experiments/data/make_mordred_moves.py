@@ -68,7 +68,7 @@ def main() -> None:
     with OUTPUT.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["distance_100km", "army_thousands", "weeks_since_raid", "moon_age_weeks", "move"])
-        for row, move in zip(features, moves):
+        for row, move in zip(features, moves, strict=True):
             writer.writerow([f"{value:.3f}" for value in row] + [move])
     counts = {name: moves.count(name) for name in MOVES}
     print(f"wrote {len(moves)} rows to {OUTPUT}: {counts}")

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from knightctl.checkpoint.files import CheckpointFolder, load_checkpoint
-from knightctl.errors import CheckpointError, ResumeError, TrackingError
+from knightctl.errors import CheckpointError, ResumeError
+from knightctl.tracking.checkpoints import run_checkpoint
 
 if TYPE_CHECKING:
     from knightctl.plugins.system import PluginSettings
     from knightctl.spec.model import ExperimentSpec
 
-CHECKPOINT_DIR_TAG = "knightctl.checkpoint_dir"
 _FREE_SECTIONS = ("checkpoint.",)  # spec paths that may differ on resume without --allow-spec-change
 _SHOWN_CHANGES = 20
 
@@ -139,44 +139,12 @@ def _checkpoint_dir(spec: ExperimentSpec | str | Path | None) -> str:
 
 
 def _from_run(run_id: str, spec: ExperimentSpec | str | Path | None, tracking_uri: str | None, looked_in: Path) -> Path:
-    """The newest checkpoint of MLflow run `run_id`: in the folder it recorded, else its artifacts."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
+    """The newest checkpoint of MLflow run `run_id`, in the store `--tracking-uri` or the spec names."""
     from knightctl.spec.model import ExperimentSpec
     from knightctl.tracking.run import resolve_tracking_uri
-    from knightctl.tracking.stores import check_store
 
     uri, _ = resolve_tracking_uri(tracking_uri, spec if isinstance(spec, ExperimentSpec) else None)
-    check_store(uri)
-    client = MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ResumeError(
-            f"{run_id!r} is neither a checkpoint file or folder, nor a run with checkpoints in {looked_in}, nor a run "
-            f"in {uri}",
-            hint="give the run id `knightctl train` printed, a checkpoint path, or the store the run is in "
-            "(--tracking-uri)",
-        ) from None
-    recorded = run.data.tags.get(CHECKPOINT_DIR_TAG)
-    if recorded and CheckpointFolder(Path(recorded)).latest() is not None:
-        return _newest(CheckpointFolder(Path(recorded)), "")
-    stored = [item.path for item in client.list_artifacts(run_id, "checkpoints") if item.path.endswith(".pt")]
-    if not stored:
-        raise CheckpointError(
-            f"MLflow run {run_id} has no checkpoint: none in {recorded or looked_in}, none among its artifacts"
-        )
-    chosen = max(stored, key=lambda name: (name.endswith("final.pt"), name))
-    try:
-        return Path(client.download_artifacts(run_id, chosen, str(_ensure(looked_in))))
-    except (MlflowException, OSError) as exc:
-        raise TrackingError(f"cannot download {chosen} of MLflow run {run_id} from {uri}: {exc}") from None
-
-
-def _ensure(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    return run_checkpoint(uri, run_id, looked_in)
 
 
 def _spec_for(

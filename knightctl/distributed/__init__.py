@@ -1,5 +1,6 @@
 """Several processes: a rank's process group, shard and collectives (`ranks`), `--nproc-per-node`
-(`launch`), a restarted job's record (`jobs`) and naming the rank that failed it (`failures`).
+(`launch`) and a restarted job's record (`jobs`). The MLflow side of a failed job is
+`knightctl.tracking.failures`.
 """
 
 from knightctl._lazy import lazy_exports

@@ -113,7 +113,7 @@ def _failure(job_id: str, failures: list[RankFailure], world_size: int) -> Distr
     hints = [hint] if hint else []
     if record is not None and record.run_id and record.tracking_uri:
         try:
-            from knightctl.distributed.failures import mark_failed
+            from knightctl.tracking.failures import mark_failed
 
             mark_failed(record.tracking_uri, record.run_id, message, first.rank, first.traceback)
             hints.append(f"MLflow run {record.run_id} is marked FAILED")

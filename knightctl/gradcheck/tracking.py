@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from knightctl.gradcheck.report import CheckResult, OpReport
+from knightctl.tracking.tags import SOURCE_TYPE_TAG
 
 DEFAULT_EXPERIMENT = "knightctl-gradcheck"
 _TAGS_PER_BATCH, _METRICS_PER_BATCH = 100, 900  # MLflow's log_batch takes 100 tags and 1000 entities in all
@@ -103,7 +104,7 @@ def log_gradcheck_run(
     from knightctl.tracking.stores import create_run
 
     client, experiment_id, run_id, _ = create_run(
-        tracking_uri, experiment, run_name=run_name, tags={"mlflow.source.type": "LOCAL"}
+        tracking_uri, experiment, run_name=run_name, tags={SOURCE_TYPE_TAG: "LOCAL"}
     )
     status = "FAILED"
     try:

@@ -7,7 +7,6 @@ from knightctl._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "PARENT_TAG": "run",
         "SweepResult": "run",
         "TrialResult": "run",
         "grid_trials": "space",

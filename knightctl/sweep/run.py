@@ -26,10 +26,7 @@ from knightctl.errors import Interrupted, KnightctlError, SweepError
 from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
 from knightctl.sweep.space import Trial, grid_trials, random_trials, sweep_key
-
-SWEEP_TAG = "knightctl.sweep"
-TRIAL_TAG = "knightctl.trial"
-PARENT_TAG = "mlflow.parentRunId"
+from knightctl.tracking.sweeps import close_parent, finished_trials, open_parent, trial_tags
 
 
 @dataclass(frozen=True)
@@ -86,11 +83,14 @@ def sweep(
     for trial in space:  # every trial's values checked as --set checks them, before anything runs
         load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)
     uri, _ = resolve_tracking_uri(tracking_uri, base)
-    client, parent_id = _parent_run(
+    client, parent_id = open_parent(
         uri, base.tracking.experiment or base.name, f"{base.name} sweep", sweep_key(base.digest(), space), len(space)
     )
     outcome = SweepResult(parent_id, uri, metric, goal)
-    finished = _finished_trials(client, parent_id, metric)
+    finished = {
+        key: TrialResult(Trial(overrides), "SKIPPED", run_id, value)
+        for key, (overrides, run_id, value) in finished_trials(client, parent_id, metric).items()
+    }
     outcome.results += [finished[t.key] for t in space if t.key in finished]
     pending = [t for t in space if t.key not in finished]
     for result in outcome.results:
@@ -122,7 +122,7 @@ def sweep(
             hint="run the same command again: trials that finished are skipped",
         ) from None
     finally:
-        _close_parent(client, outcome, status)
+        _close(client, outcome, status)
     return outcome
 
 
@@ -134,45 +134,6 @@ def _trials(grid: Sequence[str], random: Sequence[str], count: int | None, seed:
             raise SweepError("--random needs --trials N (how many draws)")
         return random_trials(random, count, seed)
     return grid_trials(grid)
-
-
-def _parent_run(uri: str, experiment: str, name: str, key: str, count: int) -> tuple[Any, str]:
-    """The sweep's parent run: the one an earlier run of this sweep made (RUNNING again), or a new one."""
-    from mlflow.tracking import MlflowClient
-
-    from knightctl.tracking.stores import check_store, experiment_id_for, store_lock
-
-    check_store(uri)
-    with store_lock(uri):  # the store's tables and the experiment, made once, before any worker
-        client = MlflowClient(uri)
-        experiment_id = experiment_id_for(client, experiment)
-    earlier = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{SWEEP_TAG}` = '{key}'",
-        max_results=1,
-        order_by=["attributes.start_time DESC"],
-    )
-    if earlier:
-        client.update_run(earlier[0].info.run_id, status="RUNNING")
-        return client, earlier[0].info.run_id
-    run = client.create_run(experiment_id, run_name=name, tags={SWEEP_TAG: key, "knightctl.sweep.trials": str(count)})
-    return client, run.info.run_id
-
-
-def _finished_trials(client: Any, parent_id: str, metric: str) -> dict[str, TrialResult]:
-    """The trials an earlier run of this sweep finished, by key, as SKIPPED results."""
-    runs = client.search_runs(
-        [client.get_run(parent_id).info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-        max_results=10000,
-    )
-    done: dict[str, TrialResult] = {}
-    for run in runs:
-        key = run.data.tags.get(TRIAL_TAG)
-        if key and run.info.status == "FINISHED" and key not in done:
-            overrides = tuple(run.data.tags.get("knightctl.trial.overrides", "").split("\n"))
-            done[key] = TrialResult(Trial(overrides), "SKIPPED", run.info.run_id, run.data.metrics.get(metric))
-    return done
 
 
 def _run_all(trials: list[Trial], job: dict[str, Any], workers: int) -> Any:
@@ -209,12 +170,7 @@ def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
     """One trial, in a worker: `train()` with the trial's --sets, tagged as a child of the sweep's run."""
     from knightctl.training.run import train
 
-    tags = {
-        PARENT_TAG: job["parent"],
-        TRIAL_TAG: trial.key,
-        "knightctl.trial.overrides": "\n".join(trial.overrides),
-        "mlflow.runName": trial.label,
-    }
+    tags = trial_tags(job["parent"], trial.key, trial.overrides, trial.label)
     try:
         result = train(
             job["spec"],
@@ -233,23 +189,13 @@ def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
     return TrialResult(trial, "FINISHED", result.run_id, result.final_metrics.get(job["metric"]))
 
 
-def _close_parent(client: Any, outcome: SweepResult, status: str) -> None:
-    """The best value and run on the parent, its ranked table as the description, and its status."""
-    from mlflow.entities import Metric, RunTag
-
-    from knightctl.tracking.run import NOTE_TAG
-
-    ranked = outcome.ranked()
+def _close(client: Any, outcome: SweepResult, status: str) -> None:
+    """The parent run closed with the ranked table, the best trial and `status`."""
     best = outcome.best
-    tags = {NOTE_TAG: _table(outcome, ranked)}
-    metrics = []
-    if best is not None and best.value is not None:
-        tags |= {"knightctl.best_run_id": best.run_id or "", "knightctl.best_trial": " ".join(best.trial.overrides)}
-        metrics.append(Metric(f"best/{outcome.metric}", best.value, 0, 0))
-    client.log_batch(
-        outcome.parent_run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True
+    chosen = (
+        (best.run_id or "", best.trial.overrides, best.value) if best is not None and best.value is not None else None
     )
-    client.set_terminated(outcome.parent_run_id, status)
+    close_parent(client, outcome.parent_run_id, status, _table(outcome, outcome.ranked()), outcome.metric, chosen)
 
 
 def _table(outcome: SweepResult, ranked: list[TrialResult]) -> str:

@@ -1,7 +1,9 @@
 """MLflow: a run's lifecycle (`run`), checking a store first (`stores`), metrics written off the
 training process (`metricwriter`, `sqlitemetrics`), what a run records (`record`, `note`,
-`datasets`, `plots`, `plugintags`), who owns a running run (`owner`), reading runs back (`runlist`)
-and serving the UI (`ui`). `offline` keeps what a lost server could not take.
+`datasets`, `plots`, `plugintags`), the tag names (`tags`), who owns a running run (`owner`), a
+distributed job's failure (`failures`), a sweep's parent run (`sweeps`), a run's checkpoints
+(`checkpoints`), reading runs back (`runlist`) and serving the UI (`ui`). `offline` keeps what a
+lost server could not take. Only this package (and gradcheck's own logging) imports mlflow.
 """
 
 from knightctl._lazy import lazy_exports

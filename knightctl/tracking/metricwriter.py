@@ -95,9 +95,10 @@ class MetricWriter:
             return
         self.closed = True
         self._queue.put(None)
-        self._process.join(5.0)
-        if self._process.is_alive():
+        self._process.join(5.0)  # s: it reads the stop once it has imported MLflow, slower on a loaded machine
+        if self._process.is_alive():  # no run was attached, so nothing of it is lost
             self._process.terminate()
+            self._process.join(5.0)
         self._release()
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:

@@ -13,9 +13,7 @@ import os
 import socket
 from collections.abc import Mapping
 
-HOST_TAG = "knightctl.host"
-PID_TAG = "knightctl.pid"
-STARTED_TAG = "knightctl.pid_started"  # the process's start time, s since the epoch, 2 decimals
+from knightctl.tracking.tags import HOST_TAG, PID_TAG, STARTED_TAG
 
 
 def owner_tags() -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from knightctl._version import __version__
-from knightctl.checkpoint.resume import CHECKPOINT_DIR_TAG, Resumption
+from knightctl.checkpoint.resume import Resumption
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import log_reports
 from knightctl.plugins.system import PluginSystem
@@ -30,6 +30,17 @@ from knightctl.tracking.owner import owner_tags
 from knightctl.tracking.plots import run_plots
 from knightctl.tracking.plugintags import plugin_tags
 from knightctl.tracking.run import MlflowRun, git_commit
+from knightctl.tracking.tags import (
+    CHECKPOINT_DIR_TAG,
+    GIT_COMMIT_TAG,
+    MLFLOW_VERSION_TAG,
+    NOTE_TAG,
+    RESUMED_FROM_TAG,
+    SOURCE_NAME_TAG,
+    SOURCE_TYPE_TAG,
+    SPEC_CHANGES_TAG,
+    VERSION_TAG,
+)
 from knightctl.training.build import Components
 from knightctl.training.devices import DeviceChoice
 from knightctl.training.loop import Position
@@ -61,8 +72,8 @@ def record_start(
         run.log_datasets(parts.data, spec.data.name)
     tags = {CHECKPOINT_DIR_TAG: str(checkpoint_folder)}
     if resumed is not None:
-        tags["knightctl.resumed_from"] = f"step {resumed.state['step']}"
-        tags["knightctl.spec_changes"] = "; ".join(resumed.changes) or "none"
+        tags[RESUMED_FROM_TAG] = f"step {resumed.state['step']}"
+        tags[SPEC_CHANGES_TAG] = "; ".join(resumed.changes) or "none"
     run.set_tags(tags)
     story = RunStory(
         spec=spec,
@@ -107,9 +118,9 @@ def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -
     tags = {
         **plugin_tags(spec, system),
         **owner_tags(),
-        "knightctl.version": __version__,
+        VERSION_TAG: __version__,
         "torch.version": torch.__version__,
-        "mlflow.version": mlflow.__version__,
+        MLFLOW_VERSION_TAG: mlflow.__version__,
         "python.version": platform.python_version(),
         "device": choice.description,
         "device.reason": choice.reason,
@@ -117,14 +128,14 @@ def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -
         "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
         "spec.name": spec.name,
         "spec.digest": spec.digest(),
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": spec.source.path if spec.source else spec.name,
+        SOURCE_TYPE_TAG: "LOCAL",
+        SOURCE_NAME_TAG: spec.source.path if spec.source else spec.name,
     }
     if spec.description:
-        tags["mlflow.note.content"] = spec.description
+        tags[NOTE_TAG] = spec.description
     repository = git_commit(Path.cwd())
     if repository is not None:
-        tags["mlflow.source.git.commit"], dirty = repository[0], repository[1]
+        tags[GIT_COMMIT_TAG], dirty = repository[0], repository[1]
         tags["git.dirty"] = str(dirty).lower()
     return tags
 

@@ -28,6 +28,7 @@ from knightctl.tracking.offline.fallback import StoreFallback
 from knightctl.tracking.offline.journal import Journal
 from knightctl.tracking.plots import save_png
 from knightctl.tracking.stores import create_run, reopen_run
+from knightctl.tracking.tags import NOTE_TAG, RUN_NAME_TAG
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _PARAM_BATCH = 100  # params per log_batch call, MLflow's own limit
-NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
-RUN_NAME_TAG = "mlflow.runName"
 
 
 def resolve_tracking_uri(cli_uri: str | None, spec: ExperimentSpec | None = None) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from knightctl.errors import ResumeError, TrackingError
+from knightctl.tracking.tags import PID_TAG
 
 PROBE_TIMEOUT_S = 5.0  # one request to a server that answers takes milliseconds; 5 s covers a slow VPN
 _MIGRATE = "mlflow migrate-filestore --source {source} --target {target}"
@@ -225,7 +226,7 @@ def reopen_run(uri: str, run_id: str, *, tags: Mapping[str, str]) -> tuple[Any, 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from knightctl.tracking.owner import PID_TAG, owner_alive
+    from knightctl.tracking.owner import owner_alive
 
     notices = check_store(uri)
     client = MlflowClient(uri)

@@ -29,6 +29,7 @@ from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.tracking.record import keep_checkpoint, record_results, record_start, resumed_from, run_tags
 from knightctl.tracking.run import MlflowRun, open_run, resolve_tracking_uri, start_writer
+from knightctl.tracking.tags import RESTARTS_TAG, WORLD_SIZE_TAG
 from knightctl.training.build import Components, build_components, dry_forward
 from knightctl.training.data import steps_per_epoch
 from knightctl.training.devices import (
@@ -141,8 +142,8 @@ def _train(
     if ranks.distributed:
         tags = {
             **(tags or {}),
-            "knightctl.world_size": str(ranks.world_size),
-            "knightctl.restarts": str(ranks.restart_count),
+            WORLD_SIZE_TAG: str(ranks.world_size),
+            RESTARTS_TAG: str(ranks.restart_count),
         }
     uri, uri_source = _tracking_uri(tracking_uri, spec, resumed) if track and ranks.is_main else (None, "--no-track")
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile

@@ -578,7 +578,9 @@ _OPS = [
         forward_mode=False,
         vmap=False,
         layer=None,
-        description="WRONG: x*b (b broadcast over rows) reducing b's gradient by mean, not sum; reverse must fail on input 1",
+        description=(
+            "WRONG: x*b (b broadcast over rows) reducing b's gradient by mean, not sum; reverse must fail on input 1"
+        ),
     ),
     OpDef(
         name="gc::wrong_second_order",

@@ -22,9 +22,9 @@ from knightctl.errors import SyncError, TrackingError
 from knightctl.tracking.note import amend_note
 from knightctl.tracking.offline.fallback import fail_fast_http, failure_reason, is_connection_error, is_http, shown_path
 from knightctl.tracking.offline.journal import Counts, Journal, journals
-from knightctl.tracking.owner import HOST_TAG, PID_TAG, owner_alive
-from knightctl.tracking.run import NOTE_TAG
+from knightctl.tracking.owner import owner_alive
 from knightctl.tracking.stores import check_server, sqlite_path
+from knightctl.tracking.tags import HOST_TAG, NOTE_TAG, PID_TAG
 
 _PAGE = 1000  # runs per search request
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from knightctl.tracking.note import amend_note
-from knightctl.tracking.run import NOTE_TAG
-
-FAILED_RANK_TAG = "knightctl.failed_rank"
+from knightctl.tracking.tags import FAILED_RANK_TAG, NOTE_TAG
 
 
 def mark_failed(tracking_uri: str, run_id: str, message: str, rank: int, traceback: str | None = None) -> None:

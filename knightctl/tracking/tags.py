@@ -1,0 +1,29 @@
+"""The names of the tags knightctl sets on MLflow runs, in one place: MLflow's own that it fills in,
+and its own `knightctl.*` ones. Tests spell them out as strings, so a renamed tag fails them."""
+
+# MLflow's own, which its UI reads.
+NOTE_TAG = "mlflow.note.content"  # the run's description
+RUN_NAME_TAG = "mlflow.runName"
+PARENT_TAG = "mlflow.parentRunId"  # nests a sweep's trials under its parent run
+SOURCE_TYPE_TAG = "mlflow.source.type"
+SOURCE_NAME_TAG = "mlflow.source.name"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+MLFLOW_VERSION_TAG = "mlflow.version"
+
+# knightctl's.
+VERSION_TAG = "knightctl.version"
+HOST_TAG = "knightctl.host"  # which machine's process owns a RUNNING run
+PID_TAG = "knightctl.pid"
+STARTED_TAG = "knightctl.pid_started"  # the process's start time, s since the epoch, 2 decimals
+CHECKPOINT_DIR_TAG = "knightctl.checkpoint_dir"
+RESUMED_FROM_TAG = "knightctl.resumed_from"
+SPEC_CHANGES_TAG = "knightctl.spec_changes"
+WORLD_SIZE_TAG = "knightctl.world_size"
+RESTARTS_TAG = "knightctl.restarts"
+FAILED_RANK_TAG = "knightctl.failed_rank"
+SWEEP_TAG = "knightctl.sweep"  # on a sweep's parent: the sweep's key
+SWEEP_TRIALS_TAG = "knightctl.sweep.trials"
+TRIAL_TAG = "knightctl.trial"  # on a trial: its key
+TRIAL_OVERRIDES_TAG = "knightctl.trial.overrides"
+BEST_RUN_TAG = "knightctl.best_run_id"
+BEST_TRIAL_TAG = "knightctl.best_trial"
