@@ -15,7 +15,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "LIBRARY_FORMS": "opsupport",
         "LayerDef": "registry",
         "LossDef": "registry",
-        "NoRun": "events",
         "Observer": "events",
         "OpDef": "registry",
         "OpLayer": "oplayers",

@@ -1,13 +1,15 @@
-"""What a training run reports: RunInfo before the first step, RunResult at the end, and the Observer protocol."""
+"""What a training run reports: RunInfo before the first step, RunResult at the end, and the
+Observer protocol. Plain data, no torch: the plugin contract and `import knightctl` stay cheap."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -62,18 +64,3 @@ class Observer(Protocol):
     def epoch_completed(self, epoch: int, step: int, metrics: Mapping[str, float] | None) -> None: ...
 
     def run_finished(self, result: RunResult) -> None: ...
-
-
-class NoRun:
-    """Stands in for an MLflow run under --no-track, and on every rank but 0 of a distributed job."""
-
-    def __init__(self, run_id: str | None = None) -> None:
-        self.run_id = run_id  # in a distributed job, rank 0's run: it names the checkpoint folder
-        self.experiment_id: str | None = None
-        self.tracking_uri: str | None = None
-
-    def log_metrics(self, points: list[tuple[int, Mapping[str, float]]]) -> None:
-        pass
-
-    def close_metrics(self) -> None:
-        pass

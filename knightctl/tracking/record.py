@@ -13,7 +13,8 @@ import platform
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, m
 from knightctl.tracking.owner import owner_tags
 from knightctl.tracking.plots import run_plots
 from knightctl.tracking.plugintags import plugin_tags
-from knightctl.tracking.run import MlflowRun, git_commit
+from knightctl.tracking.run import MlflowRun, git_commit, open_run
 from knightctl.tracking.tags import (
     CHECKPOINT_DIR_TAG,
     GIT_COMMIT_TAG,
@@ -43,7 +44,7 @@ from knightctl.tracking.tags import (
 )
 from knightctl.training.build import Components
 from knightctl.training.devices import DeviceChoice
-from knightctl.training.loop import Position
+from knightctl.training.position import Position
 
 
 def keep_checkpoint(run: MlflowRun, path: Path) -> None:
@@ -143,3 +144,44 @@ def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -
 def _example(parts: Components) -> Any:
     """A few real input rows, as float32 NumPy, for the model's signature and input example."""
     return parts.data.train_x[:5].detach().cpu().numpy()
+
+
+class MlflowTracker:
+    """`training.tracker.Tracker` on an open MLflow run: what `train` tells it, recorded as above."""
+
+    def __init__(self, run: MlflowRun) -> None:
+        self.run = run
+        self.run_id: str | None = run.run_id
+        self.experiment_id: str | None = run.experiment_id
+        self.tracking_uri: str | None = run.tracking_uri
+        self.notices: Sequence[str] = run.notices
+
+    @property
+    def pending_sync(self) -> str | None:
+        return self.run.pending_sync  # set as the run closes
+
+    def log_metrics(self, points: list[tuple[int, Mapping[str, float]]]) -> None:
+        self.run.log_metrics(points)
+
+    def close_metrics(self) -> None:
+        self.run.close_metrics()
+
+    def record_start(self, *args: Any, **kwargs: Any) -> None:
+        record_start(self.run, *args, **kwargs)
+
+    def loop_ended(self, steps: int, seconds: float) -> None:
+        if self.run.story is not None:
+            self.run.story.steps, self.run.story.seconds = steps, seconds
+
+    def keep_checkpoint(self, path: Path) -> None:
+        keep_checkpoint(self.run, path)
+
+    def record_results(self, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
+        return record_results(self.run, spec, parts, position)
+
+
+@contextmanager
+def open_tracker(spec: ExperimentSpec, **options: Any) -> Iterator[MlflowTracker]:
+    """`open_run` (same options), as the tracker `train` talks to."""
+    with open_run(spec, **options) as run:
+        yield MlflowTracker(run)

@@ -1,6 +1,7 @@
-"""One training run: the device and seeds (`devices`), the components built from a spec (`build`), in-
-memory data and batching (`data`), device-side metrics (`metrics`), signal handling (`signals`),
-the loop as the chapter writes it (`loop`) and `train()` top to bottom (`run`).
+"""One training run: the device and seeds (`devices`), the components built from a spec
+(`build`), in-memory data and batching (`data`), device-side metrics (`metrics`), signal handling
+(`signals`), where the run stands (`position`), what it tells the place it is recorded
+(`tracker`), the loop as the chapter writes it (`loop`) and `train()` top to bottom (`run`).
 """
 
 from knightctl._lazy import lazy_exports
@@ -10,11 +11,11 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "Components": "build",
         "DeviceChoice": "devices",
-        "Observer": "run",
-        "Position": "loop",
-        "RunInfo": "run",
-        "RunResult": "run",
+        "Position": "position",
+        "NoTracker": "tracker",
         "Split": "data",
+        "TrainOptions": "run",
+        "Tracker": "tracker",
         "StepMetrics": "metrics",
         "TabularData": "data",
         "build_components": "build",

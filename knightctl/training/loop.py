@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +27,9 @@ from knightctl.errors import Interrupted, KnightctlError, PeerLost, RunFailed
 from knightctl.tracking.stores import absolute_uri
 from knightctl.training.data import epoch_batches, steps_per_epoch
 from knightctl.training.metrics import NonFiniteLoss, StepMetrics, evaluate, gradient_norm
+from knightctl.training.position import Position
 from knightctl.training.signals import StopOnSignal
-
-
-@dataclass
-class Position:
-    """Where the run stands, what it logged, and its last complete checkpoint."""
-
-    epoch: int = 0  # the epoch in progress, or the last one finished when `epoch_done`
-    batch: int = 0  # batches of `epoch` done
-    step: int = 0
-    epoch_done: bool = True
-    order_state: torch.Tensor | None = None  # the data-order generator's state before `epoch`'s order was drawn
-    latest: dict[str, float] = field(default_factory=dict)
-    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
-    checkpoint: Path | None = None
-
-    def resume_point(self, data_order: torch.Generator) -> ResumePoint:
-        if self.epoch_done:
-            return ResumePoint(self.epoch + 1, 0, self.step, data_order.get_state())
-        assert self.order_state is not None
-        return ResumePoint(self.epoch, self.batch, self.step, self.order_state)
+from knightctl.training.tracker import Tracker
 
 
 @dataclass
@@ -56,7 +38,7 @@ class Loop:
 
     spec: Any  # ExperimentSpec
     parts: Any  # build.Components
-    run: Any  # tracking.MlflowRun, or training's stand-in under --no-track
+    run: Tracker  # the MLflow run's tracker, or NoTracker under --no-track
     observers: Sequence[Any]
     position: Position
     metrics: StepMetrics

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -23,12 +23,12 @@ from knightctl.distributed.ranks import Single, joined
 from knightctl.errors import Interrupted, KnightctlError, Terminated
 from knightctl.gradcheck.preflight import preflight
 from knightctl.gradcheck.report import OpReport
-from knightctl.plugins.events import NoRun, Observer, RunInfo, RunResult
+from knightctl.plugins.events import Observer, RunInfo, RunResult
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec, load_spec
-from knightctl.tracking.record import keep_checkpoint, record_results, record_start, resumed_from, run_tags
-from knightctl.tracking.run import MlflowRun, open_run, resolve_tracking_uri, start_writer
+from knightctl.tracking.record import open_tracker, resumed_from, run_tags
+from knightctl.tracking.run import resolve_tracking_uri, start_writer
 from knightctl.tracking.tags import RESTARTS_TAG, WORLD_SIZE_TAG
 from knightctl.training.build import Components, build_components, dry_forward
 from knightctl.training.data import steps_per_epoch
@@ -40,9 +40,32 @@ from knightctl.training.devices import (
     seed_everything,
     set_deterministic,
 )
-from knightctl.training.loop import Loop, Position, resume_command, run_loop
+from knightctl.training.loop import Loop, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
+from knightctl.training.position import Position
 from knightctl.training.signals import StopOnSignal
+from knightctl.training.tracker import NoTracker, Tracker
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How to train, besides the spec: `train()`'s keyword arguments, in one place (see `train`)."""
+
+    overrides: Sequence[str] = ()
+    device: str | None = None
+    tracking_uri: str | None = None
+    track: bool = True
+    deterministic: bool | None = None
+    observers: Sequence[Observer] = ()
+    plugins: PluginSettings | None = None
+    skip_gradcheck: bool = False
+    resume: str | Path | None = None
+    allow_spec_change: bool = False
+    detect_anomaly: bool = False
+    checkpoint_dir: str | Path | None = None
+    stop_at_step: int | None = None
+    record_losses: bool = False
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 def train(
@@ -86,81 +109,64 @@ def train(
     runs the gradient check, tracks in MLflow and writes checkpoints; after a restart the job goes
     on from its newest checkpoint (jobs.py).
     """
+    options = TrainOptions(
+        overrides=tuple(overrides),
+        device=device,
+        tracking_uri=tracking_uri,
+        track=track,
+        deterministic=deterministic,
+        observers=tuple(observers),
+        plugins=plugins,
+        skip_gradcheck=skip_gradcheck,
+        resume=resume,
+        allow_spec_change=allow_spec_change,
+        detect_anomaly=detect_anomaly,
+        checkpoint_dir=checkpoint_dir,
+        stop_at_step=stop_at_step,
+        record_losses=record_losses,
+        tags=dict(tags or {}),
+    )
     with joined() as ranks:
-        return _train(
-            ranks,
-            spec,
-            overrides,
-            device,
-            tracking_uri,
-            track,
-            deterministic,
-            observers,
-            plugins,
-            skip_gradcheck,
-            resume,
-            allow_spec_change,
-            detect_anomaly,
-            checkpoint_dir,
-            stop_at_step,
-            record_losses,
-            tags,
-        )
+        return _train(ranks, spec, options)
 
 
-def _train(
-    ranks: Single,
-    spec: ExperimentSpec | str | Path | None,
-    overrides: Sequence[str],
-    device: str | None,
-    tracking_uri: str | None,
-    track: bool,
-    deterministic: bool | None,
-    observers: Sequence[Observer],
-    plugins: PluginSettings | None,
-    skip_gradcheck: bool,
-    resume: str | Path | None,
-    allow_spec_change: bool,
-    detect_anomaly: bool,
-    checkpoint_dir: str | Path | None,
-    stop_at_step: int | None,
-    record_losses: bool,
-    tags: Mapping[str, str] | None,
-) -> RunResult:
+def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: TrainOptions) -> RunResult:
     started = time.perf_counter()
-    resume = agreed_resume(ranks, resume, spec, tracking_uri) if ranks.distributed else resume
+    resume = agreed_resume(ranks, options.resume, spec, options.tracking_uri) if ranks.distributed else options.resume
     resumed = (
         prepare_resume(
-            resume, spec, overrides, plugins=plugins, tracking_uri=tracking_uri, allow_spec_change=allow_spec_change
+            resume,
+            spec,
+            options.overrides,
+            plugins=options.plugins,
+            tracking_uri=options.tracking_uri,
+            allow_spec_change=options.allow_spec_change,
         )
         if resume
         else None
     )
-    spec, system = _spec_and_plugins(resumed.spec if resumed else spec, overrides, plugins)
+    spec, system = _spec_and_plugins(resumed.spec if resumed else spec, options.overrides, options.plugins)
     spec = spec.with_seed(ranks.broadcast(spec.seed))  # a generated seed is rank 0's
-    observers = [*observers, PluginEvents(system)] if ranks.is_main else []
+    observers = [*options.observers, PluginEvents(system)] if ranks.is_main else []
+    tags = dict(options.tags)
     if ranks.distributed:
-        tags = {
-            **(tags or {}),
-            WORLD_SIZE_TAG: str(ranks.world_size),
-            RESTARTS_TAG: str(ranks.restart_count),
-        }
-    uri, uri_source = _tracking_uri(tracking_uri, spec, resumed) if track and ranks.is_main else (None, "--no-track")
+        tags |= {WORLD_SIZE_TAG: str(ranks.world_size), RESTARTS_TAG: str(ranks.restart_count)}
+    tracked = options.track and ranks.is_main
+    uri, uri_source = _tracking_uri(options.tracking_uri, spec, resumed) if tracked else (None, "--no-track")
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
     try:
-        choice, parts, verdicts = _prepare(
-            spec, system, device, deterministic, skip_gradcheck or not ranks.is_main, ranks
-        )
-        run_context = (
-            open_run(
+        skip_gradcheck = options.skip_gradcheck or not ranks.is_main
+        choice, parts, verdicts = _prepare(spec, system, options.device, options.deterministic, skip_gradcheck, ranks)
+        tracking: AbstractContextManager[Tracker] = (
+            open_tracker(
                 spec,
                 tracking_uri=uri,
-                tags={**run_tags(spec, choice, system), **(tags or {})},
+                tags={**run_tags(spec, choice, system), **tags},
                 writer=writer,
                 resume_run_id=resumed.run_id if resumed else None,
             )
             if uri
-            else nullcontext(NoRun())
+            else nullcontext(NoTracker())
         )
     except BaseException:
         if writer is not None:
@@ -168,64 +174,50 @@ def _train(
         raise
     position = Position()
     stop = StopOnSignal()  # signals are deferred to the step's end only while the loop runs
-    with _interruptible(position, stop) as run_holder, run_context as run:
-        run.run_id = ranks.broadcast(run.run_id)
-        run_holder.append(run.run_id)
-        loop = _loop_for(
-            spec,
-            parts,
-            run,
-            observers,
-            position,
-            stop,
-            resumed,
-            checkpoint_dir,
-            stop_at_step,
-            record_losses,
-            system,
-            ranks,
-        )
+    with _interruptible(position, stop) as run_holder, tracking as tracker:
+        tracker.run_id = ranks.broadcast(tracker.run_id)
+        run_holder.append(tracker.run_id)
+        loop = _loop_for(spec, parts, tracker, observers, position, stop, resumed, options, system, ranks)
         if ranks.distributed and ranks.is_main and ranks.job_id:
-            write_job(
-                ranks.job_id, JobRecord(run.run_id, str(loop.checkpoints.path), run.tracking_uri, ranks.world_size)
-            )
-        if isinstance(run, MlflowRun):
-            record_start(run, spec, choice, parts, verdicts, skip_gradcheck, position, resumed, loop.checkpoints.path)
-        info = _run_info(spec, choice, parts, run, resumed, ranks.world_size)
+            record = JobRecord(tracker.run_id, str(loop.checkpoints.path), tracker.tracking_uri, ranks.world_size)
+            write_job(ranks.job_id, record)
+        tracker.record_start(
+            spec, choice, parts, verdicts, options.skip_gradcheck, position, resumed, loop.checkpoints.path
+        )
+        info = _run_info(spec, choice, parts, tracker, resumed, ranks.world_size)
         for observer in observers:
             observer.run_started(info)
         _start_generators(spec, resumed, ranks)
         loop_began = time.perf_counter()
         try:
-            with stop, torch.autograd.detect_anomaly(check_nan=True) if detect_anomaly else nullcontext():
+            with stop, torch.autograd.detect_anomaly(check_nan=True) if options.detect_anomaly else nullcontext():
                 loop_seconds = run_loop(loop)
         except Exception:
-            if isinstance(run, MlflowRun) and position.checkpoint is not None:
-                keep_checkpoint(run, position.checkpoint)
+            if position.checkpoint is not None:
+                tracker.keep_checkpoint(position.checkpoint)
             raise
         finally:
-            if isinstance(run, MlflowRun) and run.story is not None:
-                run.story.steps, run.story.seconds = position.step, time.perf_counter() - loop_began
+            tracker.loop_ended(position.step, time.perf_counter() - loop_began)
         stored_by = time.perf_counter()
-        run.close_metrics()
+        tracker.close_metrics()
         store_wait_seconds = time.perf_counter() - stored_by
-        model_uri = record_results(run, spec, parts, position) if isinstance(run, MlflowRun) else None
+        model_uri = tracker.record_results(spec, parts, position)
     if ranks.is_main and ranks.job_id:  # finished: nothing left to restart from
         job_file(ranks.job_id).unlink(missing_ok=True)
     result = RunResult(
-        info,
-        dict(position.latest),
-        position.history,
-        position.step,
-        time.perf_counter() - started,
-        loop_seconds,
-        parts.model,
-        model_uri,
-        uri_source,
-        store_wait_seconds,
-        position.checkpoint,
-        loop.metrics.per_step,
-        getattr(run, "pending_sync", None),
+        info=info,
+        final_metrics=dict(position.latest),
+        history=position.history,
+        steps=position.step,
+        seconds=time.perf_counter() - started,
+        loop_seconds=loop_seconds,
+        model=parts.model,
+        model_uri=model_uri,
+        tracking_uri_source=uri_source,
+        store_wait_seconds=store_wait_seconds,
+        checkpoint=position.checkpoint,
+        step_losses=loop.metrics.per_step,
+        pending_sync=tracker.pending_sync,
     )
     for observer in observers:
         observer.run_finished(result)
@@ -235,21 +227,19 @@ def _train(
 def _loop_for(
     spec: ExperimentSpec,
     parts: Components,
-    run: Any,
+    tracker: Tracker,
     observers: Sequence[Observer],
     position: Position,
     stop: StopOnSignal,
     resumed: Resumption | None,
-    checkpoint_dir: str | Path | None,
-    stop_at_step: int | None,
-    record_losses: bool,
+    options: TrainOptions,
     system: PluginSystem,
     ranks: Single,
 ) -> Loop:
     """The loop's state: fresh, or as the checkpoint left it (the global generators: `_start_generators`).
 
     Every rank of a distributed job draws the same data order; rank 0 names the checkpoint folder."""
-    folder = _checkpoint_folder(spec, run, resumed, checkpoint_dir)
+    folder = _checkpoint_folder(spec, tracker, resumed, options.checkpoint_dir)
     folder = CheckpointFolder(Path(ranks.broadcast(str(folder.path))), folder.keep_last)
     data_order = torch.Generator().manual_seed(spec.seed or 0)
     metrics = StepMetrics()
@@ -261,24 +251,24 @@ def _loop_for(
         position.step, position.epoch, position.checkpoint = start.step, start.epoch - 1, resumed.checkpoint
         position.history.extend((int(step), dict(values)) for step, values in resumed.state["history"])
         position.latest.update(resumed.state["latest"])
-    if record_losses:
+    if options.record_losses:
         metrics.per_step = []
     metrics.reduce = ranks.reducer()
     return Loop(
-        spec,
-        parts,
-        run,
-        observers,
-        position,
-        metrics,
-        data_order,
-        folder,
-        stop,
-        start,
-        stop_at_step,
-        system.blame,
-        ranks,
-        ranks.wrap(parts.model),
+        spec=spec,
+        parts=parts,
+        run=tracker,
+        observers=observers,
+        position=position,
+        metrics=metrics,
+        data_order=data_order,
+        checkpoints=folder,
+        stop=stop,
+        start=start,
+        stop_at_step=options.stop_at_step,
+        blame=system.blame,
+        ranks=ranks,
+        module=ranks.wrap(parts.model),
     )
 
 
@@ -300,7 +290,7 @@ def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: S
 
 
 def _checkpoint_folder(
-    spec: ExperimentSpec, run: Any, resumed: Resumption | None, checkpoint_dir: str | Path | None
+    spec: ExperimentSpec, run: Tracker, resumed: Resumption | None, checkpoint_dir: str | Path | None
 ) -> CheckpointFolder:
     """checkpoint.dir/RUN_ID (or SPEC-NAME-TIME under --no-track); a resumed run keeps its folder."""
     if resumed is not None and checkpoint_dir is None:
@@ -384,7 +374,12 @@ def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str 
 
 
 def _run_info(
-    spec: ExperimentSpec, choice: DeviceChoice, parts: Components, run: Any, resumed: Resumption | None, world_size: int
+    spec: ExperimentSpec,
+    choice: DeviceChoice,
+    parts: Components,
+    run: Tracker,
+    resumed: Resumption | None,
+    world_size: int,
 ) -> RunInfo:
     batch_size = None if spec.train.batch_size == "full" else spec.train.batch_size
     return RunInfo(
@@ -399,7 +394,7 @@ def _run_info(
         tracking_uri=run.tracking_uri,
         run_id=run.run_id,
         experiment_id=run.experiment_id,
-        notices=tuple(getattr(run, "notices", ())),
+        notices=tuple(run.notices),
         resumed_from=resumed_from(resumed),
         first_epoch=int(resumed.state["epoch"]) + 1 if resumed else 1,
         world_size=world_size,

@@ -1,0 +1,30 @@
+"""`Position`: where a run stands (epoch, batch, step), what it logged, and its last complete checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from knightctl.checkpoint.state import ResumePoint
+
+
+@dataclass
+class Position:
+    """Where the run stands, what it logged, and its last complete checkpoint."""
+
+    epoch: int = 0  # the epoch in progress, or the last one finished when `epoch_done`
+    batch: int = 0  # batches of `epoch` done
+    step: int = 0
+    epoch_done: bool = True
+    order_state: torch.Tensor | None = None  # the data-order generator's state before `epoch`'s order was drawn
+    latest: dict[str, float] = field(default_factory=dict)
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+    def resume_point(self, data_order: torch.Generator) -> ResumePoint:
+        if self.epoch_done:
+            return ResumePoint(self.epoch + 1, 0, self.step, data_order.get_state())
+        assert self.order_state is not None
+        return ResumePoint(self.epoch, self.batch, self.step, self.order_state)
