@@ -68,8 +68,10 @@ class StepMetrics:
         return {"first_step": self.first_step, "carried": list(self.carried)}
 
     @classmethod
-    def from_snapshot(cls, saved: dict[str, object]) -> StepMetrics:
-        return cls(first_step=int(saved["first_step"]), carried=[float(v) for v in saved["carried"]])  # type: ignore[union-attr,call-overload]
+    def from_snapshot(cls, saved: dict[str, object], **fields: object) -> StepMetrics:
+        """The metrics a checkpoint saved (`snapshot`), with `fields` (per_step, reduce) set as in the constructor."""
+        first_step, carried = int(saved["first_step"]), [float(v) for v in saved["carried"]]  # type: ignore[union-attr,call-overload]
+        return cls(first_step=first_step, carried=carried, **fields)  # type: ignore[arg-type]
 
     def close_window(self, step: int, lr: float, grad_norm: torch.Tensor | None = None) -> None:
         """End a logging window at `step`: its mean loss, the lr and (if known) the gradient norm."""

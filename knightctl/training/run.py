@@ -242,18 +242,16 @@ def _loop_for(
     folder = _checkpoint_folder(spec, tracker, resumed, options.checkpoint_dir)
     folder = CheckpointFolder(Path(ranks.broadcast(str(folder.path))), folder.keep_last)
     data_order = torch.Generator().manual_seed(spec.seed or 0)
-    metrics = StepMetrics()
+    recording = {"per_step": [] if options.record_losses else None, "reduce": ranks.reducer()}
+    metrics = StepMetrics(**recording)
     start = None
     if resumed is not None:
         start = restore(resumed.state, parts)
         data_order.set_state(start.order_state)
-        metrics = StepMetrics.from_snapshot(resumed.state["metrics"])
+        metrics = StepMetrics.from_snapshot(resumed.state["metrics"], **recording)
         position.step, position.epoch, position.checkpoint = start.step, start.epoch - 1, resumed.checkpoint
         position.history.extend((int(step), dict(values)) for step, values in resumed.state["history"])
         position.latest.update(resumed.state["latest"])
-    if options.record_losses:
-        metrics.per_step = []
-    metrics.reduce = ranks.reducer()
     return Loop(
         spec=spec,
         parts=parts,
