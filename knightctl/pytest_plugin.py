@@ -64,6 +64,7 @@ class KnightctlOps(pytest.Collector):
 
     def collect(self) -> list[pytest.Item]:
         from knightctl.errors import KnightctlError
+        from knightctl.gradcheck.preflight import ops_named
         from knightctl.plugins.loader import load
         from knightctl.plugins.system import PluginSettings
 
@@ -74,21 +75,16 @@ class KnightctlOps(pytest.Collector):
         )
         try:
             system = load(settings)
+            ops = ops_named(system, config.getoption("knightctl_op"))
         except KnightctlError as exc:
             raise pytest.UsageError(f"knightctl: {exc}") from exc
-        names = config.getoption("knightctl_op") or system.registry.names("op")
-        unknown = [name for name in names if system.registry.get("op", name) is None]
-        if unknown:
-            raise pytest.UsageError(f"knightctl: {system.registry.unknown_name_message('op', unknown[0])}")
         items: list[pytest.Item] = [
             PluginLoadItem.from_parent(
                 self, name=f"plugin[{info.name}]", failure=f"{info.name} ({info.origin}): {info.error}"
             )
             for info in system.failures
         ]
-        items += [
-            OpItem.from_parent(self, name=f"gradcheck[{name}]", op=system.registry.get("op", name)) for name in names
-        ]
+        items += [OpItem.from_parent(self, name=f"gradcheck[{op.name}]", op=op) for op in ops]
         return items
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from knightctl.errors import GradcheckFailed, KnightctlError
+from knightctl.errors import GradcheckFailed, KnightctlError, PluginError
 from knightctl.gradcheck.checks import check_op
 from knightctl.gradcheck.models import check_model
 from knightctl.gradcheck.report import CheckResult, OpReport
@@ -37,6 +37,15 @@ def ops_used(spec_ops: Sequence[tuple[str, str]], system: PluginSystem) -> list[
         if kind == "layer" and system.registry.get("op", name) is not None and name not in names:
             names.append(name)
     return names
+
+
+def ops_named(system: PluginSystem, names: Sequence[str]) -> list[OpDef]:
+    """The registered ops `names` names, in that order; every op when `names` is empty. An unknown
+    name is a PluginError with a "did you mean" and the plugins that were loaded."""
+    unknown = [name for name in names if system.registry.get("op", name) is None]
+    if unknown:
+        raise PluginError(system.registry.unknown_name_message("op", unknown[0]))
+    return [system.registry.get("op", name) for name in names or system.registry.names("op")]
 
 
 def spec_option_sets(spec: ExperimentSpec, op: OpDef) -> list[dict[str, Any]]:

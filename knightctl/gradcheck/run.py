@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
-from knightctl.errors import PluginError
 from knightctl.gradcheck.checks import check_op, sample_targets
 from knightctl.gradcheck.heatmap import write_heatmap
-from knightctl.gradcheck.preflight import Planned, model_report, ops_used, plan_checks
+from knightctl.gradcheck.preflight import Planned, model_report, ops_named, ops_used, plan_checks
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import DEFAULT_EXPERIMENT, log_gradcheck_run, report_json
 from knightctl.plugins.loader import load
@@ -111,12 +110,11 @@ def _select(
 
         loaded_spec = load_spec(spec, overrides, plugins=plugins)
     system = load(plugins, files=loaded_spec.plugin_paths() if loaded_spec else ())
-    unknown = [name for name in names if system.registry.get("op", name) is None]
-    if unknown:
-        raise PluginError(system.registry.unknown_name_message("op", unknown[0]))
-    if not names:
-        names = ops_used(components_used(loaded_spec), system) if loaded_spec else system.registry.names("op")
-    return system, loaded_spec, [system.registry.get("op", name) for name in names]
+    if not names and loaded_spec is not None:
+        names = ops_used(components_used(loaded_spec), system)
+        if not names:
+            return system, loaded_spec, []  # a model of torch's own layers: only the model is checked
+    return system, loaded_spec, ops_named(system, names)
 
 
 def _heatmaps(plan: Sequence[Planned], reports: Sequence[OpReport], directory: Path) -> list[Path]:
