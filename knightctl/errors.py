@@ -1,6 +1,6 @@
 """The errors knightctl raises on purpose, each carrying the exit code the CLI maps it to.
 
-Exit codes (see FAULTS.md): 0 success, 1 a check or the run failed, 2 bad input (spec, options,
+Exit codes (see docs/faults.md): 0 success, 1 a check or the run failed, 2 bad input (spec, options,
 plugin), 130 / 143 interrupted by SIGINT / SIGTERM.
 """
 
