@@ -1,0 +1,117 @@
+"""`knightctl sweep`: parse the search space, call `sweep.run.sweep`, render each trial and the ranking."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from knightctl.cli.common import load_plugins_warned as _load_plugins
+from knightctl.cli.common import plugin_settings as _plugin_settings
+from knightctl.cli.common import run_library as _run
+
+
+@click.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option(
+    "--grid",
+    "grids",
+    multiple=True,
+    metavar="PATH=V1,V2,...",
+    help="Try each value of a spec path (typed as --set); repeatable: every combination.",
+)
+@click.option(
+    "--random",
+    "draws",
+    multiple=True,
+    metavar="PATH=DIST:ARGS",
+    help="Draw a spec path's value: uniform:LOW:HIGH, loguniform:LOW:HIGH, int:LOW:HIGH, choice:A,B; repeatable.",
+)
+@click.option(
+    "--trials", type=click.IntRange(1, 100000), default=None, metavar="N", help="How many random draws (with --random)."
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random draws (the same seed draws the same trials).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Trials run at once, each in its own process.",
+)
+@click.option(
+    "--metric", default="val/loss", show_default=True, metavar="NAME", help="The metric that ranks the trials."
+)
+@click.option(
+    "--goal",
+    type=click.Choice(["min", "max"]),
+    default="min",
+    show_default=True,
+    help="Whether the best trial has the lowest or the highest metric.",
+)
+@click.option(
+    "--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a spec value for every trial; repeatable."
+)
+@click.option(
+    "--device",
+    default=None,
+    metavar="DEVICE",
+    help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).",
+)
+@click.option("--skip-gradcheck", is_flag=True, help="Train each trial without checking its ops' gradients first.")
+def sweep(
+    spec: str,
+    grids: tuple[str, ...],
+    draws: tuple[str, ...],
+    trials: int | None,
+    seed: int,
+    workers: int,
+    metric: str,
+    goal: str,
+    overrides: tuple[str, ...],
+    device: str | None,
+    tracking_uri: str | None,
+    skip_gradcheck: bool,
+) -> None:
+    """Train SPEC once per trial of a grid or random search, WORKERS at a time; rank the trials.
+    Exit 1 if none finished."""
+    from knightctl.console.core import make_console
+    from knightctl.console.sweeps import render_sweep, render_trial
+    from knightctl.sweep.run import sweep as run_sweep
+
+    settings = _plugin_settings()
+    _load_plugins(settings)
+    console = make_console()
+    outcome = _run(
+        lambda: run_sweep(
+            spec,
+            grid=grids,
+            random=draws,
+            trials=trials,
+            seed=seed,
+            workers=workers,
+            metric=metric,
+            goal=goal,
+            overrides=overrides,  # type: ignore[arg-type]
+            device=device,
+            tracking_uri=tracking_uri,
+            plugins=settings,
+            skip_gradcheck=skip_gradcheck,
+            on_trial=lambda result, done, total: render_trial(console, result, done, total, metric),
+        )
+    )
+    render_sweep(console, outcome)
+    if outcome.best is None:
+        sys.exit(1)
