@@ -1,7 +1,8 @@
 """One training run: the device and seeds (`devices`), the components built from a spec
 (`build`), in-memory data and batching (`data`), device-side metrics (`metrics`), signal handling
 (`signals`), where the run stands (`position`), what it tells the place it is recorded
-(`tracker`), the loop as the chapter writes it (`loop`) and `train()` top to bottom (`run`).
+(`tracker`), what is settled before the loop (`setup`), the loop as the chapter writes it (`loop`)
+and `train()` top to bottom (`run`).
 """
 
 from knightctl._lazy import lazy_exports

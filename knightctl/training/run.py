@@ -10,39 +10,34 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
 from knightctl.checkpoint.files import CheckpointFolder
 from knightctl.checkpoint.resume import Resumption, prepare_resume
-from knightctl.checkpoint.state import restore, set_rng_states
+from knightctl.checkpoint.state import restore
 from knightctl.distributed.jobs import JobRecord, agreed_resume, job_file, write_job
 from knightctl.distributed.ranks import Single, joined
-from knightctl.errors import Interrupted, KnightctlError, Terminated
-from knightctl.gradcheck.preflight import preflight
-from knightctl.gradcheck.report import OpReport
-from knightctl.plugins.events import Observer, RunInfo, RunResult
-from knightctl.plugins.loader import load as load_plugins
+from knightctl.errors import Interrupted, Terminated
+from knightctl.plugins.events import Observer, RunResult
 from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
-from knightctl.spec.model import ExperimentSpec, load_spec
-from knightctl.tracking.record import open_tracker, resumed_from, run_tags
-from knightctl.tracking.run import resolve_tracking_uri, start_writer
+from knightctl.spec.model import ExperimentSpec
+from knightctl.tracking.record import open_tracker, run_tags
+from knightctl.tracking.run import start_writer
 from knightctl.tracking.tags import RESTARTS_TAG, WORLD_SIZE_TAG
-from knightctl.training.build import Components, build_components, dry_forward
-from knightctl.training.data import steps_per_epoch
-from knightctl.training.devices import (
-    DeviceChoice,
-    loop_seed,
-    new_seed,
-    resolve_device,
-    seed_everything,
-    set_deterministic,
-)
+from knightctl.training.build import Components
 from knightctl.training.loop import Loop, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
 from knightctl.training.position import Position
+from knightctl.training.setup import (
+    checkpoint_folder,
+    prepare,
+    run_info,
+    spec_and_plugins,
+    start_generators,
+    tracking_uri_for,
+)
 from knightctl.training.signals import StopOnSignal
 from knightctl.training.tracker import NoTracker, Tracker
 
@@ -145,18 +140,18 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         if resume
         else None
     )
-    spec, system = _spec_and_plugins(resumed.spec if resumed else spec, options.overrides, options.plugins)
+    spec, system = spec_and_plugins(resumed.spec if resumed else spec, options.overrides, options.plugins)
     spec = spec.with_seed(ranks.broadcast(spec.seed))  # a generated seed is rank 0's
     observers = [*options.observers, PluginEvents(system)] if ranks.is_main else []
     tags = dict(options.tags)
     if ranks.distributed:
         tags |= {WORLD_SIZE_TAG: str(ranks.world_size), RESTARTS_TAG: str(ranks.restart_count)}
     tracked = options.track and ranks.is_main
-    uri, uri_source = _tracking_uri(options.tracking_uri, spec, resumed) if tracked else (None, "--no-track")
+    uri, uri_source = tracking_uri_for(options.tracking_uri, spec, resumed) if tracked else (None, "--no-track")
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
     try:
         skip_gradcheck = options.skip_gradcheck or not ranks.is_main
-        choice, parts, verdicts = _prepare(spec, system, options.device, options.deterministic, skip_gradcheck, ranks)
+        choice, parts, verdicts = prepare(spec, system, options.device, options.deterministic, skip_gradcheck, ranks)
         tracking: AbstractContextManager[Tracker] = (
             open_tracker(
                 spec,
@@ -184,10 +179,10 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         tracker.record_start(
             spec, choice, parts, verdicts, options.skip_gradcheck, position, resumed, loop.checkpoints.path
         )
-        info = _run_info(spec, choice, parts, tracker, resumed, ranks.world_size)
+        info = run_info(spec, choice, parts, tracker, resumed, ranks.world_size)
         for observer in observers:
             observer.run_started(info)
-        _start_generators(spec, resumed, ranks)
+        start_generators(spec, resumed, ranks)
         loop_began = time.perf_counter()
         try:
             with stop, torch.autograd.detect_anomaly(check_nan=True) if options.detect_anomaly else nullcontext():
@@ -236,10 +231,10 @@ def _loop_for(
     system: PluginSystem,
     ranks: Single,
 ) -> Loop:
-    """The loop's state: fresh, or as the checkpoint left it (the global generators: `_start_generators`).
+    """The loop's state: fresh, or as the checkpoint left it (the global generators: `start_generators`).
 
     Every rank of a distributed job draws the same data order; rank 0 names the checkpoint folder."""
-    folder = _checkpoint_folder(spec, tracker, resumed, options.checkpoint_dir)
+    folder = checkpoint_folder(spec, tracker, resumed, options.checkpoint_dir)
     folder = CheckpointFolder(Path(ranks.broadcast(str(folder.path))), folder.keep_last)
     data_order = torch.Generator().manual_seed(spec.seed or 0)
     recording = {"per_step": [] if options.record_losses else None, "reduce": ranks.reducer()}
@@ -270,80 +265,6 @@ def _loop_for(
     )
 
 
-def _start_generators(spec: ExperimentSpec, resumed: Resumption | None, ranks: Single) -> None:
-    """Seed the global generators (or restore them) just before the first step, so that nothing run
-    before the loop (the gradient check, MLflow) changes what the loop draws (dropout and the like).
-    The loop's seed differs from the one that initialised the weights, so its draws are not theirs;
-    each rank of a distributed job gets its own (rank 0's is a single process's)."""
-    if resumed is None:
-        seed_everything(loop_seed(spec.seed or 0, 1, ranks.rank))
-        return
-    per_rank = resumed.state.get("rank_rng")  # written by a distributed job
-    if per_rank is not None and len(per_rank) == ranks.world_size:
-        set_rng_states(per_rank[ranks.rank])
-    elif per_rank is None and not ranks.distributed:
-        set_rng_states(resumed.state["rng"])
-    else:  # a different number of processes: fresh draws, distinct per rank
-        seed_everything(loop_seed(spec.seed or 0, int(resumed.state["step"]), ranks.rank))
-
-
-def _checkpoint_folder(
-    spec: ExperimentSpec, run: Tracker, resumed: Resumption | None, checkpoint_dir: str | Path | None
-) -> CheckpointFolder:
-    """checkpoint.dir/RUN_ID (or SPEC-NAME-TIME under --no-track); a resumed run keeps its folder."""
-    if resumed is not None and checkpoint_dir is None:
-        folder = resumed.folder
-    else:
-        name = run.run_id or f"{spec.name}-{datetime.now():%Y%m%d-%H%M%S}"
-        folder = Path(checkpoint_dir or spec.checkpoint.dir) / name
-    return CheckpointFolder(folder.absolute(), spec.checkpoint.keep_last)
-
-
-def _tracking_uri(cli_uri: str | None, spec: ExperimentSpec, resumed: Resumption | None) -> tuple[str, str]:
-    """The store as usual; a resumed run, unless told otherwise, goes on in the store it was tracked in."""
-    uri, source = resolve_tracking_uri(cli_uri, spec)
-    if resumed is not None and resumed.tracking_uri and source in ("default", "spec tracking.uri"):
-        return resumed.tracking_uri, "the checkpoint"
-    return uri, source
-
-
-def _prepare(
-    spec: ExperimentSpec,
-    system: PluginSystem,
-    device: str | None,
-    deterministic: bool | None,
-    skip_gradcheck: bool,
-    ranks: Single,
-) -> tuple[DeviceChoice, Components, list[OpReport]]:
-    """The device, seed and components; a dry forward and the ops' gradient check, before any run exists."""
-    assert spec.seed is not None
-    choice = resolve_device(device or spec.train.device)
-    if ranks.distributed:
-        where = f"{ranks.world_size} processes in DistributedDataParallel; this is rank {ranks.rank}"
-        choice = DeviceChoice(ranks.device(choice.device), f"{choice.reason}; {where}")
-    if spec.train.deterministic if deterministic is None else deterministic:
-        set_deterministic(True)  # never switched off here: a caller may have switched it on
-    seed_everything(spec.seed)
-    parts = build_components(spec, system.registry, choice.device, spec.seed)
-    dry_forward(parts, spec)
-    # The ops at the spec's options, and the model when small (gradcheck/run.py); on MPS, which has
-    # no float64, the checks run on the CPU and their reports say so.
-    verdicts = [] if skip_gradcheck else preflight(spec, system, str(choice.device), parts.model)
-    return choice, parts, list(verdicts)
-
-
-def _spec_and_plugins(
-    spec: ExperimentSpec | str | Path | None, overrides: Sequence[str], plugins: PluginSettings | None
-) -> tuple[ExperimentSpec, PluginSystem]:
-    """The spec, read if need be and given a seed if it has none, and the plugins it runs with."""
-    if spec is None:
-        raise KnightctlError("no spec: give a spec file, or --resume a run")
-    if not isinstance(spec, ExperimentSpec):
-        spec = load_spec(spec, overrides, plugins=plugins)
-    system = load_plugins(plugins, files=spec.plugin_paths())
-    return spec.with_seed(spec.seed if spec.seed is not None else new_seed()), system
-
-
 @contextmanager
 def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str | None]]:
     """Say how an interrupted run ended (it has been closed as KILLED by then) and how to go on.
@@ -369,31 +290,3 @@ def _interruptible(position: Position, stop: StopOnSignal) -> Iterator[list[str 
             command = resume_command(run_id, position.checkpoint)
             hint = f"the last checkpoint is {position.checkpoint}; resume with: {command}"
         raise Interrupted(message, signal_name=signal_name, run_id=run_id, hint=hint) from None
-
-
-def _run_info(
-    spec: ExperimentSpec,
-    choice: DeviceChoice,
-    parts: Components,
-    run: Tracker,
-    resumed: Resumption | None,
-    world_size: int,
-) -> RunInfo:
-    batch_size = None if spec.train.batch_size == "full" else spec.train.batch_size
-    return RunInfo(
-        spec_name=spec.name,
-        device=choice.description,
-        device_reason=choice.reason,
-        seed=spec.seed or 0,
-        epochs=spec.train.epochs,
-        steps_per_epoch=steps_per_epoch(parts.data.n_train, batch_size),
-        n_train=parts.data.n_train,
-        n_val=parts.data.n_val,
-        tracking_uri=run.tracking_uri,
-        run_id=run.run_id,
-        experiment_id=run.experiment_id,
-        notices=tuple(run.notices),
-        resumed_from=resumed_from(resumed),
-        first_epoch=int(resumed.state["epoch"]) + 1 if resumed else 1,
-        world_size=world_size,
-    )
