@@ -23,12 +23,12 @@ import yaml
 
 from knightctl.checkpoint.files import CheckpointFolder, load_checkpoint
 from knightctl.errors import CheckpointError, ResumeError
+from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.tracking.checkpoints import run_checkpoint
+from knightctl.tracking.run import flatten, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from knightctl.plugins.system import PluginSettings
-    from knightctl.spec.model import ExperimentSpec
-
 _FREE_SECTIONS = ("checkpoint.",)  # spec paths that may differ on resume without --allow-spec-change
 _SHOWN_CHANGES = 20
 
@@ -107,7 +107,6 @@ def find_checkpoint(reference: str, spec: ExperimentSpec | str | Path | None, tr
 
 def spec_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """`optimizer.lr: 0.1 -> 0.01` for every spec path whose value differs (the checkpoint section aside)."""
-    from knightctl.tracking.run import flatten
 
     old, new = flatten(before), flatten(after)
     lines = []
@@ -131,8 +130,6 @@ def _newest(folder: CheckpointFolder, empty_message: str) -> Path:
 
 
 def _checkpoint_dir(spec: ExperimentSpec | str | Path | None) -> str:
-    from knightctl.spec.model import ExperimentSpec
-
     if isinstance(spec, ExperimentSpec):
         return spec.checkpoint.dir
     return "checkpoints"
@@ -140,9 +137,6 @@ def _checkpoint_dir(spec: ExperimentSpec | str | Path | None) -> str:
 
 def _from_run(run_id: str, spec: ExperimentSpec | str | Path | None, tracking_uri: str | None, looked_in: Path) -> Path:
     """The newest checkpoint of MLflow run `run_id`, in the store `--tracking-uri` or the spec names."""
-    from knightctl.spec.model import ExperimentSpec
-    from knightctl.tracking.run import resolve_tracking_uri
-
     uri, _ = resolve_tracking_uri(tracking_uri, spec if isinstance(spec, ExperimentSpec) else None)
     return run_checkpoint(uri, run_id, looked_in)
 
@@ -155,8 +149,6 @@ def _spec_for(
     plugins: PluginSettings | None,
 ) -> ExperimentSpec:
     """The spec given, else the checkpoint's own (its YAML and overrides, with any new overrides)."""
-    from knightctl.spec.model import ExperimentSpec, load_spec
-
     if isinstance(spec, ExperimentSpec):
         loaded = spec
     elif spec is not None:

@@ -16,6 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
+from knightctl.errors import Interrupted
+
 if TYPE_CHECKING:
     from knightctl.checkpoint.verify import ResumeVerdict
     from knightctl.plugins.events import RunInfo, RunResult
@@ -165,7 +167,6 @@ def render_spec(console: Console, spec: ExperimentSpec) -> None:
 
 
 def render_error(console: Console, error: BaseException) -> None:
-    from knightctl.errors import Interrupted
 
     if isinstance(error, Interrupted):  # its message starts with the signal's name
         console.print(f"[bold yellow]{escape(str(error))}[/]", highlight=False, soft_wrap=True)

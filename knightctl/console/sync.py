@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
+from knightctl.tracking.offline.sync import describe_pending
+
 if TYPE_CHECKING:
     from knightctl.tracking.offline.sync import SyncReport
 
@@ -17,7 +19,6 @@ def _counted(n: int, noun: str) -> str:
 
 def render_sync(console: Console, report: SyncReport) -> None:
     """A line per kind of outcome; pending journals each with why, and what to do next."""
-    from knightctl.tracking.offline.sync import describe_pending
 
     def say(text: str) -> None:
         console.print(text, highlight=False, soft_wrap=True)

@@ -78,6 +78,9 @@ def agreed_resume(ranks: Any, resume: str | Path | None, spec: Any, tracking_uri
     else the one `--resume` names, else none. Rank 0 alone looks (the others may not see the MLflow
     store or the folder a run id leads to); a first attempt forgets what an earlier job of the same
     rendezvous id recorded (torchrun's default id, "none", is shared by every job that keeps it)."""
+
+    # checkpoint.resume brings the spec models and the tracking package; `knightctl --help` reads
+    # LAUNCHED_ENV from this module, so they are imported here, where a job needs them.
     from knightctl.checkpoint.resume import find_checkpoint
 
     path: Path | None = None

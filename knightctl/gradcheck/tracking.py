@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from knightctl.gradcheck.report import CheckResult, OpReport
+from knightctl.tracking.stores import create_run
 from knightctl.tracking.tags import SOURCE_TYPE_TAG
 
 DEFAULT_EXPERIMENT = "knightctl-gradcheck"
@@ -101,7 +102,6 @@ def log_gradcheck_run(
     tracking_uri: str, reports: Sequence[OpReport], heatmaps: Sequence[Path], *, experiment: str, run_name: str
 ) -> tuple[str, str]:
     """A FINISHED run holding the verdicts; returns (experiment id, run id)."""
-    from knightctl.tracking.stores import create_run
 
     client, experiment_id, run_id, _ = create_run(
         tracking_uri, experiment, run_name=run_name, tags={SOURCE_TYPE_TAG: "LOCAL"}

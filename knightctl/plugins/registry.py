@@ -182,7 +182,7 @@ def _halved_width(params: Any, in_features: int) -> int:
 
 
 def _build_op_layer(op: OpDef, params: Params) -> Any:
-    from knightctl.plugins.oplayers import OpLayer
+    from knightctl.plugins.oplayers import OpLayer  # torch, which registering and validating never need
 
     return OpLayer(op, params.model_dump())
 

@@ -34,8 +34,10 @@ from knightctl.spec.problems import Problem, format_problem, problems_from_valid
 
 if TYPE_CHECKING:
     from knightctl.plugins.system import PluginSettings
+from knightctl.plugins.loader import load
 from knightctl.spec.file import Location, SpecDocument, read_spec_file
 from knightctl.spec.overrides import apply_overrides, normalise
+from knightctl.spec.plugins import spec_plugin_files, spec_plugin_problems
 from knightctl.spec.widths import static_width_problems
 
 __all__ = ["ExperimentSpec", "load_spec"]
@@ -254,8 +256,6 @@ def load_spec(
     (default: from the environment) plus the plugin files the spec lists under `plugins:`. With
     `text`, that is the spec's YAML (as a checkpoint keeps it) and `path` only says where it was.
     """
-    from knightctl.plugins.loader import load
-    from knightctl.spec.plugins import spec_plugin_files, spec_plugin_problems
 
     document = read_spec_file(path, text)
     raw = normalise(copy.deepcopy(document.data))

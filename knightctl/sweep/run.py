@@ -26,6 +26,7 @@ from knightctl.errors import Interrupted, KnightctlError, SweepError
 from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
 from knightctl.sweep.space import Trial, grid_trials, random_trials, sweep_key
+from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.tracking.sweeps import close_parent, finished_trials, open_parent, trial_tags
 
 
@@ -76,8 +77,6 @@ def sweep(
     on_trial: Callable[[TrialResult, int, int], None] | None = None,
 ) -> SweepResult:
     """Run every trial of the sweep over `spec` (a grid, or `trials` random draws), `workers` at a time."""
-    from knightctl.tracking.run import resolve_tracking_uri
-
     space = _trials(grid, random, trials, seed)
     base = load_spec(spec, overrides, plugins=plugins)
     for trial in space:  # every trial's values checked as --set checks them, before anything runs
@@ -168,7 +167,7 @@ def _start_worker(threads: int) -> None:
 
 def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
     """One trial, in a worker: `train()` with the trial's --sets, tagged as a child of the sweep's run."""
-    from knightctl.training.run import train
+    from knightctl.training.run import train  # torch: the workers train, the sweep's own process never does
 
     tags = trial_tags(job["parent"], trial.key, trial.overrides, trial.label)
     try:

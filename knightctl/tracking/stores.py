@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from knightctl.errors import ResumeError, TrackingError
+from knightctl.tracking.owner import owner_alive
 from knightctl.tracking.tags import PID_TAG
 
 PROBE_TIMEOUT_S = 5.0  # one request to a server that answers takes milliseconds; 5 s covers a slow VPN
@@ -225,8 +226,6 @@ def reopen_run(uri: str, run_id: str, *, tags: Mapping[str, str]) -> tuple[Any, 
     from mlflow.entities import RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from knightctl.tracking.owner import owner_alive
 
     notices = check_store(uri)
     client = MlflowClient(uri)

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from processes import run_knightctl
 from test_resume import STEPS_PER_EPOCH, write_spec
 
 from knightctl.checkpoint.files import CheckpointFolder, _serialise, _with_checksum, load_checkpoint, save_checkpoint
 from knightctl.errors import CheckpointError, PluginError, RunFailed
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOISY_EVENTS = ROOT / "tests" / "plugins" / "noisy_events.py"
 
 
@@ -140,13 +139,7 @@ def test_a_checkpoint_that_pickles_code_is_refused_and_the_code_never_runs(tmp_p
     crafted.write_bytes(
         _with_checksum(_serialise({"format_version": 2, "step": 1, "model": Payload()}))
     )  # its checksum is right
-    done = subprocess.run(
-        [sys.executable, "-m", "knightctl", "train", "--resume", str(crafted), "--no-track"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_knightctl("train", "--resume", str(crafted), "--no-track", cwd=tmp_path, timeout=120)
     assert done.returncode == 1, done.stderr
     assert (
         f"{crafted}: refused: a checkpoint may hold only tensors and plain values, "
@@ -155,6 +148,7 @@ def test_a_checkpoint_that_pickles_code_is_refused_and_the_code_never_runs(tmp_p
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_spec_without_a_seed_gets_one_that_is_logged_stored_and_kept_on_resume(tmp_path: Path) -> None:
     uri, client = store(tmp_path)
     first = train(

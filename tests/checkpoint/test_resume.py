@@ -7,7 +7,6 @@ process from the same seed, is the reference the resumed run must match bit for 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,12 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from processes import run_knightctl, start_knightctl, wait_until
 
 from knightctl.checkpoint.files import load_checkpoint
 from knightctl.errors import CheckpointError, ResumeError
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GATE_PLUGIN = ROOT / "tests" / "plugins" / "step_gate.py"
 STEPS_PER_EPOCH = 8  # 256 training rows in batches of 32
 EPOCHS = 6
@@ -51,25 +51,11 @@ tracking: {{log_model: false}}
 
 
 def start(args: list[str], cwd: Path, **env: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "knightctl", *args],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "MLFLOW_TRACKING_URI": "", **env},
-    )
+    return start_knightctl(*args, cwd=cwd, env={"MLFLOW_TRACKING_URI": "", **env})
 
 
 def knightctl(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "knightctl", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "MLFLOW_TRACKING_URI": "", **env},
-    )
+    return run_knightctl(*args, cwd=cwd, env={"MLFLOW_TRACKING_URI": "", **env}, timeout=300)
 
 
 def hold_step(tmp_path: Path, step: int) -> tuple[subprocess.Popen[str], Path]:
@@ -82,12 +68,22 @@ def hold_step(tmp_path: Path, step: int) -> tuple[subprocess.Popen[str], Path]:
         KNIGHTCTL_GATE_STEP=str(step),
         KNIGHTCTL_GATE_DIR=str(gate),
     )
-    deadline = time.monotonic() + 120
-    while not (gate / "reached").exists():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the gated step was never reached"
-        time.sleep(0.02)
+    wait_until((gate / "reached").exists, 120, what="the gated step", process=process, interval_s=0.02)
     return process, gate
+
+
+def signal_handled(process: subprocess.Popen[str], gate: Path, sig: signal.Signals) -> None:
+    """Send `sig` to the held run; return once its handler has run (tests/plugins/step_gate.py)."""
+    handled = gate / "handled-0"
+    before = handled.read_text().count("\n") if handled.exists() else 0
+    process.send_signal(sig)
+    wait_until(
+        lambda: handled.exists() and handled.read_text().count("\n") > before,
+        60,
+        what=f"{sig.name} handled in the held step",
+        process=process,
+        interval_s=0.01,
+    )
 
 
 def only_run(tmp_path: Path) -> tuple[MlflowClient, object]:
@@ -109,6 +105,7 @@ def reference(tmp_path: Path) -> tuple[list[float], dict[str, torch.Tensor]]:
     return result.step_losses, load_checkpoint(result.checkpoint)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "code", "step"),
     [(signal.SIGINT, 130, 13), (signal.SIGTERM, 143, 16)],
@@ -120,8 +117,7 @@ def test_a_signal_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_ident
     (tmp_path / "reference").mkdir()
     losses, weights = reference(tmp_path)
     process, gate = hold_step(tmp_path, step)
-    process.send_signal(sig)
-    time.sleep(0.2)  # the signal is handled while the step is held: the step must still finish
+    signal_handled(process, gate, sig)  # the signal is handled while the step is held: the step must still finish
     (gate / "release").touch()
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr
@@ -150,10 +146,10 @@ def test_a_signal_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_ident
     assert "| resumed from | step " in run.data.tags["mlflow.note.content"]
 
 
+@pytest.mark.slow
 def test_a_second_sigint_stops_at_once_without_a_checkpoint(tmp_path: Path) -> None:
-    process, _ = hold_step(tmp_path, 13)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    process, gate = hold_step(tmp_path, 13)
+    signal_handled(process, gate, signal.SIGINT)
     process.send_signal(signal.SIGINT)  # the step is still held: only the second signal can end it
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -167,6 +163,7 @@ def test_a_second_sigint_stops_at_once_without_a_checkpoint(tmp_path: Path) -> N
     assert f"the last checkpoint is {folder / 'step-000000008.pt'}" in stderr
 
 
+@pytest.mark.slow
 def test_after_sigkill_the_last_checkpoint_is_whole_and_resume_takes_over_the_stale_run(tmp_path: Path) -> None:
     process, _ = hold_step(tmp_path, 13)
     process.kill()
@@ -198,10 +195,10 @@ def test_checkpoints_survive_sigkill_in_the_middle_of_writing(tmp_path: Path) ->
     target, progress = tmp_path / "big.pt", tmp_path / "written"
     for delay in (0.05, 0.13, 0.31):
         writer = subprocess.Popen([sys.executable, str(script), str(target), str(progress)])
-        deadline = time.monotonic() + 60
-        while not progress.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(delay)
+        wait_until(
+            progress.exists, 60, what="a checkpoint written", process=writer, interval_s=0.01
+        )  # the first version is written
+        time.sleep(delay)  # the moment of the kill: what this test varies
         writer.send_signal(signal.SIGKILL)
         writer.wait(timeout=30)
         state = load_checkpoint(target)  # verified: complete, one version or the next
@@ -209,6 +206,7 @@ def test_checkpoints_survive_sigkill_in_the_middle_of_writing(tmp_path: Path) ->
         progress.unlink()
 
 
+@pytest.mark.slow
 def test_resuming_with_a_changed_spec_is_refused_with_the_difference_unless_allowed(tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
     train(spec, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", skip_gradcheck=True)

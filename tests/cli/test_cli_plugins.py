@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,22 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from processes import run_knightctl
 
 from knightctl.cli.commands import main
 from knightctl.plugins.files import import_plugin_file
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def knightctl(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "knightctl", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_plugin_example() -> str:
@@ -43,7 +32,7 @@ def test_a_plugin_written_from_the_readme_lists_and_trains_beside_a_broken_neigh
     (plugins / "softsign.py").write_text(readme_plugin_example())
     (plugins / "broken.py").write_text("def broken(:\n")
     env = {"KNIGHTCTL_PLUGINS_DIR": "my_plugins"}
-    listing = knightctl("ops", cwd=tmp_path, env=env)
+    listing = run_knightctl("ops", cwd=tmp_path, env=env)
     assert listing.returncode == 0, listing.stderr
     assert (
         "mylab::softsign  from softsign (my_plugins/softsign.py)\n    autograd.Function, elementwise layer,"
@@ -67,7 +56,7 @@ def test_a_plugin_written_from_the_readme_lists_and_trains_beside_a_broken_neigh
             """
         )
     )
-    run = knightctl("train", "spec.yaml", "--no-track", cwd=tmp_path, env=env)
+    run = run_knightctl("train", "spec.yaml", "--no-track", cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr
     assert "plugin 'broken'" in run.stderr and "softsign_battles: finished" in run.stdout
 
@@ -112,7 +101,7 @@ def test_an_installed_plugin_package_arrives_through_its_entry_point(tmp_path: P
         str(package),
     ]
     subprocess.run(pip, check=True, capture_output=True, timeout=300)
-    listing = knightctl("plugins", "--json", cwd=tmp_path, env={"PYTHONPATH": str(site)})
+    listing = run_knightctl("plugins", "--json", cwd=tmp_path, env={"PYTHONPATH": str(site)})
     assert listing.returncode == 0, listing.stderr
     grail = next(info for info in json.loads(listing.stdout) if info["name"] == "grail")
     assert grail["source"] == "entry point" and grail["origin"] == "distribution knightctl-grail 0.1.0"

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from processes import run_knightctl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 
 
-def knightctl(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "knightctl", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
-
-
+@pytest.mark.slow
 def test_train_uses_the_embedded_default_store_in_the_working_directory(tmp_path: Path) -> None:
-    done = knightctl(
+    done = run_knightctl(
         "train",
         str(ROUND_TABLE),
         "--set",
@@ -48,7 +36,7 @@ def test_train_uses_the_embedded_default_store_in_the_working_directory(tmp_path
 
 
 def test_output_without_a_terminal_is_plain_lines(tmp_path: Path) -> None:
-    done = knightctl(
+    done = run_knightctl(
         "train", str(ROUND_TABLE), "--set", "train.epochs=30", "--no-track", cwd=tmp_path, env={"NO_COLOR": "1"}
     )
     assert done.returncode == 0, done.stderr
@@ -61,7 +49,7 @@ def test_output_without_a_terminal_is_plain_lines(tmp_path: Path) -> None:
 def test_a_bad_spec_exits_2_and_writes_nothing(tmp_path: Path) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text(ROUND_TABLE.read_text().replace("lr: 0.1", "lr: -0.1"))
-    done = knightctl("train", str(spec), cwd=tmp_path)
+    done = run_knightctl("train", str(spec), cwd=tmp_path)
     assert done.returncode == 2
     assert "optimizer.lr" in done.stderr and "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
@@ -73,14 +61,15 @@ def test_an_absent_cuda_device_is_an_error_not_a_fallback(tmp_path: Path) -> Non
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    done = knightctl("train", str(ROUND_TABLE), "--device", "cuda", cwd=tmp_path)
+    done = run_knightctl("train", str(ROUND_TABLE), "--device", "cuda", cwd=tmp_path)
     assert done.returncode == 2
     assert "--device cuda" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_a_tracking_uri_mlflow_cannot_use_is_named_without_a_traceback(tmp_path: Path) -> None:
-    done = knightctl(
+    done = run_knightctl(
         "train", str(ROUND_TABLE), "--tracking-uri", "bogus://nowhere", "--set", "train.epochs=2", cwd=tmp_path
     )
     assert done.returncode == 1

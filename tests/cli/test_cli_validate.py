@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from processes import environment, run_knightctl
 
 from knightctl.spec.model import load_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROUND_TABLE = REPO / "experiments" / "round_table.yaml"
 
 VALID = """\
@@ -61,35 +62,31 @@ sys.stderr.write("\\nIMPORT-PROBE " + json.dumps(report) + "\\n")
 """
 
 
-def _env(columns: int | None = 200) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["NO_COLOR"] = "1"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("KNIGHTCTL_PLUGINS_DIR", None)
-    # Off a terminal rich wraps at COLUMNS (80 by default); a wide one keeps long lines intact
-    # here. The default width is exercised on its own in test_printed_spec_survives_*.
-    if columns is None:
-        env.pop("COLUMNS", None)
-    else:
-        env["COLUMNS"] = str(columns)
-    return env
+def _env(columns: int | None = 200) -> dict[str, str | None]:
+    """The changes to this process's environment that every command here runs with (None: removed)."""
+    return {
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+        "NO_COLOR": "1",
+        "MLFLOW_TRACKING_URI": None,
+        "KNIGHTCTL_PLUGINS_DIR": None,
+        # Off a terminal rich wraps at COLUMNS (80 by default); a wide one keeps long lines intact
+        # here. The default width is exercised on its own in test_printed_spec_survives_*.
+        "COLUMNS": None if columns is None else str(columns),
+    }
 
 
 def knightctl(cwd: Path, *args: str, columns: int | None = 200) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "knightctl", *args],
-        cwd=cwd,
-        env=_env(columns),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_knightctl(*args, cwd=cwd, env=_env(columns), timeout=60)
 
 
 def probe_imports(cwd: Path, *args: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", _IMPORT_PROBE, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _IMPORT_PROBE, *args],
+        cwd=cwd,
+        env=environment(_env()),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     lines = [line for line in done.stderr.splitlines() if line.startswith("IMPORT-PROBE ")]
     assert lines, f"the probe did not report:\n{done.stdout}\n{done.stderr}"
@@ -302,7 +299,7 @@ def test_the_import_probe_does_see_heavy_imports(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", "import torch\n" + _IMPORT_PROBE, "--help"],
         cwd=tmp_path,
-        env=_env(),
+        env=environment(_env()),
         capture_output=True,
         text=True,
         timeout=60,

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from processes import run_knightctl, start_knightctl, wait_until
 
 from knightctl.checkpoint.files import CheckpointFolder, load_checkpoint
 from knightctl.distributed.launch import RankFailure, cause
 from knightctl.distributed.ranks import Ranks
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEP_GATE = ROOT / "tests" / "plugins" / "step_gate.py"
 
 # The chapter's model with an identity layer that can crash one rank (tests/plugins/step_gate.py).
@@ -46,7 +44,7 @@ GATED_SPEC = textwrap.dedent(
 def _knightctl(
     *args: str, crash_step: int | None = None, always: bool = False, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1"}
+    env = {"NO_COLOR": "1"}
     if (
         crash_step is not None
     ):  # rank 1 raises at that step (tests/plugins/step_gate.py), in the first attempt or in all
@@ -55,9 +53,7 @@ def _knightctl(
             KNIGHTCTL_CRASH_RANK="1",
             **({"KNIGHTCTL_CRASH_ALWAYS": "1"} if always else {}),
         )
-    return subprocess.run(
-        [sys.executable, "-m", "knightctl", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
+    return run_knightctl(*args, env=env, timeout=timeout)  # in the test's own folder
 
 
 def _final_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -87,6 +83,7 @@ def test_two_ranks_train_the_chapters_model_to_the_weights_of_one_process(tmp_pa
     _assert_close(_final_weights(folder), single.model.state_dict())
 
 
+@pytest.mark.slow
 def test_a_crashing_rank_is_restarted_from_the_checkpoint_then_fails_the_job_naming_the_rank_and_the_run(
     tmp_path: Path,
 ) -> None:
@@ -129,6 +126,7 @@ def test_a_crashing_rank_is_restarted_from_the_checkpoint_then_fails_the_job_nam
     assert steps == list(range(4, 33, 4))
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resumes_to_the_same_weights(
     tmp_path: Path,
 ) -> None:
@@ -138,18 +136,19 @@ def test_ctrl_c_stops_every_rank_at_one_step_with_a_checkpoint_and_the_job_resum
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     gate = tmp_path / "gate"
     gate.mkdir()
-    env = {**os.environ, "NO_COLOR": "1", "KNIGHTCTL_GATE_STEP": "22", "KNIGHTCTL_GATE_DIR": str(gate)}
-    command = [sys.executable, "-m", "knightctl", "train", "spec.yaml", "--nproc-per-node", "2", "--tracking-uri", uri]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {"NO_COLOR": "1", "KNIGHTCTL_GATE_STEP": "22", "KNIGHTCTL_GATE_DIR": str(gate)}
+    launcher = start_knightctl("train", "spec.yaml", "--nproc-per-node", "2", "--tracking-uri", uri, env=env)
+    ranks = [gate / f"reached-{rank}" for rank in range(2)]
+    handled = [gate / f"handled-{rank}" for rank in range(2)]
     try:
-        deadline = time.monotonic() + 120
-        while not (gate / "reached").exists() and launcher.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert (gate / "reached").exists(), launcher.communicate(timeout=30)
+        wait_until(lambda: all(p.exists() for p in ranks), 120, what="step 22 held in both ranks", process=launcher)
         launcher.send_signal(
             signal.SIGINT
         )  # a terminal's Ctrl-C reaches knightctl; torchrun's agent passes it on, once
-        time.sleep(1.0)  # the signal lands on the ranks while step 22 is held
+        # the signal lands on the ranks while step 22 is held (tests/plugins/step_gate.py records it)
+        wait_until(
+            lambda: all(p.exists() for p in handled), 60, what="the signal handled in both ranks", process=launcher
+        )
         (gate / "release").touch()
         out, err = launcher.communicate(timeout=120)
     finally:

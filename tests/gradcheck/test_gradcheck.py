@@ -25,7 +25,7 @@ from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GRADCHECK_OPS = ROOT / "tests" / "plugins" / "gradcheck_ops.py"
 MODULE = import_plugin_file(GRADCHECK_OPS)
 OPS: dict[str, OpDef] = {}

@@ -20,7 +20,7 @@ from knightctl.gradcheck.pytree import flatten
 from knightctl.plugins.files import import_plugin_file
 from knightctl.plugins.opsupport import form_of
 
-FORMS_FILE = Path(__file__).resolve().parent / "plugins" / "gradcheck_forms.py"
+FORMS_FILE = Path(__file__).resolve().parents[1] / "plugins" / "gradcheck_forms.py"
 FORMS = import_plugin_file(FORMS_FILE)
 OPS: dict[str, OpDef] = {}
 FORMS.register_ops(lambda op: OPS.__setitem__(op.name, dataclasses.replace(op, plugin="gradcheck_forms")))

@@ -10,7 +10,6 @@ spec's options catches it.
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from plugin_specs import spec_text
+from processes import knightctl_command, run_knightctl
 
 from knightctl.cli.commands import main
 from knightctl.errors import GradcheckFailed
@@ -32,7 +32,7 @@ from knightctl.spec.model import load_spec
 from knightctl.training.build import build_components
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NO_DIRS = PluginSettings(dirs=())  # only what each spec lists
 TEST_PLUGINS = ROOT / "tests" / "plugins"
 
@@ -95,7 +95,7 @@ def hint_command(error: GradcheckFailed) -> list[str]:
     command = str(error.hint).split("`")[1]
     words = shlex.split(command)
     assert words[0] == "knightctl", command
-    return [sys.executable, "-m", "knightctl", *words[1:]]
+    return knightctl_command(*words[1:])
 
 
 def test_train_refuses_an_op_wrong_only_at_the_option_the_spec_gives(tmp_path: Path) -> None:
@@ -119,9 +119,7 @@ def test_the_hint_reproduces_the_refusal_with_the_spec_and_its_overrides(tmp_pat
         train(spec, overrides=["model.1.alpha=3.0"], track=False, plugins=NO_DIRS)
     command = hint_command(caught.value)
     assert command[3:] == ["gradcheck", "--spec", str(spec), "--set", "model.1.alpha=3.0"]
-    done = subprocess.run(
-        command, cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )  # as pasted, tracking included
+    done = run_knightctl(*command[3:], cwd=tmp_path, timeout=120)  # as pasted, tracking included
     assert done.returncode == 1, done.stdout + done.stderr
     assert "pf::scaled {alpha: 3.0}: reverse failed" in done.stdout and "Traceback" not in done.stderr
     assert (tmp_path / "mlflow.db").exists()  # the verdicts went where the spec tracks

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from knightctl.plugins.files import import_plugin_file
 from knightctl.plugins.registry import OpDef, Registry
 
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 GRAIL = PLUGINS / "knightctl-grail"
 
 # op name -> the top-level plugin file defining it (None: the knightctl-grail package).

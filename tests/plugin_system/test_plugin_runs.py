@@ -15,7 +15,7 @@ from knightctl.plugins.files import file_digest
 from knightctl.plugins.system import PluginSettings
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TEST_PLUGINS = ROOT / "tests" / "plugins"
 NO_DIRS = PluginSettings(dirs=())  # only what each spec lists, whatever the working directory holds
 

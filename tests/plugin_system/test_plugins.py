@@ -13,7 +13,7 @@ from knightctl.plugins.loader import load
 from knightctl.plugins.system import PluginSettings
 from knightctl.spec.model import load_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 GOOD_OP = """
 import torch

@@ -1,4 +1,4 @@
-"""Test plugin: ops that fail in the ways FAULTS.md lists (rows 12 and 15)."""
+"""Test plugin: ops that fail in the ways docs/faults.md lists (rows 12 and 15)."""
 
 import torch
 

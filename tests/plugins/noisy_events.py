@@ -1,4 +1,4 @@
-"""Test plugin: raises in an event hook after the second epoch (FAULTS.md row 15)."""
+"""Test plugin: raises in an event hook after the second epoch (docs/faults.md row 15)."""
 
 from knightctl import hookimpl
 

@@ -12,7 +12,7 @@ from knightctl.sweep.run import sweep
 from knightctl.sweep.space import grid_trials, random_trials
 from knightctl.tracking.tags import PARENT_TAG
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 EPOCHS = 6
 STEPS = {"full": EPOCHS, "64": EPOCHS * 13}  # 800 training rows: one batch, or 13 of 64
@@ -65,6 +65,7 @@ def test_a_bad_value_in_any_trial_is_the_spec_error_before_anything_runs(tmp_pat
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_four_trials_on_two_workers_store_every_trial_and_metric_and_a_rerun_skips_the_finished(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     options = dict(

@@ -24,7 +24,7 @@ from knightctl.tracking.run import flatten
 from knightctl.training.build import build_components
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXCALIBUR = ROOT / "experiments" / "excalibur.yaml"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OVERRIDES = ["train.epochs=60", "train.batch_size=100", "train.log_every_n_steps=4"]

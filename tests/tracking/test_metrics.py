@@ -75,6 +75,7 @@ def test_a_writer_for_a_missing_run_says_so_before_training(tmp_path: Path, monk
         writer.wait_ready()
 
 
+@pytest.mark.slow
 def test_metrics_the_store_refuses_fail_loudly_at_close(store_run: tuple[MlflowClient, str, str]) -> None:
     client, uri, run_id = store_run
     writer = MetricWriter(uri, run_id)

@@ -2,85 +2,39 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from ports import free_port
+from processes import MlflowServer, run_knightctl
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     """`mlflow server` with a sqlite backend and proxied artifacts, until the module's tests are done."""
-    folder = tmp_path_factory.mktemp("server")
-    port = free_port()
-    command = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{folder}/server.db",
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    process = subprocess.Popen(
-        command, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"mlflow server did not start: {process.stderr.read() if process.stderr else ''}")
-        time.sleep(0.5)
-    yield uri
-    os.killpg(process.pid, signal.SIGTERM)  # the server and its workers
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    running = MlflowServer(tmp_path_factory.mktemp("server"))
+    running.start()
+    yield running.uri
+    running.stop()  # the server and its workers
 
 
+@pytest.mark.slow
 def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "knightctl",
-            "train",
-            str(ROUND_TABLE),
-            "--tracking-uri",
-            server,
-            "--device",
-            "cpu",
-            "--set",
-            "train.epochs=30",
-            "--set",
-            "train.log_every_n_steps=1",
-        ],
+    done = run_knightctl(
+        "train",
+        str(ROUND_TABLE),
+        "--tracking-uri",
+        server,
+        "--device",
+        "cpu",
+        "--set",
+        "train.epochs=30",
+        "--set",
+        "train.log_every_n_steps=1",
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr

@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ports import free_port
+from processes import start_knightctl, wait_until
 from rich.console import Console
 
 from knightctl.cli.commands import main
@@ -27,7 +28,7 @@ from knightctl.console.runs import duration, render_runs, significant
 from knightctl.errors import TrackingError
 from knightctl.tracking.runlist import compare_runs, list_runs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 DAY_MS = 86_400_000
 # The process's environment as the CLI sees it: 80 columns, and MLflow's HTTP settings given, so
@@ -340,6 +341,7 @@ def _group_alive(group: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not Path("/proc/self/task").is_dir() or os.name != "posix",
     reason="finds the server's processes through Linux's /proc",
@@ -348,21 +350,28 @@ def test_ui_serves_the_store_and_its_artifacts_and_stops_on_ctrl_c(store: Store,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     logs = (tmp_path / "stdout.txt").open("w+"), (tmp_path / "stderr.txt").open("w+")
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "knightctl", "ui", "--port", str(port), "--tracking-uri", store.uri],
+    ui = start_knightctl(
+        "ui",
+        "--port",
+        str(port),
+        "--tracking-uri",
+        store.uri,
         cwd=tmp_path,
         stdout=logs[0],
         stderr=logs[1],
-        env={**os.environ, "NO_COLOR": "1"},
+        env={"NO_COLOR": "1"},
         preexec_fn=lambda: signal.signal(
             signal.SIGINT, signal.SIG_DFL
         ),  # a shell may start background jobs ignoring SIGINT
     )
     try:
-        deadline = time.monotonic() + 60
-        while _get(f"{base}/") is None:
-            assert ui.poll() is None and time.monotonic() < deadline, (tmp_path / "stderr.txt").read_text()
-            time.sleep(0.5)
+        wait_until(
+            lambda: _get(f"{base}/") is not None,
+            60,
+            process=ui,
+            explain=(tmp_path / "stderr.txt").read_text,
+            interval_s=0.5,
+        )
         found = json.loads(_get(f"{base}/api/2.0/mlflow/experiments/search?max_results=10") or b"{}")
         assert {"round_table", "knights", "grail"} <= {e["name"] for e in found["experiments"]}
         trained = store.ids["round_table/round_table"]

@@ -8,94 +8,29 @@ The journal itself is checked against a real sqlite store.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from ports import free_port
+from processes import MlflowServer, run_knightctl, start_knightctl, wait_until
 
 from knightctl.tracking.offline.journal import Journal
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 HOLD_PLUGIN = ROOT / "tests" / "plugins" / "hold_at_epochs.py"
 EPOCHS = 12  # one step and one evaluation per epoch: every epoch sends its metrics
 
 
-class Server:
-    """`mlflow server` on one port and one database, which a test can kill and start again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self, wait: bool = True) -> None:
-        """Start the server; with `wait`, return once it answers."""
-        command = [
-            str(Path(sys.executable).with_name("mlflow")),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--backend-store-uri",
-            f"sqlite:///{self.folder}/server.db",
-            "--artifacts-destination",
-            str(self.folder / "artifacts"),
-            "--workers",
-            "1",
-        ]
-        env = {
-            **os.environ,
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        }  # no job workers: a start costs half the CPU
-        with open(
-            self.folder / "server.log", "a"
-        ) as log:  # a file, not a pipe: nobody reads its request log as it runs
-            self.process = subprocess.Popen(
-                command, cwd=self.folder, env=env, stdout=log, stderr=log, text=True, start_new_session=True
-            )
-        if wait:
-            self.wait_until_up()
-
-    def wait_until_up(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + 120
-        while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"mlflow server did not start: {(self.folder / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                return answer.status == 200
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL the server and its workers: gone at once, as in a crash."""
-        if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)  # its own session: the group is the server and its workers
-            except ProcessLookupError:
-                pass
-            self.process.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    running = Server(tmp_path_factory.mktemp("server"))
+    # no job workers: a start costs half the CPU
+    running = MlflowServer(tmp_path_factory.mktemp("server"), env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     running.start()
     yield running
     running.kill()
@@ -106,11 +41,8 @@ def start_training(folder: Path, tracking_uri: str, experiment: str, hold: str, 
     plugins = folder / "plugins"
     plugins.mkdir()
     shutil.copy(HOLD_PLUGIN, plugins)
-    env = {**os.environ, "KNIGHTCTL_TEST_HOLD_EPOCHS": hold, "KNIGHTCTL_TEST_HOLD_DIR": str(folder)}
-    command = [
-        sys.executable,
-        "-m",
-        "knightctl",
+    env = {"KNIGHTCTL_TEST_HOLD_EPOCHS": hold, "KNIGHTCTL_TEST_HOLD_DIR": str(folder)}
+    args = [
         "--plugins-dir",
         str(plugins),
         "train",
@@ -130,16 +62,11 @@ def start_training(folder: Path, tracking_uri: str, experiment: str, hold: str, 
         *extra,
     ]
     with open(folder / "stdout.txt", "w") as out, open(folder / "stderr.txt", "w") as err:
-        return subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=err, text=True)
+        return start_knightctl(*args, cwd=folder, env=env, stdout=out, stderr=err)
 
 
 def wait_for(condition, process: subprocess.Popen[str], folder: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if process.poll() is not None:
-            pytest.fail(f"training exited ({process.returncode}) early:\n{(folder / 'stderr.txt').read_text()}")
-        assert time.monotonic() < deadline, (folder / "stderr.txt").read_text()
-        time.sleep(0.1)
+    wait_until(condition, timeout_s, process=process, explain=(folder / "stderr.txt").read_text, interval_s=0.1)
 
 
 def finish(process: subprocess.Popen[str], folder: Path) -> tuple[str, str]:
@@ -156,7 +83,10 @@ def warnings_in(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("warning:")]
 
 
-def test_a_server_back_before_the_end_gets_every_metric_while_the_run_goes_on(server: Server, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_server_back_before_the_end_gets_every_metric_while_the_run_goes_on(
+    server: MlflowServer, tmp_path: Path
+) -> None:
     training = start_training(tmp_path, server.uri, "lost-and-back", "4,8", "--set", "tracking.log_model=false")
     wait_for((tmp_path / "at-4").exists, training, tmp_path)
     server.kill()
@@ -185,7 +115,10 @@ def test_a_server_back_before_the_end_gets_every_metric_while_the_run_goes_on(se
     assert not (journal_root / run.info.run_id).exists()
 
 
-def test_a_server_still_away_at_the_end_leaves_a_journal_that_sync_delivers(server: Server, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_server_still_away_at_the_end_leaves_a_journal_that_sync_delivers(
+    server: MlflowServer, tmp_path: Path
+) -> None:
     training = start_training(tmp_path, server.uri, "lost-for-good", "4")
     wait_for((tmp_path / "at-4").exists, training, tmp_path)
     server.kill()
@@ -205,9 +138,7 @@ def test_a_server_still_away_at_the_end_leaves_a_journal_that_sync_delivers(serv
     )  # the summary says so
 
     server.start()
-    synced = subprocess.run(
-        [sys.executable, "-m", "knightctl", "sync"], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    synced = run_knightctl("sync", cwd=tmp_path, timeout=120)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert "delivered 1 journal" in synced.stdout
     client = MlflowClient(server.uri)
@@ -221,6 +152,7 @@ def test_a_server_still_away_at_the_end_leaves_a_journal_that_sync_delivers(serv
     assert not journal.path.exists()
 
 
+@pytest.mark.slow
 def test_sync_marks_a_run_whose_process_was_killed_as_killed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     training = start_training(tmp_path, uri, "stale", "2", "--set", "tracking.log_model=false")
@@ -230,13 +162,7 @@ def test_sync_marks_a_run_whose_process_was_killed_as_killed(tmp_path: Path) -> 
     client = MlflowClient(uri)
     assert the_run(client, "stale").info.status == "RUNNING"
 
-    synced = subprocess.run(
-        [sys.executable, "-m", "knightctl", "sync", "--tracking-uri", uri],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    synced = run_knightctl("sync", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
     assert synced.returncode == 0, synced.stdout + synced.stderr
     run = the_run(client, "stale")
     assert run.info.status == "KILLED" and run.info.end_time

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 from ports import free_port
+from processes import run_knightctl, start_knightctl
 
 from knightctl.errors import TrackingError
 from knightctl.tracking.stores import sqlite_path
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 QUICK = ["train.epochs=2", "tracking.log_model=false"]
 
@@ -47,26 +48,13 @@ def test_sqlite_paths_are_read_like_sqlalchemy_reads_them() -> None:
     assert sqlite_path("http://127.0.0.1:5000") is None
 
 
+@pytest.mark.slow
 def test_an_unreachable_server_fails_in_seconds_naming_it(tmp_path: Path) -> None:
     """FAULTS 25: MLflow alone would retry for about five minutes."""
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "knightctl",
-            "train",
-            str(ROUND_TABLE),
-            "--tracking-uri",
-            uri,
-            "--set",
-            "train.epochs=2",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_knightctl(
+        "train", str(ROUND_TABLE), "--tracking-uri", uri, "--set", "train.epochs=2", cwd=tmp_path, timeout=120
     )
     elapsed = time.monotonic() - started
     assert done.returncode == 1, done.stderr
@@ -75,12 +63,10 @@ def test_an_unreachable_server_fails_in_seconds_naming_it(tmp_path: Path) -> Non
     assert elapsed < 30  # interpreter, torch and MLflow imports included; the check itself is one refused connection
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_new_sqlite_store_both_store_every_metric(tmp_path: Path) -> None:
     """FAULTS 27: started together on a store that does not exist yet, logging every step."""
-    command = [
-        sys.executable,
-        "-m",
-        "knightctl",
+    args = [
         "train",
         str(ROUND_TABLE),
         "--device",
@@ -94,11 +80,7 @@ def test_two_runs_on_one_new_sqlite_store_both_store_every_metric(tmp_path: Path
         "--set",
         "tracking.log_model=false",
     ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
-    processes = [
-        subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        for _ in range(2)
-    ]
+    processes = [start_knightctl(*args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": ""}) for _ in range(2)]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
@@ -124,6 +106,7 @@ def test_a_file_store_uri_is_refused_with_the_migration_command(
     assert "mlflow migrate-filestore --source mlruns --target sqlite:///mlflow.db" in (caught.value.hint or "")
 
 
+@pytest.mark.slow
 def test_an_old_mlruns_is_migrated_by_the_command_the_error_gives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,6 +131,7 @@ def test_an_old_mlruns_is_migrated_by_the_command_the_error_gives(
     assert client.get_run(result.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_an_unmigrated_mlruns_beside_an_existing_store_is_noted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +146,7 @@ def test_an_unmigrated_mlruns_beside_an_existing_store_is_noted(
     assert "mlflow migrate-filestore --source ./mlruns --target sqlite:///mlruns-migrated.db" in notice
 
 
+@pytest.mark.slow
 def test_a_run_leaves_no_tracking_uri_behind_for_the_next_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI; the next spec's own tracking.uri must still win."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -17,7 +17,7 @@ from knightctl.errors import DeviceError
 from knightctl.training.devices import resolve_device, set_deterministic
 from knightctl.training.run import train
 
-ROUND_TABLE = Path(__file__).resolve().parent.parent / "experiments" / "round_table.yaml"
+ROUND_TABLE = Path(__file__).resolve().parents[2] / "experiments" / "round_table.yaml"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-SPEC = Path(__file__).resolve().parents[1] / "experiments" / "mordred.yaml"
+SPEC = Path(__file__).resolve().parents[2] / "experiments" / "mordred.yaml"
 MOVES = ("attack", "feint", "retreat")
 
 

@@ -19,7 +19,7 @@ from knightctl.spec.model import load_spec
 from knightctl.training.build import build_components
 from knightctl.training.run import train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 
 
@@ -188,6 +188,7 @@ def test_non_numeric_csv_feature_names_file_and_line(tmp_path: Path) -> None:
         train(spec, track=False, device="cpu")
 
 
+@pytest.mark.slow
 def test_diverging_loss_fails_the_run_and_marks_it_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -207,6 +208,7 @@ def test_diverging_loss_fails_the_run_and_marks_it_failed(tmp_path: Path, monkey
     assert "NonFiniteLoss" in traceback_text and "loss became" in traceback_text
 
 
+@pytest.mark.slow
 def test_an_exception_inside_the_loop_fails_the_run_naming_the_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

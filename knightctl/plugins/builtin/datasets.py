@@ -15,7 +15,7 @@ from knightctl.plugins.hookspecs import hookimpl
 from knightctl.plugins.registry import DatasetDef, Params
 
 if TYPE_CHECKING:
-    from knightctl.training.data import TabularData
+    from knightctl.training.data import TabularData  # torch: only when the data is built, never to validate
 
 # Victory radius squared, 2 ln 2: the median of a chi-squared variable with two degrees of freedom,
 # so that with standard-normal positions about half of all battles are won.
@@ -36,7 +36,7 @@ def _build_battles(params: BattlesParams, base_dir: Path, seed: int) -> TabularD
     """
     import torch
 
-    from knightctl.training.data import TabularData
+    from knightctl.training.data import TabularData  # torch: only when the data is built, never to validate
 
     generator = torch.Generator().manual_seed(params.seed if params.seed is not None else seed)
     position = torch.randn(params.n_samples, 2, generator=generator)
@@ -68,7 +68,7 @@ def _build_blobs(params: BlobsParams, base_dir: Path, seed: int) -> TabularData:
     """
     import torch
 
-    from knightctl.training.data import TabularData
+    from knightctl.training.data import TabularData  # torch: only when the data is built, never to validate
 
     generator = torch.Generator().manual_seed(params.seed if params.seed is not None else seed)
     centres = torch.randn(params.n_classes, params.n_features, generator=generator)
@@ -119,7 +119,7 @@ def _read_header(path: Path, delimiter: str) -> list[str]:
 def _build_csv(params: CsvParams, base_dir: Path, seed: int) -> TabularData:
     import torch
 
-    from knightctl.training.data import TabularData
+    from knightctl.training.data import TabularData  # torch: only when the data is built, never to validate
 
     path = _resolve(params.path, {"base_dir": base_dir})
     try:

@@ -23,6 +23,7 @@ from knightctl.tracking.note import amend_note
 from knightctl.tracking.offline.fallback import fail_fast_http, failure_reason, is_connection_error, is_http, shown_path
 from knightctl.tracking.offline.journal import Counts, Journal, journals
 from knightctl.tracking.owner import owner_alive
+from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.tracking.stores import check_server, sqlite_path
 from knightctl.tracking.tags import HOST_TAG, NOTE_TAG, PID_TAG
 
@@ -138,7 +139,6 @@ def _stores_to_search(tracking_uri: str | None, reasons: dict[str, str | None], 
     A store named with `tracking_uri` that cannot be used is an error, unless the report already
     says so for the journals waiting for it.
     """
-    from knightctl.tracking.run import resolve_tracking_uri
 
     named = resolve_tracking_uri(tracking_uri)[0]
     if named not in reasons:
