@@ -15,6 +15,20 @@ from knightctl.errors import KnightctlError, Terminated
 
 SET_HELP = "Override a spec value, PATH=VALUE (e.g. optimizer.lr=0.01, model.0.out_features=8); repeatable."
 
+# The options `train` and `sweep` share, spelled once.
+device_option = click.option(
+    "--device",
+    default=None,
+    metavar="DEVICE",
+    help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).",
+)
+run_tracking_uri_option = click.option(
+    "--tracking-uri",
+    default=None,
+    metavar="URI",
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).",
+)
+
 
 def fail(error: BaseException, code: int) -> NoReturn:
     from knightctl.console.core import make_console, render_error

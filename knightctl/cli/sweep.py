@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from knightctl.cli.common import device_option, run_tracking_uri_option
 from knightctl.cli.common import load_plugins_warned as _load_plugins
 from knightctl.cli.common import plugin_settings as _plugin_settings
 from knightctl.cli.common import run_library as _run
@@ -58,18 +59,8 @@ from knightctl.cli.common import run_library as _run
 @click.option(
     "--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a spec value for every trial; repeatable."
 )
-@click.option(
-    "--device",
-    default=None,
-    metavar="DEVICE",
-    help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).",
-)
-@click.option(
-    "--tracking-uri",
-    default=None,
-    metavar="URI",
-    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).",
-)
+@device_option
+@run_tracking_uri_option
 @click.option("--skip-gradcheck", is_flag=True, help="Train each trial without checking its ops' gradients first.")
 def sweep(
     spec: str,

@@ -8,24 +8,21 @@ import sys
 
 import click
 
-from knightctl.cli.common import SET_HELP, load_plugins_warned, plugin_settings, run_library
+from knightctl.cli.common import (
+    SET_HELP,
+    device_option,
+    load_plugins_warned,
+    plugin_settings,
+    run_library,
+    run_tracking_uri_option,
+)
 
 
 @click.command()
 @click.argument("spec", type=click.Path(dir_okay=False), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=SET_HELP)
-@click.option(
-    "--device",
-    default=None,
-    metavar="DEVICE",
-    help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).",
-)
-@click.option(
-    "--tracking-uri",
-    default=None,
-    metavar="URI",
-    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, the spec, then sqlite:///mlflow.db).",
-)
+@device_option
+@run_tracking_uri_option
 @click.option("--no-track", is_flag=True, help="Train without MLflow.")
 @click.option("--deterministic", is_flag=True, default=None, help="Use deterministic algorithms only (slower on CUDA).")
 @click.option(
