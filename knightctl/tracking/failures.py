@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from knightctl.tracking.note import amend_note
-from knightctl.tracking.tags import FAILED_RANK_TAG, NOTE_TAG
+from knightctl.tracking.tags import FAILED_RANK_TAG, NOTE_TAG, OUTCOME_TAG
 
 
 def mark_failed(tracking_uri: str, run_id: str, message: str, rank: int, traceback: str | None = None) -> None:
@@ -30,6 +30,7 @@ def mark_failed(tracking_uri: str, run_id: str, message: str, rank: int, traceba
         f"**The distributed job failed** ({when}): {sentence}.",
     )
     client.set_tag(run_id, NOTE_TAG, note)
+    client.set_tag(run_id, OUTCOME_TAG, f"FAILED: rank {rank} failed")
     client.set_tag(run_id, FAILED_RANK_TAG, str(rank))
     if traceback:
         client.log_text(run_id, traceback, f"error/rank-{rank}-traceback.txt")

@@ -3,6 +3,9 @@
 It is what a reviewer reads first on the run's Overview tab: what was trained, on what data and
 device, how it ended and with which numbers, and whether the custom ops passed their gradient
 check. It is written when the run starts and rewritten when it ends, FAILED and KILLED included.
+Its first line is the outcome in words (`outcome()`), which the runs table shows as the
+description's preview and the tag `knightctl.outcome` repeats: FINISHED, FAILED and KILLED runs
+read apart without opening them.
 """
 
 from __future__ import annotations
@@ -37,6 +40,21 @@ class RunStory:
     final_metrics: dict[str, float] = field(default_factory=dict)
     ending: str = ""  # why a run did not finish: the error or the signal
     resumed_from: str | None = None  # the checkpoint a resumed run went on from
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # every logged point, by step
+    next_step: str = ""  # what to do about how it ended: the resume command of a stopped run
+
+
+def outcome(story: RunStory) -> str:
+    """The run's outcome in one line: `FINISHED after 300 steps: val/loss 0.21`, `FAILED after 2 steps:
+    the training loss became nan at step 2`, `KILLED after 4,724 steps: SIGINT ...; resume with: ...`."""
+    steps = f"{story.steps:,} step{'s' * (story.steps != 1)}"
+    if story.status == "RUNNING":
+        return f"RUNNING: {story.spec.train.epochs} epochs"
+    if story.status == "FINISHED":
+        headline = [f"{key} {value:.4g}" for key, value in _results(story.final_metrics)[:2]]
+        return f"FINISHED after {steps}" + (f": {', '.join(headline)}" if headline else "")
+    told = f"{story.status} after {steps}" + (f": {story.ending}" if story.ending else "")
+    return told + (f"; {story.next_step}" if story.next_step else "")
 
 
 def model_summary(model: nn.Module) -> str:
@@ -86,14 +104,30 @@ def render_note(story: RunStory) -> str:
     ]
     if story.resumed_from:
         rows.insert(1, ("resumed from", story.resumed_from))
-    lines = [f"### {spec.name}", ""]
+    lines = [outcome(story), "", f"### {spec.name}", ""]
     if spec.description:
         lines += [spec.description.strip(), ""]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {_cell(value)} |" for key, value in rows]
     results = _results(story.final_metrics)
     if results:
-        lines += ["", "**Final metrics:** " + " · ".join(f"{key} {value:.4g}" for key, value in results)]
+        label = "Final metrics" if story.status in ("FINISHED", "RUNNING") else "Last metrics"
+        lines += ["", f"**{label}**{_at_steps(results, story.history)}"]
     return "\n".join(lines) + "\n"
+
+
+def _at_steps(results: list[tuple[str, float]], history: list[tuple[int, dict[str, float]]]) -> str:
+    """`(step 300): a 1 · b 2`, or each value with its own step when they differ (a stopped run's
+    validation is older than its training loss)."""
+    last_step = {key: step for step, values in history for key in values}
+    steps = {last_step.get(key) for key, _ in results}
+    if len(steps) == 1:
+        (step,) = steps
+        where = f" (step {step:,})" if step is not None else ""
+        return f"{where}: " + " · ".join(f"{key} {value:.4g}" for key, value in results)
+    shown = (
+        f"{key} {value:.4g}" + (f" (step {last_step[key]:,})" if key in last_step else "") for key, value in results
+    )
+    return ": " + " · ".join(shown)
 
 
 def _results(metrics: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -110,9 +144,13 @@ def amend_note(note: str, status: str, paragraph: str) -> str:
     """A stored description with a new status row and a paragraph at its end: how a run ended, told
     by a process other than the one that ran it (`knightctl sync`, a distributed job's launcher)."""
     note = _STATUS_ROW.sub(lambda _: f"| status | {_cell(status)} |", note, count=1)
+    first, _, rest = note.partition("\n")
+    if first.startswith(OUTCOMES):  # the outcome line goes first, as `render_note` writes it
+        note = f"{_cell(status)}\n{rest}"
     return (note.rstrip("\n") + "\n\n" if note.strip() else "") + paragraph.rstrip("\n") + "\n"
 
 
+OUTCOMES = ("RUNNING", "FINISHED", "FAILED", "KILLED")  # how an outcome line starts
 _STATUS_ROW = re.compile(r"^\| status \| .* \|$", re.MULTILINE)
 
 

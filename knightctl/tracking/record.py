@@ -28,7 +28,7 @@ from knightctl.plugins.system import PluginSystem
 from knightctl.spec.model import ExperimentSpec
 from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, model_summary
 from knightctl.tracking.owner import owner_tags
-from knightctl.tracking.plots import run_plots
+from knightctl.tracking.plots import CURVES_ARTIFACT, run_plots, training_curves
 from knightctl.tracking.plugintags import plugin_tags
 from knightctl.tracking.run import MlflowRun, git_commit, open_run
 from knightctl.tracking.tags import (
@@ -84,6 +84,7 @@ def record_start(
         gradcheck=gradcheck_summary({report.name: report.verdict for report in verdicts}, skip_gradcheck),
         final_metrics=position.latest,  # the same dict: the description shows the latest values, even of a failed run
         resumed_from=resumed_from(resumed),
+        history=position.history,  # the same list: the description tells each value's step
     )
     run.describe(story)
 
@@ -173,8 +174,15 @@ class MlflowTracker:
         if self.run.story is not None:
             self.run.story.steps, self.run.story.seconds = steps, seconds
 
-    def keep_checkpoint(self, path: Path) -> None:
-        keep_checkpoint(self.run, path)
+    def record_unfinished(self, position: Position) -> None:
+        if position.checkpoint is not None:
+            keep_checkpoint(self.run, position.checkpoint)
+        try:  # the learning curves only: the weights may be what went wrong
+            curves = training_curves(position.history)
+            if curves is not None:
+                self.run.log_figures({CURVES_ARTIFACT: curves})
+        except Exception as exc:  # the error that ended the run is the one to report
+            warnings.warn(f"could not store the curves with MLflow run {self.run.run_id}: {exc}", stacklevel=1)
 
     def record_results(self, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
         return record_results(self.run, spec, parts, position)

@@ -11,6 +11,7 @@ to date first.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import warnings
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 from knightctl.errors import Interrupted, TrackingError, first_line
 from knightctl.tracking.datasets import log_datasets
 from knightctl.tracking.metricwriter import MetricWriter
-from knightctl.tracking.note import RunStory, render_note
+from knightctl.tracking.note import RunStory, outcome, render_note
 from knightctl.tracking.offline.fallback import StoreFallback
 from knightctl.tracking.offline.journal import Journal
 from knightctl.tracking.plots import save_png
 from knightctl.tracking.stores import create_run, reopen_run
-from knightctl.tracking.tags import NOTE_TAG, RUN_NAME_TAG
+from knightctl.tracking.tags import NOTE_TAG, OUTCOME_TAG, RUN_NAME_TAG
 
 if TYPE_CHECKING:
     import numpy as np
@@ -129,7 +130,7 @@ class MlflowRun:
     def describe(self, story: RunStory) -> None:
         """Show `story` as the run's description now, and again (updated) when the run ends."""
         self.story = story
-        self.set_tags({NOTE_TAG: render_note(story)})
+        self.set_tags({NOTE_TAG: render_note(story), OUTCOME_TAG: outcome(story)})
 
     def log_datasets(self, split: Split, dataset_name: str) -> None:
         log_datasets(self.client, self.run_id, split, dataset_name)
@@ -240,6 +241,8 @@ def open_run(
         status = "FINISHED"
     except (KeyboardInterrupt, Interrupted) as interrupt:
         status, ending = "KILLED", first_line(interrupt) or "interrupted"
+        if run.story is not None:  # the loop's stop says where to go on from
+            run.story.next_step = _resume_advice(getattr(interrupt, "hint", None))
         raise
     except BaseException as exc:
         ending = first_line(exc) or type(exc).__name__
@@ -287,7 +290,7 @@ def _finish(run: MlflowRun, status: str, ending: str, restore_uri: Callable[[], 
     try:
         if run.story is not None:
             run.story.status, run.story.ending = status, ending
-            run.set_tags({NOTE_TAG: render_note(run.story) + fallback.note()})
+            run.set_tags({NOTE_TAG: render_note(run.story) + fallback.note(), OUTCOME_TAG: outcome(run.story)})
     except Exception as exc:  # the run must still be closed
         warnings.warn(f"could not update the description of MLflow run {run.run_id}: {exc}", stacklevel=1)
     finally:
@@ -296,6 +299,12 @@ def _finish(run: MlflowRun, status: str, ending: str, restore_uri: Callable[[], 
             run.pending_sync = fallback.pending_sync()
         finally:
             restore_uri()
+
+
+def _resume_advice(hint: str | None) -> str:
+    """`resume with: knightctl train --resume ...` out of a stop's hint, or ""."""
+    match = re.search(r"resume with: .*", hint or "")
+    return match.group(0) if match else ""
 
 
 def _log_spec(client: Any, run_id: str, spec: ExperimentSpec, resumed: bool = False) -> None:

@@ -12,6 +12,7 @@ MLFLOW_VERSION_TAG = "mlflow.version"
 
 # knightctl's.
 VERSION_TAG = "knightctl.version"
+OUTCOME_TAG = "knightctl.outcome"  # the first line of the description: FINISHED/FAILED/KILLED and why
 HOST_TAG = "knightctl.host"  # which machine's process owns a RUNNING run
 PID_TAG = "knightctl.pid"
 STARTED_TAG = "knightctl.pid_started"  # the process's start time, s since the epoch, 2 decimals

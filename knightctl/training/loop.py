@@ -123,6 +123,8 @@ def run_loop(loop: Loop) -> float:
         # together: a collective now would wait for, or mismatch with, a rank that is elsewhere.
         if not loop.ranks.distributed:
             _log_unfinished(loop, exc.step - 1 if isinstance(exc, NonFiniteLoss) else loop.position.step)
+            if isinstance(exc, NonFiniteLoss):  # the curve shows where it broke, not only the last good point
+                loop.log([(exc.step, {"train/loss": exc.loss})])
         if not isinstance(exc, Exception):  # a second signal: out at once, no checkpoint
             raise
         if is_peer_lost(exc) and not isinstance(exc, PeerLost):  # DDP's own gradient all-reduce, in backward

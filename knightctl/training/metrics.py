@@ -126,6 +126,7 @@ class NonFiniteLoss(RunFailed):
             "train.grad_clip, or look for bad rows in the data",
         )
         self.step = step
+        self.loss = loss
 
 
 def gradient_norm(model: nn.Module) -> torch.Tensor:

@@ -187,9 +187,8 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         try:
             with stop, torch.autograd.detect_anomaly(check_nan=True) if options.detect_anomaly else nullcontext():
                 loop_seconds = run_loop(loop)
-        except Exception:
-            if position.checkpoint is not None:
-                tracker.keep_checkpoint(position.checkpoint)
+        except Exception:  # failed, or stopped by a signal (Interrupted)
+            tracker.record_unfinished(position)
             raise
         finally:
             tracker.loop_ended(position.step, time.perf_counter() - loop_began)

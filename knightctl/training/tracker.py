@@ -50,8 +50,8 @@ class Tracker(Protocol):
     def loop_ended(self, steps: int, seconds: float) -> None:
         """The loop stopped (finished, failed or interrupted) after `steps` steps and `seconds` s."""
 
-    def keep_checkpoint(self, path: Path) -> None:
-        """The run failed: store its last good checkpoint with it."""
+    def record_unfinished(self, position: Position) -> None:
+        """The run failed or was stopped: store its last good checkpoint and its curves so far."""
 
     def record_results(self, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
         """After the last step: the final checkpoint, the plots, the model; the model's URI, if logged."""
@@ -79,7 +79,7 @@ class NoTracker:
     def loop_ended(self, steps: int, seconds: float) -> None:
         pass
 
-    def keep_checkpoint(self, path: Path) -> None:
+    def record_unfinished(self, position: Position) -> None:
         pass
 
     def record_results(self, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:

@@ -7,6 +7,7 @@ ENOSPC, since this machine's disk cannot be filled on demand.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def test_a_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in load_checkpoint(good)["model"].values())
     assert run.info.status == "FAILED"
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == [f"checkpoints/{good.name}"]
-    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
-    assert steps == list(range(1, 13))  # every finite step is logged, the NaN one is not
+    losses = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert [m.step for m in losses] == list(range(1, 14))  # every finite step, and the NaN at its own step
+    assert all(math.isfinite(m.value) for m in losses[:-1]) and math.isnan(losses[-1].value)
 
 
 def test_detect_anomaly_names_the_operation_that_made_the_nan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

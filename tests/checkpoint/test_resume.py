@@ -132,6 +132,11 @@ def test_a_signal_finishes_the_step_checkpoints_and_the_resumed_run_is_bit_ident
         run.info.status == "KILLED"
         and f"| status | KILLED: {sig.name}: interrupted at epoch" in run.data.tags["mlflow.note.content"]
     )
+    outcome = run.data.tags["knightctl.outcome"]  # told apart from a failure in the runs table's preview
+    assert outcome.startswith(f"KILLED after {step} steps: {sig.name}: interrupted at epoch")
+    assert outcome.endswith(f"resume with: knightctl train --resume {run_id}")
+    assert run.data.tags["mlflow.note.content"].startswith(outcome + "\n")
+    assert "plots/training_curves.png" in [a.path for a in client.list_artifacts(run_id, "plots")]
 
     resumed = knightctl(["train", "--resume", run_id], tmp_path)
     assert resumed.returncode == 0, resumed.stderr

@@ -60,7 +60,9 @@ def download(client: MlflowClient, run_id: str, path: str) -> Path:
 def test_the_description_tells_the_runs_story(reviewed) -> None:
     result, _, run, _ = reviewed
     note = run.data.tags["mlflow.note.content"]
-    assert note.startswith("### excalibur\n")
+    accuracy, loss = result.final_metrics["val/accuracy"], result.final_metrics["val/loss"]
+    outcome = f"FINISHED after 480 steps: val/accuracy {accuracy:.4g}, val/loss {loss:.4g}"
+    assert note.startswith(f"{outcome}\n\n### excalibur\n") and run.data.tags["knightctl.outcome"] == outcome
     assert "| status | FINISHED |" in note
     assert "| device | cpu (" in note
     assert "| data | battles: 800 training rows, 200 validation rows" in note
@@ -73,8 +75,7 @@ def test_the_description_tells_the_runs_story(reviewed) -> None:
         "| gradient check | passed: knight::sigmoid_gate passed, knight::smooth_relu passed, model excalibur passed |"
         in note
     )
-    accuracy = result.final_metrics["val/accuracy"]
-    assert f"**Final metrics:** val/accuracy {accuracy:.4g} · val/loss" in note
+    assert f"**Final metrics** (step 480): val/accuracy {accuracy:.4g} · val/loss {loss:.4g}" in note
 
 
 def test_params_are_the_flattened_resolved_spec(reviewed) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_diverging_loss_fails_the_run_and_marks_it_failed(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # Adam moves each weight by about lr per step: 1e30 sends the logits past float32's range
-    with pytest.raises(RunFailed, match="loss became"):
+    with pytest.raises(RunFailed, match="loss became") as caught:
         train(
             ROUND_TABLE,
             overrides=["optimizer.lr=1e30", "train.epochs=20", "tracking.experiment=diverge"],
@@ -206,6 +207,16 @@ def test_diverging_loss_fails_the_run_and_marks_it_failed(tmp_path: Path, monkey
     assert run.info.status == "FAILED"
     traceback_text = Path(client.download_artifacts(run.info.run_id, "error/traceback.txt")).read_text()
     assert "NonFiniteLoss" in traceback_text and "loss became" in traceback_text
+    # Told as a failure at a glance: the outcome first, the non-finite loss on the curve at its step.
+    bad_step = caught.value.step  # a NonFiniteLoss
+    outcome = run.data.tags["knightctl.outcome"]
+    assert outcome.startswith("FAILED after ") and f"the training loss became nan at step {bad_step}" in outcome
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(outcome + "\n") and "**Last metrics**" in note and "**Final metrics**" not in note
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert losses[-1].step == bad_step and math.isnan(losses[-1].value)
+    assert all(math.isfinite(point.value) for point in losses[:-1])
+    assert "plots/training_curves.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
 
 
 @pytest.mark.slow

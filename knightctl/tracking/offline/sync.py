@@ -25,7 +25,7 @@ from knightctl.tracking.offline.journal import Counts, Journal, journals
 from knightctl.tracking.owner import owner_alive
 from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.tracking.stores import check_server, sqlite_path
-from knightctl.tracking.tags import HOST_TAG, NOTE_TAG, PID_TAG
+from knightctl.tracking.tags import HOST_TAG, NOTE_TAG, OUTCOME_TAG, PID_TAG
 
 _PAGE = 1000  # runs per search request
 
@@ -192,6 +192,7 @@ def _mark_killed(client: Any, run_id: str, tags: dict[str, str]) -> None:
         f"**Marked KILLED by `knightctl sync`** on {when}: {reason}.",
     )
     client.set_tag(run_id, NOTE_TAG, note)
+    client.set_tag(run_id, OUTCOME_TAG, "KILLED: its process ended without closing the run")
     client.set_terminated(run_id, "KILLED")
 
 
