@@ -102,15 +102,15 @@ def ui(tracking_uri: str | None, host: str, port: int) -> None:
     """Serve MLflow's UI on the store, in the foreground until Ctrl-C."""
     from knightctl.console.core import make_console
     from knightctl.tracking.run import resolve_tracking_uri
-    from knightctl.tracking.ui import check_servable, serve_ui
+    from knightctl.tracking.ui import GENAI_HINT, check_servable, experiment_links, serve_ui
 
     uri, _ = resolve_tracking_uri(tracking_uri)
     _run(lambda: check_servable(uri))
     address = f"[{host}]" if ":" in host else host
-    make_console(stderr=True).print(
-        f"MLflow UI for {uri} at http://{address}:{port}/ (Ctrl-C stops it)",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
+    base = f"http://{address}:{port}/"
+    links = _run(lambda: experiment_links(uri, base))
+    console = make_console(stderr=True)
+    lines = [f"MLflow UI for {uri} at {base} (Ctrl-C stops it)", *(f"  {name}: {link}" for name, link in links)]
+    for line in [*lines, GENAI_HINT]:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     sys.exit(_run(lambda: serve_ui(uri, host, port)))  # 130 / 143 when stopped by Ctrl-C / SIGTERM

@@ -62,6 +62,26 @@ def check_servable(tracking_uri: str) -> None:
     require_store(tracking_uri)
 
 
+GENAI_HINT = 'MLflow 3 may open on its GenAI view: choose "Model training" at the top left to see the training runs.'
+_LINKED_EXPERIMENTS = 5  # the most recently active ones; the UI lists them all
+
+
+def experiment_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
+    """(experiment name, link to its runs page) for the store's experiments that hold runs, the most
+    recently active first: where a reviewer goes, instead of MLflow's landing page."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiments = client.search_experiments(order_by=["last_update_time DESC"], max_results=50)
+    links = []
+    for experiment in experiments:
+        if client.search_runs([experiment.experiment_id], max_results=1):
+            links.append((experiment.name, f"{base_url.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs"))
+        if len(links) == _LINKED_EXPERIMENTS:
+            break
+    return links
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises Terminated (a KeyboardInterrupt) while the server runs, so both stop it alike."""

@@ -388,4 +388,7 @@ def test_ui_serves_the_store_and_its_artifacts_and_stops_on_ctrl_c(store: Store,
     assert _get(f"{base}/") is None
     errors = (tmp_path / "stderr.txt").read_text()
     assert "Traceback" not in errors and f"at {base}/" in errors
+    experiment_ids = {e["name"]: e["experiment_id"] for e in found["experiments"]}
+    assert f"  round_table: {base}/#/experiments/{experiment_ids['round_table']}/runs" in errors  # where to go
+    assert 'choose "Model training"' in errors
     assert list(tmp_path.glob("ml*")) == []  # nothing written beside the server (the store is elsewhere)
