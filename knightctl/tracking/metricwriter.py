@@ -35,6 +35,7 @@ from knightctl.tracking.offline.journal import Journal, journal_root
 from knightctl.tracking.offline.outbox import Outbox
 from knightctl.tracking.sqlitemetrics import MetricTuple, SqliteMetricSink
 from knightctl.tracking.stores import sqlite_path
+from knightctl.tracking.systemmetrics import SystemSampler
 
 _BATCH_LIMIT = 1000  # metrics per log_batch call: MLflow's own limit
 _CLOSE_TIMEOUT_S = 300.0  # a large backlog on a slow store still gets written
@@ -43,7 +44,9 @@ _CLOSE_TIMEOUT_S = 300.0  # a large backlog on a slow store still gets written
 # loop. Gathering for a fifth of a second first makes calls fuller, and leaves at most that much
 # to write after the last step; the dashboard lags by as much.
 _COALESCE_S = 0.2
-_SYSTEM_SAMPLING_S = 5.0  # seconds between system metric samples (MLflow's default is 10)
+
+
+TRAINING_STARTED = "training started"  # the event that starts the system metrics
 
 
 class MetricWriter:
@@ -109,6 +112,10 @@ class MetricWriter:
             self._process.join(5.0)
             self._release()
             raise TrackingError(f"cannot write metrics to MLflow run {self.run_id}: {message}")
+
+    def training_started(self) -> None:
+        """The loop is about to take its first step: system metrics are sampled from now on."""
+        self._queue.put(TRAINING_STARTED)
 
     def add(self, step: int, values: Mapping[str, float]) -> None:
         """Buffer one point per metric at `step`: no I/O, no pickling."""
@@ -183,19 +190,22 @@ def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: b
         client.get_run(run_id)  # opens the store and proves the run exists, before training starts
         store = _MetricStore(client, tracking_uri, run_id)
         outbox = Outbox(store.write, client, Journal(Path(journal_dir), run_id, tracking_uri), tracking_uri)
-        monitor = _start_system_metrics(tracking_uri, run_id) if system_metrics else None
+        sampler = SystemSampler(tracking_uri, run_id) if system_metrics else None
         status.put(("ready", ""))
         parent = multiprocessing.parent_process()
         stop = False
         while not stop:
             batch: list[MetricTuple] = []
-            stop = _gather(inbox, batch, parent, outbox.wait_s())
+            events: list[str] = []
+            stop = _gather(inbox, batch, parent, outbox.wait_s(), events)
+            if sampler is not None and TRAINING_STARTED in events:
+                sampler.begin()
             for start in range(0, len(batch), _BATCH_LIMIT):
                 outbox.put(batch[start : start + _BATCH_LIMIT])
             outbox.retry_if_due()
         journaled = outbox.close()
-        if monitor is not None:
-            _stop_system_metrics(monitor, last_sample=not outbox.offline)
+        if sampler is not None:
+            sampler.finish(last_sample=not outbox.offline)
         store.close()
     except BaseException as exc:  # reported to the parent, which raises it as a TrackingError
         status.put(("error", f"{type(exc).__name__}: {exc}"))
@@ -247,10 +257,13 @@ def _wait_for_run(inbox: Any) -> str | None:
                 return None
 
 
-def _gather(inbox: Any, batch: list[MetricTuple], parent: Any, idle_s: float | None = None) -> bool:
+def _gather(
+    inbox: Any, batch: list[MetricTuple], parent: Any, idle_s: float | None = None, events: list[str] | None = None
+) -> bool:
     """Collect one batch: everything that arrives within _COALESCE_S of the first message, or
     _BATCH_LIMIT metrics, whichever comes first; or nothing, once `idle_s` passed without a message
-    (a journal delivery is due). True once the sentinel arrived (or the trainer died).
+    (a journal delivery is due). True once the sentinel arrived (or the trainer died). Events (a
+    string such as TRAINING_STARTED) go to `events`.
     """
     deadline = None  # set by the first message
     idle_until = None if idle_s is None else time.monotonic() + idle_s
@@ -267,44 +280,12 @@ def _gather(inbox: Any, batch: list[MetricTuple], parent: Any, idle_s: float | N
             continue
         if item is None:
             return True
+        if isinstance(item, str):
+            if events is not None:
+                events.append(item)
+            if deadline is None:
+                return False  # nothing gathered yet: the event is acted on now, not after the first batch
+            continue
         batch.extend(item)
         deadline = deadline or time.monotonic() + _COALESCE_S
     return False
-
-
-def _start_system_metrics(tracking_uri: str, run_id: str) -> Any:
-    """MLflow's own system metrics monitor (CPU, memory, disk, network; GPU with pynvml), here.
-
-    It samples the whole machine, so it can run in this process rather than in the trainer's.
-    """
-    import logging
-
-    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-    # Its start, stop and "no GPU" lines would interleave with the trainer's progress output; and
-    # while a server is away, the outbox's one warning says so, not one line per sample.
-    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    logging.getLogger("mlflow.system_metrics.system_metrics_monitor").addFilter(_quiet_about_lost_server)
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=_SYSTEM_SAMPLING_S, tracking_uri=tracking_uri)
-    monitor.start()
-    return monitor
-
-
-def _quiet_about_lost_server(record: Any) -> bool:
-    """Drop the monitor's log lines about failed REST calls (MLflow starts them "API request to")."""
-    return "API request to" not in record.getMessage()
-
-
-def _stop_system_metrics(monitor: Any, last_sample: bool = True) -> None:
-    """Stop sampling and store one last sample, so that a run shorter than the interval has one."""
-    if not last_sample:  # the server is away: sending what is buffered, or a last sample, would only time out
-        monitor.mlflow_logger.data = []
-    monitor.finish()
-    if not last_sample:
-        return
-    try:
-        monitor.collect_metrics()
-        monitor.publish_metrics(monitor.aggregate_metrics())
-        monitor.mlflow_logger.flush()
-    except Exception:  # system metrics are context, not results: losing the last sample fails nothing
-        pass

@@ -169,6 +169,7 @@ class MlflowTracker:
 
     def record_start(self, *args: Any, **kwargs: Any) -> None:
         record_start(self.run, *args, **kwargs)
+        self.run.writer.training_started()  # the loop starts next: system metrics are sampled from here
 
     def loop_ended(self, steps: int, seconds: float) -> None:
         if self.run.story is not None:

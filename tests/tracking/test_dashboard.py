@@ -21,6 +21,7 @@ from knightctl.checkpoint.files import load_checkpoint
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
 from knightctl.tracking.run import flatten
+from knightctl.tracking.systemmetrics import next_interval
 from knightctl.training.build import build_components
 from knightctl.training.run import train
 
@@ -110,6 +111,21 @@ def test_system_metrics_sample_cpu_and_memory(reviewed) -> None:
     metrics = run.data.metrics
     assert 0.0 <= metrics["system/cpu_utilization_percentage"] <= 100.0
     assert metrics["system/system_memory_usage_megabytes"] > 0
+
+
+def test_a_run_of_a_few_seconds_gets_ten_system_samples_from_when_training_starts(tmp_path: Path) -> None:
+    """Sampled from the loop's first step, a tenth of the time trained so far apart (0.25 s to 5 s)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = ROOT / "experiments" / "round_table.yaml"
+    result = train(spec, overrides=["train.epochs=6000", "tracking.log_model=false"], tracking_uri=uri, device="cpu")
+    client = MlflowClient(uri)
+    cpu = client.get_metric_history(result.run_id, "system/cpu_utilization_percentage")
+    assert result.loop_seconds > 2.6, "the run must last a few seconds for this test to say anything"
+    assert len(cpu) >= 10
+    first_loss = min(m.timestamp for m in client.get_metric_history(result.run_id, "train/loss"))
+    assert min(m.timestamp for m in cpu) >= first_loss - 1000  # ms: not during the set-up before the loop
+    assert sorted(m.value for m in cpu)[0] > 0.0  # primed: psutil's first reading, 0%, is never published
+    assert next_interval(0.0) == 0.25 and next_interval(30.0) == 3.0 and next_interval(3600.0) == 5.0
 
 
 def test_datasets_are_logged_with_digest_source_and_context(reviewed) -> None:
