@@ -10,9 +10,11 @@ and the plugins' `gradcheck_completed` hook. What `train` checks first is in pre
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,6 +28,7 @@ from knightctl.plugins.registry import OpDef
 from knightctl.plugins.system import PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec
 from knightctl.tracking.plugintags import components_used
+from knightctl.tracking.provenance import provenance_tags
 from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.training.devices import resolve_device
 
@@ -67,6 +70,7 @@ def gradcheck(
 
     `device` is resolved as `train` resolves it (DeviceError for one that is not here); `overrides`
     are `--set PATH=VALUE` strings for the spec."""
+    started_ms = int(time.time() * 1000)  # the run's start: when the checks started, not when they were logged
     where = str(resolve_device(device).device)
     system, loaded_spec, ops = _select(names, spec, overrides, plugins)
     plan = plan_checks(ops, loaded_spec)
@@ -84,19 +88,42 @@ def gradcheck(
         if heatmap_dir is not None or track:
             result.heatmaps = _heatmaps(plan, reports, Path(heatmap_dir) if heatmap_dir is not None else Path(scratch))
         if track:
-            _track(result, loaded_spec, tracking_uri)
+            how = {"order": order, "method": method, "atol": atol, "rtol": rtol, "device": where}
+            _track(result, loaded_spec, tracking_uri, how, started_ms)
         if heatmap_dir is None:
             result.heatmaps = []  # they lived in the scratch folder, and now in MLflow
     system.notify("gradcheck_completed", reports=reports)
     return result
 
 
-def _track(result: GradcheckResult, spec: ExperimentSpec | None, tracking_uri: str | None) -> None:
+def _track(
+    result: GradcheckResult, spec: ExperimentSpec | None, tracking_uri: str | None, how: dict[str, Any], started_ms: int
+) -> None:
     result.tracking_uri = resolve_tracking_uri(tracking_uri, spec)[0]
     name = f"gradcheck {spec.name}" if spec else "gradcheck"
     experiment = (spec.tracking.experiment or spec.name) if spec else DEFAULT_EXPERIMENT
+    params = {
+        "ops": ", ".join(report.label for report in result.reports),
+        "order": str(how["order"]) if how["order"] is not None else "2, or each op's max_order",
+        "method": how["method"],
+        "atol": str(how["atol"]) if how["atol"] is not None else "each op's own",
+        "rtol": str(how["rtol"]) if how["rtol"] is not None else "each op's own",
+        "dtype": "float64",
+        "device": how["device"],
+    }
+    if spec is not None:
+        params["spec.digest"] = spec.digest()
+    source = spec.source.path if spec is not None and spec.source else "knightctl gradcheck"
+    folder = Path(spec.source.path).resolve().parent if spec is not None and spec.source else Path.cwd()
     result.experiment_id, result.run_id = log_gradcheck_run(
-        result.tracking_uri, result.reports, result.heatmaps, experiment=experiment, run_name=name
+        result.tracking_uri,
+        result.reports,
+        result.heatmaps,
+        experiment=experiment,
+        run_name=name,
+        params={key: value[:6000] for key, value in params.items()},  # MLflow's limit for a param value
+        tags=provenance_tags(source, folder),
+        started_ms=started_ms,
     )
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from knightctl.gradcheck.report import CheckResult, OpReport
 from knightctl.tracking.stores import create_run
-from knightctl.tracking.tags import SOURCE_TYPE_TAG
+from knightctl.tracking.tags import NOTE_TAG, OUTCOME_TAG, SOURCE_TYPE_TAG
 
 DEFAULT_EXPERIMENT = "knightctl-gradcheck"
 _TAGS_PER_BATCH, _METRICS_PER_BATCH = 100, 900  # MLflow's log_batch takes 100 tags and 1000 entities in all
@@ -99,17 +99,60 @@ def log_reports(client: Any, run_id: str, reports: Sequence[OpReport], heatmaps:
 
 
 def log_gradcheck_run(
-    tracking_uri: str, reports: Sequence[OpReport], heatmaps: Sequence[Path], *, experiment: str, run_name: str
+    tracking_uri: str,
+    reports: Sequence[OpReport],
+    heatmaps: Sequence[Path],
+    *,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    started_ms: int | None = None,
 ) -> tuple[str, str]:
-    """A FINISHED run holding the verdicts; returns (experiment id, run id)."""
+    """A FINISHED run holding the verdicts, its description the verdict table, with `params` (what was
+    checked and how) and `tags` (its provenance), started when the checks did; (experiment id, run id)."""
+    from mlflow.entities import Param
 
     client, experiment_id, run_id, _ = create_run(
-        tracking_uri, experiment, run_name=run_name, tags={SOURCE_TYPE_TAG: "LOCAL"}
+        tracking_uri,
+        experiment,
+        run_name=run_name,
+        tags={SOURCE_TYPE_TAG: "LOCAL", **(tags or {})},
+        start_time_ms=started_ms,
     )
     status = "FAILED"
     try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in (params or {}).items()])
+        client.set_tag(run_id, NOTE_TAG, gradcheck_note(reports))
+        client.set_tag(run_id, OUTCOME_TAG, outcome_line(reports))
         log_reports(client, run_id, reports, heatmaps)
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
     return experiment_id, run_id
+
+
+def outcome_line(reports: Sequence[OpReport]) -> str:
+    """`passed: 6 checked` / `FAILED: 2 of 6 failed: gf::a (linearity), gf::b (reentrant)`."""
+    failed = [r for r in reports if r.verdict == "failed"]
+    if not failed:
+        na = sum(r.verdict == "n/a" for r in reports)
+        return f"passed: {len(reports)} checked" + (f", {na} n/a (nothing to compare)" if na else "")
+    named = ", ".join(f"{r.label} ({r.failures[0].check})" for r in failed[:5]) + (" ..." if len(failed) > 5 else "")
+    return f"FAILED: {len(failed)} of {len(reports)} failed: {named}"
+
+
+def gradcheck_note(reports: Sequence[OpReport]) -> str:
+    """The run's description: the outcome, the verdict table as markdown, then what failed and where."""
+    lines = [outcome_line(reports), "", "| op | verdict | checks | seconds |", "|---|---|---|---|"]
+    for report in reports:
+        checks = ", ".join(f"{c.check} {_SHOWN[c.status]}" for c in report.checks)
+        lines.append(f"| {_cell(report.label)} | {report.verdict} | {_cell(checks)} | {report.seconds:.2f} |")
+    details = [line for report in reports for line in report.explain()]
+    if details:
+        lines += ["", "```", *details, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")

@@ -9,7 +9,6 @@ keeps its last good checkpoint.
 from __future__ import annotations
 
 import copy
-import platform
 import shutil
 import tempfile
 import warnings
@@ -20,7 +19,6 @@ from typing import Any
 
 import torch
 
-from knightctl._version import __version__
 from knightctl.checkpoint.resume import Resumption
 from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import log_reports
@@ -30,17 +28,13 @@ from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, m
 from knightctl.tracking.owner import owner_tags
 from knightctl.tracking.plots import CURVES_ARTIFACT, run_plots, training_curves
 from knightctl.tracking.plugintags import plugin_tags
-from knightctl.tracking.run import MlflowRun, git_commit, open_run
+from knightctl.tracking.provenance import provenance_tags
+from knightctl.tracking.run import MlflowRun, open_run
 from knightctl.tracking.tags import (
     CHECKPOINT_DIR_TAG,
-    GIT_COMMIT_TAG,
-    MLFLOW_VERSION_TAG,
     NOTE_TAG,
     RESUMED_FROM_TAG,
-    SOURCE_NAME_TAG,
-    SOURCE_TYPE_TAG,
     SPEC_CHANGES_TAG,
-    VERSION_TAG,
 )
 from knightctl.training.build import Components
 from knightctl.training.devices import DeviceChoice
@@ -115,30 +109,21 @@ def resumed_from(resumed: Resumption | None) -> str | None:
 
 def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -> dict[str, str]:
     """The run's tags, set when it starts (and again, with this process as owner, when it resumes)."""
-    import mlflow
-
+    source = spec.source.path if spec.source else spec.name
+    folder = Path(spec.source.path).resolve().parent if spec.source else Path.cwd()
     tags = {
         **plugin_tags(spec, system),
         **owner_tags(),
-        VERSION_TAG: __version__,
-        "torch.version": torch.__version__,
-        MLFLOW_VERSION_TAG: mlflow.__version__,
-        "python.version": platform.python_version(),
+        **provenance_tags(source, folder),  # the commit of the repository that holds the spec
         "device": choice.description,
         "device.reason": choice.reason,
         "seed": str(spec.seed),
         "deterministic": str(torch.are_deterministic_algorithms_enabled()).lower(),
         "spec.name": spec.name,
         "spec.digest": spec.digest(),
-        SOURCE_TYPE_TAG: "LOCAL",
-        SOURCE_NAME_TAG: spec.source.path if spec.source else spec.name,
     }
     if spec.description:
         tags[NOTE_TAG] = spec.description
-    repository = git_commit(Path.cwd())
-    if repository is not None:
-        tags[GIT_COMMIT_TAG], dirty = repository[0], repository[1]
-        tags["git.dirty"] = str(dirty).lower()
     return tags
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -65,20 +64,6 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     for key, value in items:
         out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
     return out
-
-
-def git_commit(cwd: Path) -> tuple[str, bool] | None:
-    """(commit, dirty) of the repository around `cwd`, or None outside one."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit, bool(status.strip())
 
 
 @dataclass

@@ -180,7 +180,9 @@ def store_lock(uri: str) -> Iterator[None]:
         yield
 
 
-def create_run(uri: str, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> tuple[Any, str, str, list[str]]:
+def create_run(
+    uri: str, experiment: str, *, run_name: str, tags: Mapping[str, str], start_time_ms: int | None = None
+) -> tuple[Any, str, str, list[str]]:
     """Check the store, then make a RUNNING run in `experiment`: (client, experiment id, run id, notices).
 
     The store is first opened (its schema created if new) and the experiment found or made under
@@ -193,7 +195,9 @@ def create_run(uri: str, experiment: str, *, run_name: str, tags: Mapping[str, s
         with store_lock(uri):
             client = MlflowClient(uri)
             experiment_id = experiment_id_for(client, experiment)
-        run_id = client.create_run(experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+        run_id = client.create_run(
+            experiment_id, start_time=start_time_ms, run_name=run_name, tags=dict(tags)
+        ).info.run_id
     except TrackingError:
         raise
     except Exception as exc:  # a bad URI, a store MLflow cannot open: say which, not a traceback

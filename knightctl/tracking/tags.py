@@ -9,6 +9,7 @@ SOURCE_TYPE_TAG = "mlflow.source.type"
 SOURCE_NAME_TAG = "mlflow.source.name"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 MLFLOW_VERSION_TAG = "mlflow.version"
+USER_TAG = "mlflow.user"
 
 # knightctl's.
 VERSION_TAG = "knightctl.version"

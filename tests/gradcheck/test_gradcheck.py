@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,32 @@ def test_a_gradcheck_run_lands_in_mlflow_and_plugins_hear_of_it(
         "event": "gradcheck_completed",
         "ops": ["gc::wrong_factor", "gc::custom_scale"],
     }
+
+
+def test_a_gradcheck_run_tells_what_was_checked_how_and_by_whom(tmp_path: Path) -> None:
+    """A reviewer reads the verdicts on the run page: description, params, provenance, a true duration."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    quiet = frozenset({"noisy_events", "faulty_ops", "recorder"})
+    settings = PluginSettings(dirs=(GRADCHECK_OPS.parent,), disabled=quiet)
+    before_ms = int(time.time() * 1000)
+    result = gradcheck(["gc::wrong_factor", "gc::custom_scale"], plugins=settings, tracking_uri=uri, atol=1e-6)
+    run = MlflowClient(uri).get_run(result.run_id)
+    wrong = result.reports[0]
+    outcome = f"FAILED: 1 of 2 failed: gc::wrong_factor ({wrong.failures[0].check})"
+    note = run.data.tags["mlflow.note.content"]
+    assert run.data.tags["knightctl.outcome"] == outcome and note.startswith(outcome + "\n")
+    assert "| op | verdict | checks | seconds |" in note and "| gc::custom_scale | passed | mutation passed" in note
+    assert wrong.explain()[0] in note  # the failure told as the terminal tells it
+    assert run.data.params == {
+        "ops": "gc::wrong_factor, gc::custom_scale",
+        "order": "2, or each op's max_order",
+        "method": "auto",
+        "atol": "1e-06",
+        "rtol": "each op's own",
+        "dtype": "float64",
+        "device": "cpu",
+    }
+    tags = run.data.tags
+    assert tags["knightctl.version"] and tags["torch.version"] and tags["mlflow.source.name"] == "knightctl gradcheck"
+    assert run.info.start_time <= before_ms + 1000  # started with the checks, not when they were logged
+    assert run.info.end_time - run.info.start_time >= 1000 * sum(r.seconds for r in result.reports) * 0.9

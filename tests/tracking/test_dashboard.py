@@ -41,13 +41,20 @@ def reviewed(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("dashboard")
     git(workdir, "init", "-q")
     (workdir / "notes.txt").write_text("the sword in the stone\n")
-    git(workdir, "add", "notes.txt")
+    for folder, name in [
+        ("experiments", "excalibur.yaml"),
+        ("plugins", "sigmoid_gate.py"),
+        ("plugins", "smooth_relu.py"),
+    ]:
+        (workdir / folder).mkdir(exist_ok=True)
+        shutil.copyfile(ROOT / folder / name, workdir / folder / name)  # the spec's repository is this one
+    git(workdir, "add", ".")
     git(workdir, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
     previous = os.getcwd()
     os.chdir(workdir)
     try:
         uri = f"sqlite:///{workdir}/mlflow.db"
-        result = train(EXCALIBUR, overrides=OVERRIDES, tracking_uri=uri, device="cpu")
+        result = train(workdir / "experiments" / "excalibur.yaml", overrides=OVERRIDES, tracking_uri=uri, device="cpu")
         client = MlflowClient(uri)
         yield result, client, client.get_run(result.run_id), git(workdir, "rev-parse", "HEAD")
     finally:
@@ -92,6 +99,7 @@ def test_tags_name_versions_device_seed_commit_plugins_and_ops(reviewed) -> None
     assert tags["torch.version"] == torch.__version__ and tags["mlflow.version"] == mlflow.__version__
     assert tags["device"] == "cpu" and tags["seed"] == "42"
     assert tags["mlflow.source.git.commit"] == commit and tags["git.dirty"] == "false"  # read before mlflow.db existed
+    assert tags["mlflow.user"] and tags["mlflow.source.name"].endswith("experiments/excalibur.yaml")
     assert tags["ops"] == "knight::sigmoid_gate, knight::smooth_relu"
     assert "sigmoid_gate@sha256:" in tags["plugins"] and "smooth_relu@sha256:" in tags["plugins"]
     assert tags["gradcheck.verdict"] == "passed"
