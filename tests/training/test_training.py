@@ -17,6 +17,7 @@ from torch import nn
 from knightctl.errors import DataError, ModelShapeError, RunFailed
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
+from knightctl.tracking.provenance import git_commit
 from knightctl.training.build import build_components
 from knightctl.training.run import train
 
@@ -67,8 +68,9 @@ def test_run_tags_name_versions_device_seed_and_commit(tracked) -> None:
     assert tags["seed"] == "42"
     assert tags["deterministic"] == "false"
     assert len(tags["spec.digest"]) == 64
-    # the run was started from a temporary folder outside any repository: no commit to record
-    assert "mlflow.source.git.commit" not in tags
+    # the commit of the repository that holds the spec (this checkout), wherever the run started
+    repository = git_commit(ROUND_TABLE.parent)
+    assert tags.get("mlflow.source.git.commit") == (repository[0] if repository else None)
 
 
 def test_metrics_are_stored_per_logged_step(tracked) -> None:
@@ -236,7 +238,7 @@ def test_an_exception_inside_the_loop_fails_the_run_naming_the_step(
     assert "RuntimeError" in Path(client.download_artifacts(run.info.run_id, "error/traceback.txt")).read_text()
 
 
-def test_a_run_inside_a_git_repository_records_its_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_spec_inside_a_git_repository_records_its_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
     def git(*args: str) -> str:
@@ -244,14 +246,14 @@ def test_a_run_inside_a_git_repository_records_its_commit(tmp_path: Path, monkey
 
     git("init", "-q")
     (tmp_path / "notes.txt").write_text("the round table\n")
-    git("add", "notes.txt")
+    spec = tmp_path / "round_table.yaml"
+    spec.write_text(ROUND_TABLE.read_text())
+    git("add", "notes.txt", "round_table.yaml")
     git("-c", "user.name=Merlin", "-c", "user.email=merlin@camelot.invalid", "commit", "-qm", "first")
     (tmp_path / "notes.txt").write_text("the round table, revised\n")  # an uncommitted change
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path.parent)  # the spec's repository counts, not the working folder
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = train(
-        ROUND_TABLE, overrides=["train.epochs=2", "tracking.log_model=false"], tracking_uri=uri, device="cpu"
-    )
+    result = train(spec, overrides=["train.epochs=2", "tracking.log_model=false"], tracking_uri=uri, device="cpu")
     tags = MlflowClient(uri).get_run(result.run_id).data.tags
     assert tags["mlflow.source.git.commit"] == git("rev-parse", "HEAD")
     assert tags["git.dirty"] == "true"
