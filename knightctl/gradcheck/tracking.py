@@ -37,9 +37,14 @@ def check_key(check: str) -> str:
     return re.sub(r"[^\w.\-]+", "_", check).strip("_")
 
 
+_NO_NUMBERS = ("mutation", "grad metadata")  # they compare tensors for identity, dtypes and shapes: no error to log
+_ABSOLUTE_ONLY = ("linearity", "reentrant")  # gradients against gradients: no finite difference to be relative to
+
+
 def compared(report: OpReport) -> list[CheckResult]:
-    """The checks that compared something: their errors are measurements (n/a, skip, error are not)."""
-    return [check for check in report.checks if check.status in ("passed", "failed")]
+    """The checks that measured an error: passed or failed (n/a, skip, error measured nothing),
+    and of a kind that has one."""
+    return [c for c in report.checks if c.status in ("passed", "failed") and c.check not in _NO_NUMBERS]
 
 
 def overall(reports: Sequence[OpReport]) -> str:
@@ -65,10 +70,12 @@ def _entries(reports: Sequence[OpReport], now: int) -> tuple[list[Any], list[Any
         tags.append(RunTag(f"gradcheck.{op}", report.verdict))
         tags.extend(RunTag(f"gradcheck.{op}.{check_key(check.check)}", _SHOWN[check.status]) for check in report.checks)
         measured = compared(report)
+        relative = [check for check in measured if check.check not in _ABSOLUTE_ONLY]
         for check in measured:
             metrics.append(
                 Metric(f"gradcheck/{op}/{check_key(check.check)}/max_abs_error", check.max_abs_error, now, 0)
             )
+        for check in relative:
             metrics.append(
                 Metric(f"gradcheck/{op}/{check_key(check.check)}/max_rel_error", check.max_rel_error, now, 0)
             )
@@ -76,8 +83,9 @@ def _entries(reports: Sequence[OpReport], now: int) -> tuple[list[Any], list[Any
             metrics.append(
                 Metric(f"gradcheck/{op}/max_abs_error", max(check.max_abs_error for check in measured), now, 0)
             )
+        if relative:
             metrics.append(
-                Metric(f"gradcheck/{op}/max_rel_error", max(check.max_rel_error for check in measured), now, 0)
+                Metric(f"gradcheck/{op}/max_rel_error", max(check.max_rel_error for check in relative), now, 0)
             )
     # An op named twice, or a check that appears twice, gives one key: the last one stands, once.
     return list({metric.key: metric for metric in metrics}.values()), list({tag.key: tag for tag in tags}.values())
