@@ -5,7 +5,7 @@ train ...` run from inside knightctl, so that one machine needs no second comman
 failure ends in a sentence that names the rank that failed first and a run marked FAILED.
 
 torchrun's elastic agent starts the workers, each `python -m knightctl train` with RANK,
-WORLD_SIZE and the rest in its environment (distributed.py), restarts all of them up to
+WORLD_SIZE and the rest in its environment (ranks.py), restarts all of them up to
 `max_restarts` times when one fails (they go on from the job's newest checkpoint, jobs.py), and
 stops the others when one fails for good. Of the failures it reports, those that only lost their
 connection to another rank (or were stopped by the agent) are consequences; the cause is the
@@ -133,7 +133,7 @@ def _failure(job_id: str, failures: list[RankFailure], world_size: int) -> Distr
 
 def _interrupted(job_id: str, name: str, world_size: int) -> Interrupted:
     """The agent passed the signal on to every rank; they stopped together at a step, and rank 0
-    wrote a checkpoint and marked the run KILLED (distributed.py, loop.py)."""
+    wrote a checkpoint and marked the run KILLED (ranks.py, training/loop.py)."""
     record = read_job(job_id)
     run = record.run_id if record else None
     newest = CheckpointFolder(Path(record.checkpoint_folder)).latest() if record else None

@@ -78,7 +78,7 @@ class MlflowRun:
     notices: list[str] = field(default_factory=list)  # worth a line on screen: an unmigrated ./mlruns
     story: RunStory | None = None  # rendered into the run's description when the run ends
     # One sentence for the user when the tracking server was gone at the end: what waits in the
-    # journal for `knightctl sync` (offline.py); None when everything reached the store.
+    # journal for `knightctl sync` (offline/fallback.py); None when everything reached the store.
     pending_sync: str | None = None
     _fallback: StoreFallback | None = field(default=None, repr=False)
 
@@ -169,7 +169,8 @@ class MlflowRun:
         return info.model_uri
 
     def _store(self, action: Callable[[], Any], journal_it: Callable[[Journal], None]) -> None:
-        """Do `action` on the store, or `journal_it` if the tracking server is gone (offline.py asks it first)."""
+        """Do `action` on the store, or `journal_it` if the tracking server is gone (offline/fallback.py
+        asks it first)."""
         self._store_fallback().call(action, journal_it)
 
     def _store_fallback(self) -> StoreFallback:

@@ -1,6 +1,6 @@
-"""`train(spec)`: decide the device and seed once, build, dry-run, then one loop (loop.py), top to bottom.
+"""`train(spec)`: decide the device and seed once, build, dry-run, then one loop (training/loop.py), top to bottom.
 
-A run may start fresh or go on from a checkpoint (`resume=`, resume.py): then the weights,
+A run may start fresh or go on from a checkpoint (`resume=`, checkpoint/resume.py): then the weights,
 optimizer, generators and position come from the checkpoint, and the same MLflow run continues.
 """
 
@@ -100,9 +100,9 @@ def train(
     (a sweep's trial: `mlflow.parentRunId`, and `mlflow.runName` for its name).
 
     Under torchrun (RANK and WORLD_SIZE set) this process is one rank of a distributed job
-    (distributed.py): it trains its shard of every batch in DistributedDataParallel; rank 0 alone
+    (distributed/ranks.py): it trains its shard of every batch in DistributedDataParallel; rank 0 alone
     runs the gradient check, tracks in MLflow and writes checkpoints; after a restart the job goes
-    on from its newest checkpoint (jobs.py).
+    on from its newest checkpoint (distributed/jobs.py).
     """
     options = TrainOptions(
         overrides=tuple(overrides),

@@ -1,7 +1,7 @@
 """Keep on disk what a run could not send to its tracking store, until the store takes it.
 
 While a tracking server is away, the metric writer (metricwriter.py) appends metric batches here,
-and the run's last calls follow (offline.py): tags, artifact files and the terminal status. The
+and the run's last calls follow (fallback.py): tags, artifact files and the terminal status. The
 writer delivers them when the server is back; `knightctl sync` (sync.py) does it later.
 
 One folder per run, `.knightctl/journal/RUN_ID/` under the working directory by default:

@@ -6,7 +6,7 @@ a server still away costs seconds, not MLflow's minutes of retries. Delivered jo
 
 Then the stores it reached (and the one `tracking_uri`, MLFLOW_TRACKING_URI or the default names)
 are searched for stale runs (FAULTS 20): RUNNING, started on this machine by a process that no
-longer runs (runowner.py), with no journal still waiting. Each is marked KILLED, and its
+longer runs (tracking/owner.py), with no journal still waiting. Each is marked KILLED, and its
 description says why.
 """
 
