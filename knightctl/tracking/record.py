@@ -70,6 +70,8 @@ def record_start(
         tags[RESUMED_FROM_TAG] = f"step {resumed.state['step']}"
         tags[SPEC_CHANGES_TAG] = "; ".join(resumed.changes) or "none"
     run.set_tags(tags)
+    if resumed is None:  # a resumed run has them from its start (MLflow refuses to change a param)
+        run.log_params(built_params(parts))
     story = RunStory(
         spec=spec,
         device=f"{choice.description} ({choice.reason})",
@@ -125,6 +127,20 @@ def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -
     if spec.description:
         tags[NOTE_TAG] = spec.description
     return tags
+
+
+def built_params(parts: Components) -> dict[str, str]:
+    """What the spec became once built, as params: the model's size and the data's shape and classes."""
+    data = parts.data
+    params = {
+        "model.n_parameters": str(sum(p.numel() for p in parts.model.parameters())),
+        "data.n_train": str(data.n_train),
+        "data.n_val": str(data.n_val),
+        "data.n_features": str(int(data.train_x.shape[1]) if data.train_x.dim() > 1 else 1),
+    }
+    if data.class_names:
+        params["data.classes"] = ", ".join(data.class_names)[:6000]  # in index order; MLflow's value limit
+    return params
 
 
 def _example(parts: Components) -> Any:

@@ -112,6 +112,14 @@ class MlflowRun:
             lambda journal: journal.add_tags(tags),
         )
 
+    def log_params(self, params: Mapping[str, str]) -> None:
+        """Add params; lost, not journaled, if the server went away in the moment since the run was made
+        (the journal replays tags, metrics and files: these params say nothing the spec does not)."""
+        from mlflow.entities import Param
+
+        batch = [Param(key, value) for key, value in params.items()]
+        self._store(lambda: self.client.log_batch(self.run_id, params=batch, synchronous=True), lambda journal: None)
+
     def describe(self, story: RunStory) -> None:
         """Show `story` as the run's description now, and again (updated) when the run ends."""
         self.story = story
@@ -293,6 +301,13 @@ def _resume_advice(hint: str | None) -> str:
     return match.group(0) if match else ""
 
 
+def spec_params(spec: ExperimentSpec) -> dict[str, str]:
+    """The resolved spec, flattened, as a run's params: options left unset (None) are not shown, nor
+    the description, which is the run's description already."""
+    flat = flatten(spec.to_data())
+    return {key: value for key, value in flat.items() if value != "None" and key != "description"}
+
+
 def _log_spec(client: Any, run_id: str, spec: ExperimentSpec, resumed: bool = False) -> None:
     """The flattened resolved spec as params; the spec as written and resolved as artifacts.
 
@@ -303,7 +318,7 @@ def _log_spec(client: Any, run_id: str, spec: ExperimentSpec, resumed: bool = Fa
     from mlflow.entities import Param
 
     existing = client.get_run(run_id).data.params if resumed else {}
-    params = [Param(key, value[:6000]) for key, value in flatten(spec.to_data()).items() if key not in existing]
+    params = [Param(key, value[:6000]) for key, value in spec_params(spec).items() if key not in existing]
     for start in range(0, len(params), _PARAM_BATCH):
         client.log_batch(run_id, params=params[start : start + _PARAM_BATCH], synchronous=True)
     if spec.source is not None and not resumed:
