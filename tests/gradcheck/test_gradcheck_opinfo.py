@@ -18,6 +18,7 @@ from knightctl import OpDef
 from knightctl.errors import PluginError
 from knightctl.gradcheck.checks import check_op
 from knightctl.gradcheck.run import gradcheck
+from knightctl.plugins.files import import_plugin_file
 from knightctl.plugins.system import PluginSettings
 
 opinfo_core = pytest.importorskip(
@@ -26,21 +27,13 @@ opinfo_core = pytest.importorskip(
 OpInfo, SampleInput = opinfo_core.OpInfo, opinfo_core.SampleInput
 
 
-class _Cube(torch.autograd.Function):
-    generate_vmap_rule = True  # OpInfo claims batched gradients unless told otherwise
+FORMS = import_plugin_file(Path(__file__).resolve().parents[1] / "plugins" / "gradcheck_forms.py")
 
-    @staticmethod
-    def forward(x):
-        return x**3
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0])
+class _Cube(FORMS._Cube):
+    """x**3 with a right backward (the forms plugin's), batched: OpInfo claims batched gradients."""
 
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * 3 * x**2
+    generate_vmap_rule = True
 
 
 class _CubeIgnoringGrad(_Cube):
