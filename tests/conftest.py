@@ -40,16 +40,28 @@ def _work_in_a_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.fixture
 def load_logged_model() -> Callable[[str, str], Any]:
-    """Load a `models:/` URI from the store at `tracking_uri` (MLflow resolves it against the global one)."""
-    import mlflow.pytorch
+    """The torch module of a `models:/` URI in the store at `tracking_uri`, loaded through MLflow's pyfunc
+    (MLflow resolves the URI against the global store)."""
+    import mlflow.pyfunc
 
     from knightctl.tracking.run import fluent_tracking_uri
 
     def load(tracking_uri: str, model_uri: str) -> Any:
         restore = fluent_tracking_uri(tracking_uri)  # puts MLFLOW_TRACKING_URI back as well
         try:
-            return mlflow.pytorch.load_model(model_uri)
+            return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().module
         finally:
             restore()
 
     return load
+
+
+def best_model(result: Any) -> Any:
+    """The trained model with the weights of its best step (best.pt): what a run logs as its model."""
+    import copy
+
+    from knightctl.checkpoint.files import load_checkpoint
+
+    model = copy.deepcopy(result.model).cpu()
+    model.load_state_dict(load_checkpoint(result.best_checkpoint)["model"])
+    return model.eval()

@@ -138,6 +138,10 @@ class CheckpointFolder:
             old.unlink(missing_ok=True)
         return written
 
+    def best_file(self) -> Path:
+        """best.pt: the model of record's weights (training/best.py); not a point to resume from."""
+        return self.path / "best.pt"
+
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first (temporary files never match the name)."""
         if not self.path.is_dir():

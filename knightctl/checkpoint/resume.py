@@ -67,6 +67,11 @@ def prepare_resume(
                 f"resume from it with: knightctl train --resume {earlier[-1]}"
             )
         raise
+    if state.get("kind") == "best":
+        raise ResumeError(
+            f"{path}: best.pt holds the model of record's weights only, not a point to resume from",
+            hint=f"resume from the run's newest checkpoint: knightctl train --resume {path.parent}",
+        )
     resumed_spec = _spec_for(state, path, spec, overrides, plugins)
     changes = spec_changes(state["spec"], resumed_spec.to_data())
     if changes and not allow_spec_change:

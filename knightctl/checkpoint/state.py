@@ -44,6 +44,7 @@ def training_state(
     metrics: dict[str, Any],
     history: list[tuple[int, dict[str, float]]],
     latest: dict[str, float],
+    best: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A checkpoint's contents (`parts` are the run's Components, `spec` its ExperimentSpec)."""
     source = spec.source
@@ -74,6 +75,7 @@ def training_state(
         "metrics": metrics,  # StepMetrics.snapshot(): losses of steps not yet in a logged window
         "history": [[step, dict(values)] for step, values in history],
         "latest": dict(latest),
+        "best": best,  # ModelOfRecord.state(): the best step so far, its value and weights
     }
 
 

@@ -116,7 +116,8 @@ class ProgressObserver:
 
 
 def render_summary(console: Console, result: RunResult) -> None:
-    """The end-of-run table: device, epochs, time, final metrics, and where the run is in MLflow."""
+    """The end-of-run table: device, epochs, time, the final metrics beside the best step's, and where
+    the run is in MLflow."""
     info = result.info
     table = Table(title=f"{info.spec_name}: finished", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -124,14 +125,22 @@ def render_summary(console: Console, result: RunResult) -> None:
     table.add_row("device", info.device)
     table.add_row("epochs / steps", f"{info.epochs} / {result.steps}")
     table.add_row("time", f"{result.seconds:.1f} s (training loop {result.loop_seconds:.2f} s)")
+    best = result.best
+    final_heading = f"final (step {result.steps:,})"
+    if best is not None:  # one column of text, so that the run id and URIs below are never cut short
+        table.add_row("", f"[italic]{final_heading:<18}best {best.metric} (step {best.step:,})[/italic]")
     for key, value in result.final_metrics.items():
         if key != "epoch":
-            table.add_row(key, f"{value:,.0f}" if key.endswith("per_s") else f"{value:.4f}")
+            shown = f"{value:,.0f}" if key.endswith("per_s") else f"{value:.4f}"
+            if best is not None and key in best.metrics and not key.endswith("per_s"):
+                shown = f"{shown:<18}{best.metrics[key]:.4f}"
+            table.add_row(key, shown)
     if info.run_id:
         table.add_row("MLflow run", info.run_id)
         table.add_row("tracking URI", f"{info.tracking_uri} ({result.tracking_uri_source})")
         if result.model_uri:
-            table.add_row("model", result.model_uri)
+            which = f" ({result.model_of_record} step)" if result.model_of_record else ""
+            table.add_row("model", result.model_uri + which)
     console.print(table)
     if result.pending_sync:
         console.print(f"[yellow]note:[/yellow] {escape(result.pending_sync)}", soft_wrap=True)

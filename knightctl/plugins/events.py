@@ -33,6 +33,17 @@ class RunInfo:
     world_size: int = 1  # processes training together (distributed data parallel when over 1)
 
 
+@dataclass(frozen=True)
+class BestStep:
+    """The model of record's step: where the monitored metric was best, and every metric logged there."""
+
+    metric: str
+    goal: str  # "min" or "max"
+    step: int
+    value: float
+    metrics: dict[str, float]  # all metrics logged at `step`
+
+
 @dataclass
 class RunResult:
     """What a finished run did: final metrics, every logged point, timings and the model."""
@@ -50,6 +61,9 @@ class RunResult:
     checkpoint: Path | None = None  # the final checkpoint
     step_losses: list[float] | None = None  # every step's loss, in order, when asked for (record_losses)
     pending_sync: str | None = None  # what waits in the local journal for a tracking server that went away
+    best: BestStep | None = None  # the best step by train.monitor, beside `final_metrics` (the last)
+    best_checkpoint: Path | None = None  # best.pt: the best step's weights
+    model_of_record: str | None = None  # which weights were logged as the model: "best", "final", or None
 
     @property
     def run_id(self) -> str | None:

@@ -165,13 +165,32 @@ class TrainSpec(SpecModel):
     eval_every_n_epochs: Annotated[int | Literal["auto"], PlainValidator(_every)] = "auto"
     grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm to this")
     deterministic: bool = False
+    monitor: str = Field(
+        "auto",
+        min_length=1,
+        description="the metric that picks the model of record; auto: val/loss, or train/loss with no validation",
+    )
+    monitor_mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="whether lower or higher is better; auto: max for accuracy-like names, else min"
+    )
 
 
 class TrackingSpec(SpecModel):
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the spec's name")
     uri: str | None = Field(None, min_length=1, description="MLflow tracking URI")
     run_name: str | None = Field(None, min_length=1)
-    log_model: bool = True
+    log_model: bool | Literal["best", "final"] = Field(
+        True, description="log the model of record: best (true) by train.monitor, final (the last step), or false"
+    )
+    register_model: str | None = Field(
+        None, min_length=1, max_length=250, description="also register the logged model under this name"
+    )
+
+    @model_validator(mode="after")
+    def _registering_needs_a_model(self) -> TrackingSpec:
+        if self.register_model is not None and self.log_model is False:
+            raise ValueError("register_model needs a logged model: set log_model to true, best or final")
+        return self
 
 
 class CheckpointSpec(SpecModel):

@@ -32,7 +32,11 @@ def run_checkpoint(uri: str, run_id: str, looked_in: Path) -> Path:
     newest = CheckpointFolder(Path(recorded)).latest() if recorded else None
     if newest is not None:
         return newest
-    stored = [item.path for item in client.list_artifacts(run_id, "checkpoints") if item.path.endswith(".pt")]
+    stored = [
+        item.path
+        for item in client.list_artifacts(run_id, "checkpoints")
+        if item.path.endswith(".pt") and not item.path.endswith("best.pt")  # weights only: no resuming from it
+    ]
     if not stored:
         raise CheckpointError(
             f"MLflow run {run_id} has no checkpoint: none in {recorded or looked_in}, none among its artifacts"

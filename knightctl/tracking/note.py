@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from knightctl.spec.model import ExperimentSpec
+    from knightctl.training.best import Choice, ModelOfRecord
 
 # The metrics a reader looks for first, in this order; any others follow alphabetically.
 _HEADLINE = ("val/accuracy", "val/loss", "train/loss")
@@ -42,6 +43,8 @@ class RunStory:
     resumed_from: str | None = None  # the checkpoint a resumed run went on from
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # every logged point, by step
     next_step: str = ""  # what to do about how it ended: the resume command of a stopped run
+    best: ModelOfRecord | None = None  # the best step by train.monitor so far (training/best.py)
+    model_of_record: Choice | None = None  # the weights logged as the run's model, once logged
 
 
 def outcome(story: RunStory) -> str:
@@ -51,6 +54,11 @@ def outcome(story: RunStory) -> str:
     if story.status == "RUNNING":
         return f"RUNNING: {story.spec.train.epochs} epochs"
     if story.status == "FINISHED":
+        best = story.best
+        if best is not None and best.value is not None and best.step is not None:
+            final = story.final_metrics.get(best.metric)
+            last = f" (final {final:.4g})" if final is not None and best.step != story.steps else ""
+            return f"FINISHED after {steps}: best {best.metric} {best.value:.4g} at step {best.step:,}{last}"
         headline = [f"{key} {value:.4g}" for key, value in _results(story.final_metrics)[:2]]
         return f"FINISHED after {steps}" + (f": {', '.join(headline)}" if headline else "")
     told = f"{story.status} after {steps}" + (f": {story.ending}" if story.ending else "")
@@ -102,12 +110,22 @@ def render_note(story: RunStory) -> str:
         ("training", f"{spec.train.epochs} epochs, {batch}, seed {spec.seed}; {story.steps:,} steps{duration}"),
         ("gradient check", story.gradcheck),
     ]
+    if story.model_of_record is not None:
+        rows.append(("model of record", f"{story.model_of_record.why()} (logged as a model of this run)"))
+    elif story.best is not None and story.best.step is not None and story.status == "FINISHED":
+        rows.append(("model of record", "not logged (tracking.log_model: false); best.pt holds the best step"))
     if story.resumed_from:
         rows.insert(1, ("resumed from", story.resumed_from))
     lines = [outcome(story), "", f"### {spec.name}", ""]
     if spec.description:
         lines += [spec.description.strip(), ""]
     lines += ["| | |", "|---|---|"] + [f"| {key} | {_cell(value)} |" for key, value in rows]
+    best = story.best
+    if best is not None and best.step is not None and best.value is not None:
+        at_best = _results({k: v for step, values in story.history if step == best.step for k, v in values.items()})
+        so_far = "" if story.status == "FINISHED" else " so far"
+        shown = " · ".join(f"{key} {value:.4g}" for key, value in at_best)
+        lines += ["", f"**Best{so_far}** by {best.metric} (step {best.step:,}): {shown}"]
     results = _results(story.final_metrics)
     if results:
         label = "Final metrics" if story.status in ("FINISHED", "RUNNING") else "Last metrics"

@@ -24,6 +24,7 @@ from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import log_reports
 from knightctl.plugins.system import PluginSystem
 from knightctl.spec.model import ExperimentSpec
+from knightctl.tracking.models import log_model_of_record, model_description
 from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, model_summary
 from knightctl.tracking.owner import owner_tags
 from knightctl.tracking.plots import CURVES_ARTIFACT, run_plots, training_curves
@@ -32,10 +33,12 @@ from knightctl.tracking.provenance import provenance_tags
 from knightctl.tracking.run import MlflowRun, open_run
 from knightctl.tracking.tags import (
     CHECKPOINT_DIR_TAG,
+    MODEL_CHOICE_TAG,
     NOTE_TAG,
     RESUMED_FROM_TAG,
     SPEC_CHANGES_TAG,
 )
+from knightctl.training.best import choose
 from knightctl.training.build import Components
 from knightctl.training.devices import DeviceChoice
 from knightctl.training.position import Position
@@ -81,22 +84,34 @@ def record_start(
         final_metrics=position.latest,  # the same dict: the description shows the latest values, even of a failed run
         resumed_from=resumed_from(resumed),
         history=position.history,  # the same list: the description tells each value's step
+        best=position.best,  # the same object: the description gives the best step beside the last
     )
     run.describe(story)
 
 
-def record_results(run: MlflowRun, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
-    """After the last step: the final checkpoint (as checkpoints/final.pt), the plots and (unless
-    turned off) the model."""
-    if position.checkpoint is not None:
-        with tempfile.TemporaryDirectory() as folder:
-            final = Path(folder) / "final.pt"
-            shutil.copyfile(position.checkpoint, final)
-            run.log_file(final, "checkpoints")
+def record_results(
+    run: MlflowRun, spec: ExperimentSpec, parts: Components, position: Position, system: PluginSystem
+) -> str | None:
+    """After the last step: the final and best checkpoints (checkpoints/final.pt, checkpoints/best.pt),
+    the plots and (unless turned off) the model of record (tracking/models.py)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, path in (("final.pt", position.checkpoint), ("best.pt", position.best_checkpoint)):
+            if path is not None:
+                shutil.copyfile(path, Path(folder) / name)
+                run.log_file(Path(folder) / name, "checkpoints")
     run.log_figures(run_plots(position.history, parts.model, parts.data, parts.loss_def.target))
     if not spec.tracking.log_model:
         return None
-    return run.log_model(copy.deepcopy(parts.model).cpu().eval(), _example(parts))
+    choice = choose(spec.tracking.log_model, position.best, position.step)
+    if choice.kind == "best" and position.best is not None:
+        model = position.best.model_at_best(parts.model)
+    else:
+        model = copy.deepcopy(parts.model).cpu().eval()
+    target = parts.loss_def.target
+    tags = {NOTE_TAG: model_description(spec, choice, parts.data, target), MODEL_CHOICE_TAG: choice.kind}
+    if run.story is not None:
+        run.story.model_of_record = choice
+    return run.log_model(lambda: log_model_of_record(spec, system, model, parts.data, target, choice, tags))
 
 
 def resumed_from(resumed: Resumption | None) -> str | None:
@@ -143,11 +158,6 @@ def built_params(parts: Components) -> dict[str, str]:
     return params
 
 
-def _example(parts: Components) -> Any:
-    """A few real input rows, as float32 NumPy, for the model's signature and input example."""
-    return parts.data.train_x[:5].detach().cpu().numpy()
-
-
 class MlflowTracker:
     """`training.tracker.Tracker` on an open MLflow run: what `train` tells it, recorded as above."""
 
@@ -186,8 +196,10 @@ class MlflowTracker:
         except Exception as exc:  # the error that ended the run is the one to report
             warnings.warn(f"could not store the curves with MLflow run {self.run.run_id}: {exc}", stacklevel=1)
 
-    def record_results(self, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
-        return record_results(self.run, spec, parts, position)
+    def record_results(
+        self, spec: ExperimentSpec, parts: Components, position: Position, system: PluginSystem
+    ) -> str | None:
+        return record_results(self.run, spec, parts, position, system)
 
 
 @contextmanager

@@ -27,13 +27,10 @@ from knightctl.tracking.note import RunStory, outcome, render_note
 from knightctl.tracking.offline.fallback import StoreFallback
 from knightctl.tracking.offline.journal import Journal
 from knightctl.tracking.plots import save_png
-from knightctl.tracking.stores import create_run, reopen_run
+from knightctl.tracking.stores import absolute_uri, create_run, reopen_run
 from knightctl.tracking.tags import NOTE_TAG, OUTCOME_TAG, RUN_NAME_TAG
 
 if TYPE_CHECKING:
-    import numpy as np
-    import torch
-
     from knightctl.spec.model import ExperimentSpec
     from knightctl.training.data import Split
 
@@ -145,36 +142,15 @@ class MlflowRun:
             ),  # a copy: the file may change before `knightctl sync`
         )
 
-    def log_model(self, model: torch.nn.Module, example: np.ndarray) -> str | None:
-        """Log `model` (a CPU copy) in MLflow's pt2 format with signature and input example.
-
-        pt2 (torch.export) holds the graph, not Python classes: loading needs no knightctl, only the
-        custom ops' library registered (import the plugin). Every example plugin op exports:
-        autograd.Functions are traced through, and custom ops have their fake kernels.
-        None, and the model skipped, if the tracking server is gone (`pending_sync` says so).
-        """
+    def log_model(self, log: Callable[[], Any]) -> str | None:
+        """Run `log` (which logs a model into the fluent run and returns MLflow's ModelInfo); the
+        model's URI. None, and the model skipped, if the tracking server is gone (`pending_sync`
+        says so)."""
         fallback = self._store_fallback()
         if fallback.check():
             fallback.skipped.append("the model")
             return None
-        import mlflow
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
-
-        with torch.no_grad():
-            prediction = model(torch.from_numpy(example)).numpy()
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, prediction),
-            input_example=example,
-            serialization_format="pt2",
-            # Naming the requirement skips MLflow's inference, which reloads the model in a
-            # subprocess (about 7 s here). The local suffix (+cpu, +cu124) is not installable.
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
-        return info.model_uri
+        return str(log().model_uri)
 
     def _store(self, action: Callable[[], Any], journal_it: Callable[[Journal], None]) -> None:
         """Do `action` on the store, or `journal_it` if the tracking server is gone (offline/fallback.py
@@ -208,13 +184,16 @@ def open_run(
     import mlflow
 
     writer = writer or start_writer(tracking_uri)
+    # A relative sqlite path names the file in the working folder of now: MLflow caches its store per
+    # URI string, so a later run (after a chdir, in a notebook) would otherwise reach the first file.
+    store_uri = absolute_uri(tracking_uri)
     try:
         if resume_run_id is not None:
-            client, experiment_id, run_id, notices = reopen_run(tracking_uri, resume_run_id, tags=tags)
+            client, experiment_id, run_id, notices = reopen_run(store_uri, resume_run_id, tags=tags)
         else:
             run_name = tags.get(RUN_NAME_TAG) or spec.tracking.run_name or spec.name  # a sweep names its trials
             client, experiment_id, run_id, notices = create_run(
-                tracking_uri,
+                store_uri,
                 spec.tracking.experiment or spec.name,
                 run_name=run_name,
                 tags={k: v for k, v in tags.items() if k != RUN_NAME_TAG},
@@ -224,8 +203,8 @@ def open_run(
         raise
     writer.attach(run_id)
     run = MlflowRun(client, run_id, experiment_id, tracking_uri, writer, notices)
-    restore_uri = fluent_tracking_uri(tracking_uri)
-    mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pytorch.log_model; a resumed run is RUNNING again
+    restore_uri = fluent_tracking_uri(store_uri)
+    mlflow.start_run(run_id=run_id)  # the fluent run, for mlflow.pyfunc.log_model; a resumed run is RUNNING again
     status, ending = "FAILED", ""
     try:
         _log_spec(client, run_id, spec, resumed=resume_run_id is not None)  # while the writer process starts
@@ -270,7 +249,7 @@ def fluent_tracking_uri(tracking_uri: str) -> Callable[[], None]:
 
 def start_writer(tracking_uri: str) -> MetricWriter:
     """A metric writer (with system metrics) for a run about to be made on `tracking_uri`."""
-    return MetricWriter(tracking_uri, system_metrics=True)
+    return MetricWriter(absolute_uri(tracking_uri), system_metrics=True)  # the same file from its own process
 
 
 def _finish(run: MlflowRun, status: str, ending: str, restore_uri: Callable[[], None]) -> None:

@@ -14,6 +14,7 @@ USER_TAG = "mlflow.user"
 # knightctl's.
 VERSION_TAG = "knightctl.version"
 OUTCOME_TAG = "knightctl.outcome"  # the first line of the description: FINISHED/FAILED/KILLED and why
+MODEL_CHOICE_TAG = "knightctl.model_of_record"  # on a logged model: which weights, "best" (by train.monitor) or "final"
 HOST_TAG = "knightctl.host"  # which machine's process owns a RUNNING run
 PID_TAG = "knightctl.pid"
 STARTED_TAG = "knightctl.pid_started"  # the process's start time, s since the epoch, 2 decimals

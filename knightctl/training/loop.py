@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from knightctl.checkpoint.files import CheckpointFolder
+from knightctl.checkpoint.files import CheckpointFolder, save_checkpoint
 from knightctl.checkpoint.state import ResumePoint, rng_states, training_state
 from knightctl.distributed.ranks import SINGLE, is_peer_lost
 from knightctl.errors import Interrupted, KnightctlError, PeerLost, RunFailed
@@ -75,11 +75,21 @@ class Loop:
             metrics=self.metrics.snapshot(),
             history=self.position.history,
             latest=self.position.latest,
+            best=self.position.best.state() if self.position.best else None,
         )
         if rank_generators is not None:
             state["rank_rng"] = rank_generators
         self.position.checkpoint = self.checkpoints.save(state)
+        self.save_best()
         return self.position.checkpoint
+
+    def save_best(self) -> None:
+        """Write best.pt beside the checkpoints when the model of record changed since it was written."""
+        best = self.position.best
+        if best is None or best.weights is None or best.step == best.saved_step:
+            return
+        self.position.best_checkpoint = save_checkpoint(best.file_state(self.spec), self.checkpoints.best_file())
+        best.saved_step = best.step
 
     def log(self, points: list[tuple[int, dict[str, float]]]) -> None:
         self.run.log_metrics(points)
@@ -232,6 +242,8 @@ def _loop(loop: Loop) -> float:
             since, samples = now, 0
             loop.log(points)
             evaluated = dict(position.latest)
+            if position.best is not None:
+                position.best.offer(position.step, evaluated.get(position.best.metric), model)
         for observer in loop.observers:
             observer.epoch_completed(epoch, position.step, evaluated)
         if last or epoch % checkpoint_every == 0:

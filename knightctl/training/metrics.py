@@ -129,6 +129,16 @@ class NonFiniteLoss(RunFailed):
         self.loss = loss
 
 
+def logged_metrics(target: str, has_validation: bool) -> set[str]:
+    """The names of the metrics a run logs (system metrics aside): what `train.monitor` may name."""
+    names = {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "epoch"}
+    if has_validation:
+        names.add("val/loss")
+        if target in ("binary", "class"):
+            names.add("val/accuracy")
+    return names
+
+
 def gradient_norm(model: nn.Module) -> torch.Tensor:
     """Euclidean norm of all gradients together, as a device tensor (no synchronisation)."""
     grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from knightctl.checkpoint.state import ResumePoint
+from knightctl.training.best import ModelOfRecord
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Position:
     latest: dict[str, float] = field(default_factory=dict)
     history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     checkpoint: Path | None = None
+    best: ModelOfRecord | None = None  # the model of record so far (training/best.py); None on ranks but 0
+    best_checkpoint: Path | None = None  # best.pt, once written
 
     def resume_point(self, data_order: torch.Generator) -> ResumePoint:
         if self.epoch_done:

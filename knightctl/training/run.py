@@ -26,6 +26,7 @@ from knightctl.spec.model import ExperimentSpec
 from knightctl.tracking.record import open_tracker, run_tags
 from knightctl.tracking.run import start_writer
 from knightctl.tracking.tags import RESTARTS_TAG, WORLD_SIZE_TAG
+from knightctl.training.best import ModelOfRecord, best_step, choose, monitor_goal, monitored_metric
 from knightctl.training.build import Components
 from knightctl.training.loop import Loop, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
@@ -195,9 +196,10 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         stored_by = time.perf_counter()
         tracker.close_metrics()
         store_wait_seconds = time.perf_counter() - stored_by
-        model_uri = tracker.record_results(spec, parts, position)
+        model_uri = tracker.record_results(spec, parts, position, system)
     if ranks.is_main and ranks.job_id:  # finished: nothing left to restart from
         job_file(ranks.job_id).unlink(missing_ok=True)
+    logged_kind = choose(spec.tracking.log_model, position.best, position.step).kind if model_uri else None
     result = RunResult(
         info=info,
         final_metrics=dict(position.latest),
@@ -212,6 +214,9 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         checkpoint=position.checkpoint,
         step_losses=loop.metrics.per_step,
         pending_sync=tracker.pending_sync,
+        best=best_step(position),
+        best_checkpoint=position.best_checkpoint,
+        model_of_record=logged_kind,
     )
     for observer in observers:
         observer.run_finished(result)
@@ -239,6 +244,10 @@ def _loop_for(
     recording = {"per_step": [] if options.record_losses else None, "reduce": ranks.reducer()}
     metrics = StepMetrics(**recording)
     start = None
+    metric = monitored_metric(spec, parts.data.val_x is not None)
+    goal = monitor_goal(metric, spec.train.monitor_mode)
+    saved_best = resumed.state.get("best") if resumed is not None else None
+    position.best = ModelOfRecord.from_state(saved_best, metric, goal) if ranks.is_main else None
     if resumed is not None:
         start = restore(resumed.state, parts)
         data_order.set_state(start.order_state)

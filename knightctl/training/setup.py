@@ -22,6 +22,7 @@ from knightctl.plugins.system import PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.tracking.record import resumed_from
 from knightctl.tracking.run import resolve_tracking_uri
+from knightctl.training.best import check_monitor
 from knightctl.training.build import Components, build_components, dry_forward
 from knightctl.training.data import steps_per_epoch
 from knightctl.training.devices import (
@@ -32,6 +33,7 @@ from knightctl.training.devices import (
     seed_everything,
     set_deterministic,
 )
+from knightctl.training.metrics import logged_metrics
 from knightctl.training.tracker import Tracker
 
 
@@ -90,6 +92,7 @@ def prepare(
         set_deterministic(True)  # never switched off here: a caller may have switched it on
     seed_everything(spec.seed)
     parts = build_components(spec, system.registry, choice.device, spec.seed)
+    check_monitor(spec, logged_metrics(parts.loss_def.target, parts.data.val_x is not None))
     dry_forward(parts, spec)
     # The ops at the spec's options, and the model when small (gradcheck/run.py); on MPS, which has
     # no float64, the checks run on the CPU and their reports say so.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from knightctl.checkpoint.resume import Resumption
     from knightctl.gradcheck.report import OpReport
+    from knightctl.plugins.system import PluginSystem
     from knightctl.spec.model import ExperimentSpec
     from knightctl.training.build import Components
     from knightctl.training.devices import DeviceChoice
@@ -53,8 +54,10 @@ class Tracker(Protocol):
     def record_unfinished(self, position: Position) -> None:
         """The run failed or was stopped: store its last good checkpoint and its curves so far."""
 
-    def record_results(self, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
-        """After the last step: the final checkpoint, the plots, the model; the model's URI, if logged."""
+    def record_results(
+        self, spec: ExperimentSpec, parts: Components, position: Position, system: PluginSystem
+    ) -> str | None:
+        """After the last step: the final and best checkpoints, the plots, the model; its URI, if logged."""
 
 
 class NoTracker:
@@ -82,5 +85,7 @@ class NoTracker:
     def record_unfinished(self, position: Position) -> None:
         pass
 
-    def record_results(self, spec: ExperimentSpec, parts: Components, position: Position) -> str | None:
+    def record_results(
+        self, spec: ExperimentSpec, parts: Components, position: Position, system: PluginSystem
+    ) -> str | None:
         return None

@@ -14,6 +14,7 @@ from knightctl.errors import DeviceError, GradcheckFailed, PluginError, RunFaile
 from knightctl.plugins.files import file_digest
 from knightctl.plugins.system import PluginSettings
 from knightctl.training.run import train
+from tests.conftest import best_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PLUGINS = ROOT / "tests" / "plugins"
@@ -134,4 +135,4 @@ def test_mlflow_records_the_plugins_and_ops_a_run_used_and_logs_a_loadable_model
     assert "gradcheck/report.json" in {a.path for a in MlflowClient(uri).list_artifacts(result.run_id, "gradcheck")}
     loaded = load_logged_model(uri, result.model_uri)  # exported with the custom op's fake kernel
     rows = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
-    torch.testing.assert_close(loaded(rows), result.model.cpu().eval()(rows))
+    torch.testing.assert_close(loaded(rows), best_model(result)(rows))

@@ -728,8 +728,16 @@ def test_to_data_fills_in_every_default(spec_path: Path) -> None:
         "eval_every_n_epochs": "auto",
         "grad_clip": None,
         "deterministic": False,
+        "monitor": "auto",
+        "monitor_mode": "auto",
     }
-    assert data["tracking"] == {"experiment": None, "uri": None, "run_name": None, "log_model": True}
+    assert data["tracking"] == {
+        "experiment": None,
+        "uri": None,
+        "run_name": None,
+        "log_model": True,
+        "register_model": None,
+    }
 
 
 def test_to_data_is_plain_yaml_data_that_loads_back_to_the_same_spec(spec_path: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from knightctl.tracking.run import flatten
 from knightctl.tracking.systemmetrics import next_interval
 from knightctl.training.build import build_components
 from knightctl.training.run import train
+from tests.conftest import best_model
 
 ROOT = Path(__file__).resolve().parents[2]
 EXCALIBUR = ROOT / "experiments" / "excalibur.yaml"
@@ -68,8 +69,8 @@ def download(client: MlflowClient, run_id: str, path: str) -> Path:
 def test_the_description_tells_the_runs_story(reviewed) -> None:
     result, _, run, _ = reviewed
     note = run.data.tags["mlflow.note.content"]
-    accuracy, loss = result.final_metrics["val/accuracy"], result.final_metrics["val/loss"]
-    outcome = f"FINISHED after 480 steps: val/accuracy {accuracy:.4g}, val/loss {loss:.4g}"
+    best, accuracy, loss = result.best, result.final_metrics["val/accuracy"], result.final_metrics["val/loss"]
+    outcome = f"FINISHED after 480 steps: best val/loss {best.value:.4g} at step {best.step} (final {loss:.4g})"
     assert note.startswith(f"{outcome}\n\n### excalibur\n") and run.data.tags["knightctl.outcome"] == outcome
     assert "| status | FINISHED |" in note
     assert "| device | cpu (" in note
@@ -182,7 +183,7 @@ def test_the_logged_model_predicts_like_the_trained_one(reviewed, load_logged_mo
     loaded = load_logged_model(client.tracking_uri, result.model_uri)
     inputs = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
+        assert torch.allclose(loaded(inputs), best_model(result)(inputs), atol=1e-6)
 
 
 def test_a_model_of_every_example_op_is_logged_and_loads_back(
@@ -217,7 +218,7 @@ def test_a_model_of_every_example_op_is_logged_and_loads_back(
     loaded = load_logged_model(f"sqlite:///{tmp_path}/mlflow.db", result.model_uri)
     inputs = torch.randn(32, 2, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
+        assert torch.allclose(loaded(inputs), best_model(result)(inputs), atol=1e-6)
 
 
 @pytest.mark.cuda

@@ -8,6 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from processes import MlflowServer, run_knightctl
 
+from tests.conftest import best_model
+
 ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
 
@@ -55,6 +57,7 @@ def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path:
         "spec/round_table.yaml",
         "spec/resolved.yaml",
         "checkpoints/final.pt",
+        "checkpoints/best.pt",
     }
 
 
@@ -69,4 +72,4 @@ def test_the_logged_model_loads_back_from_the_server(server: str, tmp_path: Path
     loaded = load_logged_model(server, result.model_uri)
     inputs = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert torch.allclose(loaded(inputs), result.model.eval()(inputs), atol=1e-6)
+        assert torch.allclose(loaded(inputs), best_model(result)(inputs), atol=1e-6)

@@ -155,3 +155,20 @@ def test_a_run_leaves_no_tracking_uri_behind_for_the_next_spec(tmp_path: Path, m
     assert "MLFLOW_TRACKING_URI" not in os.environ
     for store, run_id in zip(stores, run_ids, strict=True):
         assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_the_default_store_follows_the_working_folder_from_run_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow caches a store per URI string: after a chdir (a notebook's), the relative default
+    `sqlite:///mlflow.db` must still mean the new folder's file, for the run and for its metrics."""
+    folders = [tmp_path / "first", tmp_path / "second"]
+    run_ids = []
+    for folder in folders:
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        run_ids.append(train(ROUND_TABLE, overrides=QUICK, tracking_uri="sqlite:///mlflow.db").run_id)
+    for folder, run_id in zip(folders, run_ids, strict=True):
+        run = MlflowClient(f"sqlite:///{folder}/mlflow.db").get_run(run_id)
+        assert run.info.status == "FINISHED" and "train/loss" in run.data.metrics

@@ -20,6 +20,7 @@ from knightctl.spec.model import load_spec
 from knightctl.tracking.provenance import git_commit
 from knightctl.training.build import build_components
 from knightctl.training.run import train
+from tests.conftest import best_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
@@ -99,7 +100,7 @@ def test_logged_model_loads_and_predicts_like_the_trained_one(tracked, load_logg
     loaded = load_logged_model(client.tracking_uri, result.model_uri)
     inputs = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        expected = result.model.eval()(inputs)
+        expected = best_model(result)(inputs)
         assert torch.allclose(loaded(inputs), expected, atol=1e-6)
 
 
