@@ -6,7 +6,7 @@ process, and the training process asks the server, with a 5 s probe (stores.chec
 a call once the metric writer has closed (the loop is over), whenever the writer has journaled
 metrics, at most every _RECHECK_S otherwise, and after any call that fails. Once the server is
 found gone, the run's tags, artifact files and terminal status go into the journal; the model is
-skipped (a pt2 model cannot be journaled cheaply, and the final checkpoint holds its weights).
+skipped (a packed model cannot be journaled cheaply, and best.pt and the final checkpoint hold its weights).
 `pending_sync` then says in one sentence what waits where.
 """
 
