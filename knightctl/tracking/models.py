@@ -23,7 +23,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from knightctl.tracking.servedmodel import CARD_VERSION, answers
 from knightctl.training.best import Choice
 
 # The model as code (MLflow's models-from-code: no pickled Python object to trust at load time).
@@ -81,6 +80,7 @@ def model_card(spec: Any, data: Any, target: str, choice: Choice, ops: list[str]
     """card.json: what the model takes (the feature names, in order) and gives (the class names in
     index order), the preprocessing applied first, its ops and plugins, and why these weights."""
     from knightctl.plugins.files import file_digest
+    from knightctl.tracking.servedmodel import CARD_VERSION  # it imports mlflow.pyfunc: only when logging
 
     return {
         "card_version": CARD_VERSION,
@@ -106,6 +106,8 @@ def log_model_of_record(
     import pandas as pd
     import torch
     from mlflow.models import infer_signature
+
+    from knightctl.tracking.servedmodel import answers
 
     example_rows = data.train_x[:5].detach().cpu()
     program = torch.export.export(model, (example_rows,), dynamic_shapes=({0: torch.export.Dim.AUTO},))

@@ -392,3 +392,12 @@ def test_ui_serves_the_store_and_its_artifacts_and_stops_on_ctrl_c(store: Store,
     assert f"  round_table: {base}/#/experiments/{experiment_ids['round_table']}/runs" in errors  # where to go
     assert 'choose "Model training"' in errors
     assert list(tmp_path.glob("ml*")) == []  # nothing written beside the server (the store is elsewhere)
+
+
+def test_the_training_api_imports_mlflow_only_when_a_run_is_tracked() -> None:
+    """Importing `knightctl.train`'s module (all an untracked run needs) leaves MLflow and the pandas
+    of its pyfunc models unimported: seconds of start-up that a --no-track run never pays."""
+    probe = "import sys, knightctl.training.run; print(sorted({'mlflow', 'pandas'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
