@@ -47,14 +47,17 @@ from knightctl.cli.common import run_library as _run
     help="Trials run at once, each in its own process.",
 )
 @click.option(
-    "--metric", default="val/loss", show_default=True, metavar="NAME", help="The metric that ranks the trials."
+    "--metric",
+    metavar="NAME",
+    help="The metric that ranks the trials, by the best value each trial reached (not its last); each trial "
+    "keeps its best step by it as its model. Default: the spec's train.monitor (auto: val/loss).",
 )
 @click.option(
     "--goal",
-    type=click.Choice(["min", "max"]),
-    default="min",
+    type=click.Choice(["auto", "min", "max"]),
+    default="auto",
     show_default=True,
-    help="Whether the best trial has the lowest or the highest metric.",
+    help="Whether the best trial has the lowest or the highest metric; auto: max for accuracy-like names.",
 )
 @click.option(
     "--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a spec value for every trial; repeatable."
@@ -69,7 +72,7 @@ def sweep(
     trials: int | None,
     seed: int,
     workers: int,
-    metric: str,
+    metric: str | None,
     goal: str,
     overrides: tuple[str, ...],
     device: str | None,
@@ -100,7 +103,7 @@ def sweep(
             tracking_uri=tracking_uri,
             plugins=settings,
             skip_gradcheck=skip_gradcheck,
-            on_trial=lambda result, done, total: render_trial(console, result, done, total, metric),
+            on_trial=lambda result, so_far: render_trial(console, result, so_far),
         )
     )
     render_sweep(console, outcome)

@@ -1,5 +1,5 @@
-"""`knightctl sweep`: the trials a sweep asks for (`space`) and running them in worker processes as
-MLflow runs nested under one parent (`run`).
+"""`knightctl sweep`: the trials a sweep asks for (`space`), running them in worker processes as
+MLflow runs nested under one parent (`run`), and ranking them by their best value (`ranking`).
 """
 
 from knightctl._lazy import lazy_exports
@@ -7,8 +7,8 @@ from knightctl._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "SweepResult": "run",
-        "TrialResult": "run",
+        "SweepResult": "ranking",
+        "TrialResult": "ranking",
         "grid_trials": "space",
         "random_trials": "space",
         "sweep": "run",

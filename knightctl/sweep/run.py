@@ -1,62 +1,47 @@
 """`knightctl sweep`: a sweep's trials in parallel worker processes, each an MLflow run nested under one.
 
 The parent run is made (and with it the sqlite store's tables and the experiment) before any
-worker starts, so parallel trials never race MLflow's schema creation. Each trial is `train()`
-with the trial's `--set`s, in one of `workers` processes (spawned, one torch thread each unless
-OMP_NUM_THREADS says otherwise, so two workers on two cores do not fight over them). A trial
-that fails ends FAILED and the others go on. The parent run is found again by the sweep's key
-(spec digest and trials): a rerun skips the trials that already FINISHED under it. At the end the
-parent holds the best value (`best/METRIC`), the best run's id and trial, and a ranked table as
-its description.
+worker starts, so parallel trials never race MLflow's schema creation; it records the sweep's space
+and ranking as params and the base spec as artifacts. Each trial is `train()` with the trial's
+`--set`s, in one of `workers` processes (spawned, one torch thread each unless OMP_NUM_THREADS says
+otherwise, so two workers on two cores do not fight over them). A trial that fails ends FAILED and
+the others go on. As each trial ends, its best value of the metric is read from its history
+(sweep/ranking.py ranks by it) and the parent's description shows the ranking so far. The parent
+run is found again by the sweep's key (spec digest, trials and ranking): a rerun skips the trials
+that already FINISHED under it. At the end the parent holds the ranked table as its description, a
+plot of the trials, the best trial as tags and its value as `sweep/best_METRIC`.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
 from knightctl.errors import Interrupted, KnightctlError, SweepError
 from knightctl.plugins.system import PluginSettings
-from knightctl.spec.model import load_spec
-from knightctl.sweep.space import Trial, grid_trials, random_trials, sweep_key
+from knightctl.spec.model import ExperimentSpec, load_spec
+from knightctl.spec.monitor import monitor_goal, monitored_metric
+from knightctl.sweep.ranking import Goal, SweepResult, TrialResult, best_point
+from knightctl.sweep.space import Trial, grid_trials, random_trials, space_axes, sweep_key
 from knightctl.tracking.run import resolve_tracking_uri
-from knightctl.tracking.sweeps import close_parent, finished_trials, open_parent, trial_tags
+from knightctl.tracking.sweeps import (
+    close_parent,
+    describe_parent,
+    finished_trials,
+    metric_history,
+    open_parent,
+    parent_params,
+    record_parent,
+    trial_tags,
+)
 
-
-@dataclass(frozen=True)
-class TrialResult:
-    trial: Trial
-    status: str  # FINISHED, FAILED, KILLED; or SKIPPED: finished by an earlier run of the same sweep
-    run_id: str | None
-    value: float | None  # the ranking metric's last value
-    error: str | None = None
-
-
-@dataclass
-class SweepResult:
-    parent_run_id: str
-    tracking_uri: str
-    metric: str
-    goal: Literal["min", "max"]
-    results: list[TrialResult] = field(default_factory=list)
-
-    def ranked(self) -> list[TrialResult]:
-        """Trials with a value, best first; then those without."""
-        scored = [r for r in self.results if r.value is not None and math.isfinite(r.value)]
-        scored.sort(key=lambda r: r.value if self.goal == "min" else -r.value)  # type: ignore[operator]
-        return scored + [r for r in self.results if r not in scored]
-
-    @property
-    def best(self) -> TrialResult | None:
-        ranked = self.ranked()
-        return ranked[0] if ranked and ranked[0].value is not None else None
+OnTrial = Callable[[TrialResult, SweepResult], None]  # a trial that ended, and the sweep so far
 
 
 def sweep(
@@ -67,62 +52,122 @@ def sweep(
     trials: int | None = None,
     seed: int = 0,
     workers: int = 1,
-    metric: str = "val/loss",
-    goal: Literal["min", "max"] = "min",
+    metric: str | None = None,
+    goal: Goal | Literal["auto"] = "auto",
     overrides: Sequence[str] = (),
     device: str | None = None,
     tracking_uri: str | None = None,
     plugins: PluginSettings | None = None,
     skip_gradcheck: bool = False,
-    on_trial: Callable[[TrialResult, int, int], None] | None = None,
+    on_trial: OnTrial | None = None,
 ) -> SweepResult:
     """Run every trial of the sweep over `spec` (a grid, or `trials` random draws), `workers` at a time."""
     space = _trials(grid, random, trials, seed)
     base = load_spec(spec, overrides, plugins=plugins)
     for trial in space:  # every trial's values checked as --set checks them, before anything runs
         load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)
+    metric, goal = ranking_of(base, metric, goal)
     uri, _ = resolve_tracking_uri(tracking_uri, base)
-    client, parent_id = open_parent(
-        uri, base.tracking.experiment or base.name, f"{base.name} sweep", sweep_key(base.digest(), space), len(space)
-    )
-    outcome = SweepResult(parent_id, uri, metric, goal)
-    finished = {
-        key: TrialResult(Trial(overrides), "SKIPPED", run_id, value)
-        for key, (overrides, run_id, value) in finished_trials(client, parent_id, metric).items()
-    }
-    outcome.results += [finished[t.key] for t in space if t.key in finished]
-    pending = [t for t in space if t.key not in finished]
-    for result in outcome.results:
-        if on_trial:
-            on_trial(result, len(outcome.results), len(space))
+    client, outcome = _open_parent(base, space, uri, metric, goal)
     job = {
         "spec": str(spec),
-        "overrides": list(overrides),
+        # Each trial's model of record is its best step by the metric the sweep ranks by, so the
+        # weights a trial keeps are those the ranking judged.
+        "overrides": [*overrides, f"train.monitor={metric}", f"train.monitor_mode={goal}"],
         "uri": uri,
-        "parent": parent_id,
+        "parent": outcome.parent_run_id,
         "device": device,
         "plugins": plugins,
         "skip_gradcheck": skip_gradcheck,
-        "metric": metric,
     }
-    status = "FAILED"
+    status = "FAILED"  # until a trial finishes: also if recording the parent fails
     try:
+        _record(client, outcome, base, grid, random, seed, overrides)
+        pending = _skip_finished(client, outcome, on_trial)
         for result in _run_all(pending, job, workers):
-            outcome.results.append(result)
-            if on_trial:
-                on_trial(result, len(outcome.results), len(space))
+            _add(client, outcome, result, on_trial)
+            describe_parent(client, outcome, "RUNNING")  # the ranking so far, on the parent's page
         status = "FINISHED" if any(r.status in ("FINISHED", "SKIPPED") for r in outcome.results) else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise Interrupted(
-            f"SIGINT: sweep stopped after {len(outcome.results)} of {len(space)} trials; MLflow run {parent_id} marked "
-            "KILLED",
-            run_id=parent_id,
+            f"SIGINT: sweep stopped after {len(outcome.results)} of {len(space)} trials; MLflow run "
+            f"{outcome.parent_run_id} marked KILLED",
+            run_id=outcome.parent_run_id,
             hint="run the same command again: trials that finished are skipped",
         ) from None
     finally:
-        _close(client, outcome, status)
+        close_parent(client, outcome, status)
     return outcome
+
+
+def ranking_of(spec: ExperimentSpec, metric: str | None, goal: Goal | Literal["auto"]) -> tuple[str, Goal]:
+    """The metric the sweep ranks by and its goal: as given, or (None, auto) the spec's own
+    `train.monitor` and `train.monitor_mode`, by the rule that picks a run's model of record."""
+    own = monitored_metric(spec, has_validation=spec.data.val_fraction > 0)
+    metric = metric or own
+    if goal == "auto":
+        goal = monitor_goal(metric, spec.train.monitor_mode if metric == own else "auto")
+    return metric, goal
+
+
+def _open_parent(
+    base: ExperimentSpec, space: list[Trial], uri: str, metric: str, goal: Goal
+) -> tuple[Any, SweepResult]:
+    """The client and the sweep's outcome so far: its parent run, new or reopened, and no results yet."""
+    client, parent_id, experiment_id = open_parent(
+        uri,
+        base.tracking.experiment or base.name,
+        f"{base.name} sweep",
+        sweep_key(base.digest(), space, metric, goal),
+        len(space),
+    )
+    outcome = SweepResult(parent_id, uri, metric, goal, trials=space, spec_name=base.name, experiment_id=experiment_id)
+    return client, outcome
+
+
+def _record(
+    client: Any,
+    outcome: SweepResult,
+    base: ExperimentSpec,
+    grid: Sequence[str],
+    random: Sequence[str],
+    seed: int,
+    overrides: Sequence[str],
+) -> None:
+    """The sweep's space, how its trials are made and ranked, and its base spec, on the parent run."""
+    outcome.axes = space_axes(grid, random)
+    params = parent_params(
+        base,
+        outcome.axes,
+        sampler="grid" if grid else "random",
+        metric=outcome.metric,
+        goal=outcome.goal,
+        trials=len(outcome.trials),
+        seed=None if grid else seed,  # a grid draws nothing
+        overrides=overrides,
+    )
+    record_parent(client, outcome, params, base)
+
+
+def _skip_finished(client: Any, outcome: SweepResult, on_trial: OnTrial | None) -> list[Trial]:
+    """The trials still to run; those an earlier run of the sweep finished are added as SKIPPED."""
+    finished = finished_trials(client, outcome.parent_run_id)
+    for trial in outcome.trials:
+        if trial.key in finished:
+            _add(client, outcome, TrialResult(trial, "SKIPPED", finished[trial.key], None), on_trial)
+    return [trial for trial in outcome.trials if trial.key not in finished]
+
+
+def _add(client: Any, outcome: SweepResult, result: TrialResult, on_trial: OnTrial | None) -> None:
+    """`result` with its best value of the metric (read from its run's history), told to `on_trial`."""
+    if result.status in ("FINISHED", "SKIPPED") and result.run_id:
+        point = best_point(metric_history(client, result.run_id, outcome.metric), outcome.goal)
+        if point is not None:
+            result = replace(result, value=point[0], step=point[1])
+    outcome.results.append(result)
+    if on_trial:
+        on_trial(result, outcome)
 
 
 def _trials(grid: Sequence[str], random: Sequence[str], count: int | None, seed: int) -> list[Trial]:
@@ -185,26 +230,4 @@ def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
         return TrialResult(trial, status, getattr(error, "run_id", None), None, str(error).splitlines()[0])
     except KeyboardInterrupt:
         return TrialResult(trial, "KILLED", None, None, "interrupted")
-    return TrialResult(trial, "FINISHED", result.run_id, result.final_metrics.get(job["metric"]))
-
-
-def _close(client: Any, outcome: SweepResult, status: str) -> None:
-    """The parent run closed with the ranked table, the best trial and `status`."""
-    best = outcome.best
-    chosen = (
-        (best.run_id or "", best.trial.overrides, best.value) if best is not None and best.value is not None else None
-    )
-    close_parent(client, outcome.parent_run_id, status, _table(outcome, outcome.ranked()), outcome.metric, chosen)
-
-
-def _table(outcome: SweepResult, ranked: list[TrialResult]) -> str:
-    lines = [
-        f"### Sweep: {len(ranked)} trials, ranked by {outcome.metric} ({outcome.goal})",
-        "",
-        f"| # | trial | {outcome.metric} | status | run |",
-        "|---|---|---|---|---|",
-    ]
-    for place, result in enumerate(ranked, start=1):
-        value = f"{result.value:.6g}" if result.value is not None else "-"
-        lines.append(f"| {place} | {result.trial.label} | {value} | {result.status} | {result.run_id or '-'} |")
-    return "\n".join(lines) + "\n"
+    return TrialResult(trial, "FINISHED", result.run_id, None)  # its best value: read by the parent (`_add`)

@@ -5,6 +5,8 @@ draws them (`uniform:LOW:HIGH`, `loguniform:LOW:HIGH`, `int:LOW:HIGH`, `choice:A
 generator seeded with the sweep's seed, so the same command draws the same trials. Either way a
 trial is `PATH=VALUE` strings that go through the same parser and typing as `--set`: the spec
 decides what a value means, and a bad path or value is the spec error `--set` would give.
+`space_axes` describes the same options as data (each path with its values or distribution), for
+the sweep's parent run to record and plot.
 """
 
 from __future__ import annotations
@@ -32,11 +34,52 @@ class Trial:
         return hashlib.sha256("\n".join(sorted(self.overrides)).encode()).hexdigest()[:16]
 
     @property
+    def values(self) -> dict[str, str]:
+        """Each swept path and the value this trial gives it, as --set text."""
+        return dict(item.split("=", 1) for item in self.overrides if "=" in item)
+
+    @property
     def label(self) -> str:
         """`lr=0.01 batch_size=32`: each path's last part and its value, for run names and tables."""
         return " ".join(
             f"{path.rsplit('.', 1)[-1]}={value}" for path, value in (item.split("=", 1) for item in self.overrides)
         )
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept path and what it takes: a grid's values, or a distribution, each as written."""
+
+    path: str
+    values: tuple[str, ...] = ()  # a grid's values, or a choice's choices
+    distribution: str | None = None  # uniform, loguniform, int or choice; None for a grid
+    bounds: tuple[str, str] = ("", "")  # LOW and HIGH of uniform, loguniform and int
+
+    def describe(self) -> str:
+        """`[0.01, 0.1]` for a grid; `loguniform(1e-4, 1e-1)` or `choice(32, 64)` for draws."""
+        if self.distribution is None:
+            return f"[{', '.join(self.values)}]"
+        arguments = self.values if self.distribution == "choice" else self.bounds
+        return f"{self.distribution}({', '.join(arguments)})"
+
+    @property
+    def logarithmic(self) -> bool:
+        """Whether the values spread evenly on a log scale (drawn from loguniform)."""
+        return self.distribution == "loguniform"
+
+
+def space_axes(grids: Sequence[str], draws: Sequence[str]) -> list[Axis]:
+    """The swept paths of `--grid` and `--random` options, in the order given (options already checked
+    by `grid_trials` or `random_trials`)."""
+    axes = [Axis(path, tuple(values)) for path, values in (_split_option(option, "--grid") for option in grids)]
+    for path, text in (_path_and_text(option, "--random") for option in draws):
+        name, _, args = text.partition(":")
+        if name == "choice":
+            axes.append(Axis(path, tuple(_split_option(f"{path}={args}", "--random")[1]), name))
+        else:
+            low, _, high = args.partition(":")
+            axes.append(Axis(path, distribution=name, bounds=(low, high)))
+    return axes
 
 
 def grid_trials(grids: Sequence[str]) -> list[Trial]:
@@ -57,9 +100,12 @@ def random_trials(options: Sequence[str], count: int, seed: int) -> list[Trial]:
     return [Trial(tuple(f"{path}={draw(draws)}" for path, draw in parsed)) for _ in range(count)]
 
 
-def sweep_key(spec_digest: str, trials: Sequence[Trial]) -> str:
-    """Names a sweep across reruns: the same spec and the same trials give the same key."""
-    return hashlib.sha256((spec_digest + "".join(sorted(t.key for t in trials))).encode()).hexdigest()[:16]
+def sweep_key(spec_digest: str, trials: Sequence[Trial], metric: str, goal: str) -> str:
+    """Names a sweep across reruns: the same spec, the same trials and the same ranking (`metric`,
+    `goal`) give the same key. The ranking is part of it because the parent run records it as
+    params, which MLflow never lets change: ranked another way, a sweep is a new parent run."""
+    ranking = f"\n{metric}\n{goal}"
+    return hashlib.sha256((spec_digest + "".join(sorted(t.key for t in trials)) + ranking).encode()).hexdigest()[:16]
 
 
 def _path_and_text(option: str, flag: str) -> tuple[str, str]:

@@ -23,10 +23,11 @@ from knightctl.errors import Interrupted, Terminated
 from knightctl.plugins.events import Observer, RunResult
 from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec
+from knightctl.spec.monitor import monitor_goal, monitored_metric
 from knightctl.tracking.record import open_tracker, run_tags
 from knightctl.tracking.run import start_writer
 from knightctl.tracking.tags import RESTARTS_TAG, WORLD_SIZE_TAG
-from knightctl.training.best import ModelOfRecord, best_step, choose, monitor_goal, monitored_metric
+from knightctl.training.best import ModelOfRecord, best_step, choose
 from knightctl.training.build import Components
 from knightctl.training.loop import Loop, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics

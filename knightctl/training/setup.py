@@ -20,9 +20,9 @@ from knightctl.plugins.events import RunInfo
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.plugins.system import PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec, load_spec
+from knightctl.spec.monitor import check_monitor
 from knightctl.tracking.record import resumed_from
 from knightctl.tracking.run import resolve_tracking_uri
-from knightctl.training.best import check_monitor
 from knightctl.training.build import Components, build_components, dry_forward
 from knightctl.training.data import steps_per_epoch
 from knightctl.training.devices import (

@@ -77,7 +77,9 @@ def test_four_trials_on_two_workers_store_every_trial_and_metric_and_a_rerun_ski
     )
     seen: list[str] = []
     outcome = sweep(
-        ROUND_TABLE, on_trial=lambda result, done, total: seen.append(f"{done}/{total} {result.status}"), **options
+        ROUND_TABLE,
+        on_trial=lambda result, so_far: seen.append(f"{len(so_far.results)}/{len(so_far.trials)} {result.status}"),
+        **options,
     )
     assert [line.split()[0] for line in seen] == ["1/4", "2/4", "3/4", "4/4"]  # told as each trial ends
     by_status = sorted(r.status for r in outcome.results)
@@ -102,8 +104,10 @@ def test_four_trials_on_two_workers_store_every_trial_and_metric_and_a_rerun_ski
         and best.value == min(r.value for r in outcome.results if r.value is not None)
     )
     assert parent.info.status == "FINISHED" and parent.data.tags["knightctl.best_run_id"] == best.run_id
-    assert parent.data.metrics["best/val/loss"] == best.value
-    assert "| 1 | " in parent.data.tags["mlflow.note.content"]
+    assert parent.data.metrics == {"sweep/best_val_loss": best.value}
+    rows = [line for line in parent.data.tags["mlflow.note.content"].splitlines() if line.startswith("| ")][2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2", "| -", "| -"]  # the failed ones last, unranked
+    assert all(" | - | - | FAILED: " in row for row in rows[2:])  # no value, no step
 
     again = sweep(ROUND_TABLE, **options)
     assert again.parent_run_id == outcome.parent_run_id
@@ -113,6 +117,8 @@ def test_four_trials_on_two_workers_store_every_trial_and_metric_and_a_rerun_ski
         "SKIPPED",
         "SKIPPED",
     ]  # only the failed ones ran again
+    note = client.get_run(outcome.parent_run_id).data.tags["mlflow.note.content"]
+    assert note.count("| FINISHED (earlier run) | ") == 2  # the skipped trials, ranked by their runs' values
     assert (
         len(
             client.search_runs(

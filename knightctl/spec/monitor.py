@@ -1,0 +1,47 @@
+"""Which metric picks a run's model of record, and whether lower or higher is better.
+
+`train.monitor` names the metric (auto: val/loss where there is a validation split, else
+train/loss) and `train.monitor_mode` its goal (auto: max for accuracy-like names, else min). A
+sweep ranks its trials by the same rule, so this module imports neither torch nor MLflow: the
+sweep's own process resolves it without loading either.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from knightctl.errors import SpecError
+
+Goal = Literal["min", "max"]
+
+# Metric names whose higher values are better, when `train.monitor_mode` is auto: matched against
+# the name's last part, so `val/accuracy` and a plugin's `val/macro_f1` are maximised.
+_HIGHER_IS_BETTER = ("accuracy", "f1", "auc", "precision", "recall", "r2")
+
+
+def monitored_metric(spec: Any, has_validation: bool) -> str:
+    """The metric that picks the model of record: `train.monitor`, or (auto) val/loss where there is a
+    validation split to measure it on, else train/loss."""
+    named = spec.train.monitor
+    if named != "auto":
+        return str(named)
+    return "val/loss" if has_validation else "train/loss"
+
+
+def monitor_goal(metric: str, mode: str) -> Goal:
+    """min or max: as `train.monitor_mode` says, or (auto) max for accuracy-like names, else min."""
+    if mode in ("min", "max"):
+        return mode  # type: ignore[return-value]
+    last = metric.rsplit("/", 1)[-1].lower()
+    return "max" if any(last == word or last.endswith(f"_{word}") for word in _HIGHER_IS_BETTER) else "min"
+
+
+def check_monitor(spec: Any, logged: set[str]) -> None:
+    """Refuse, before any run exists, a `train.monitor` the run will never log (SpecError names it)."""
+    if spec.train.monitor == "auto" or spec.train.monitor in logged:
+        return
+    where = spec.source.path if spec.source else spec.name
+    raise SpecError(
+        where,
+        [f"train.monitor: {spec.train.monitor!r} is not a metric this run logs; it logs " + ", ".join(sorted(logged))],
+    )
