@@ -27,8 +27,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from knightctl.errors import ResumeError, TrackingError
-from knightctl.tracking.owner import owner_alive
-from knightctl.tracking.tags import PID_TAG
+from knightctl.tracking.owner import owner_alive, run_owner
 
 PROBE_TIMEOUT_S = 5.0  # one request to a server that answers takes milliseconds; 5 s covers a slow VPN
 _MIGRATE = "mlflow migrate-filestore --source {source} --target {target}"
@@ -245,8 +244,9 @@ def reopen_run(uri: str, run_id: str, *, tags: Mapping[str, str]) -> tuple[Any, 
             hint="restore it (mlflow runs restore) or resume from the checkpoint file without tracking",
         )
     if run.info.status == "RUNNING" and owner_alive(run.data.tags):
+        owner = run_owner(run.data.tags)
         raise ResumeError(
-            f"MLflow run {run_id} is still being trained, by process {run.data.tags[PID_TAG]} on this machine"
+            f"MLflow run {run_id} is still being trained, by process {owner.pid if owner else '?'} on this machine"
         )
     try:
         client.log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()], synchronous=True)

@@ -15,9 +15,16 @@ USER_TAG = "mlflow.user"
 VERSION_TAG = "knightctl.version"
 OUTCOME_TAG = "knightctl.outcome"  # the first line of the description: FINISHED/FAILED/KILLED and why
 MODEL_CHOICE_TAG = "knightctl.model_of_record"  # on a logged model: which weights, "best" (by train.monitor) or "final"
-HOST_TAG = "knightctl.host"  # which machine's process owns a RUNNING run
-PID_TAG = "knightctl.pid"
-STARTED_TAG = "knightctl.pid_started"  # the process's start time, s since the epoch, 2 decimals
+# Which process owns a RUNNING run: bookkeeping, under one prefix so that it sorts apart from the
+# tags a reviewer reads.
+HOST_TAG = "knightctl.process.host"
+PID_TAG = "knightctl.process.pid"
+STARTED_TAG = "knightctl.process.started"  # the process's start time, ISO 8601 in UTC, to the millisecond
+# The same, as runs tracked before December 2026 hold them (the start time in s since the epoch):
+# still read, so that `sync` and `--resume` know who owns such a run.
+LEGACY_HOST_TAG = "knightctl.host"
+LEGACY_PID_TAG = "knightctl.pid"
+LEGACY_STARTED_TAG = "knightctl.pid_started"
 CHECKPOINT_DIR_TAG = "knightctl.checkpoint_dir"
 RESUMED_FROM_TAG = "knightctl.resumed_from"
 SPEC_CHANGES_TAG = "knightctl.spec_changes"

@@ -11,8 +11,10 @@ from __future__ import annotations
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -155,12 +157,18 @@ def test_a_server_still_away_at_the_end_leaves_a_journal_that_sync_delivers(
 @pytest.mark.slow
 def test_sync_marks_a_run_whose_process_was_killed_as_killed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    before = time.time()
     training = start_training(tmp_path, uri, "stale", "2", "--set", "tracking.log_model=false")
     wait_for((tmp_path / "at-2").exists, training, tmp_path)
     training.send_signal(signal.SIGKILL)  # no clean-up at all: the run stays RUNNING
     training.wait(timeout=20)
     client = MlflowClient(uri)
-    assert the_run(client, "stale").info.status == "RUNNING"
+    stale = the_run(client, "stale")
+    assert stale.info.status == "RUNNING"
+    tags = stale.data.tags
+    assert tags["knightctl.process.pid"] == str(training.pid) and tags["knightctl.process.host"] == socket.gethostname()
+    started = datetime.fromisoformat(tags["knightctl.process.started"])  # readable: 2026-12-03T18:20:31.523+00:00
+    assert started.utcoffset() == timedelta(0) and before - 1 < started.timestamp() < time.time()
 
     synced = run_knightctl("sync", "--tracking-uri", uri, cwd=tmp_path, timeout=120)
     assert synced.returncode == 0, synced.stdout + synced.stderr

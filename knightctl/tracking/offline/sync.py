@@ -22,10 +22,10 @@ from knightctl.errors import SyncError, TrackingError
 from knightctl.tracking.note import amend_note
 from knightctl.tracking.offline.fallback import fail_fast_http, failure_reason, is_connection_error, is_http, shown_path
 from knightctl.tracking.offline.journal import Counts, Journal, journals
-from knightctl.tracking.owner import owner_alive
+from knightctl.tracking.owner import owner_alive, run_owner
 from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.tracking.stores import check_server, sqlite_path
-from knightctl.tracking.tags import HOST_TAG, NOTE_TAG, OUTCOME_TAG, PID_TAG
+from knightctl.tracking.tags import NOTE_TAG, OUTCOME_TAG
 
 _PAGE = 1000  # runs per search request
 
@@ -161,9 +161,9 @@ def _close_stale_runs(uri: str, waiting: set[str], report: SyncReport) -> None:
         if run.info.run_id in waiting or owner_alive(tags) is not False:
             continue  # its journal may still hold its real status; or its owner lives, or is elsewhere
         _mark_killed(client, run.info.run_id, tags)
-        report.killed.append(
-            StaleRun(run.info.run_id, uri, tags.get(PID_TAG, "?"), tags.get(HOST_TAG, socket.gethostname()))
-        )
+        owner = run_owner(tags)
+        pid, host = (str(owner.pid), owner.host) if owner else ("?", socket.gethostname())
+        report.killed.append(StaleRun(run.info.run_id, uri, pid, host))
 
 
 def _running_runs(client: Any, experiments: list[str]) -> list[Any]:
@@ -182,8 +182,9 @@ def _running_runs(client: Any, experiments: list[str]) -> list[Any]:
 def _mark_killed(client: Any, run_id: str, tags: dict[str, str]) -> None:
     """End the run KILLED; its description's status row and a last line say why."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    owner = run_owner(tags)
     reason = (
-        f"its process ({tags.get(PID_TAG)} on {tags.get(HOST_TAG)}) ended without closing the run "
+        f"its process ({owner.describe() if owner else 'not recorded'}) ended without closing the run "
         "(SIGKILL, a crash or a power cut)"
     )
     note = amend_note(
