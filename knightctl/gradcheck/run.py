@@ -28,7 +28,7 @@ from knightctl.plugins.registry import OpDef
 from knightctl.plugins.system import PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec
 from knightctl.tracking.plugintags import components_used
-from knightctl.tracking.provenance import provenance_tags
+from knightctl.tracking.provenance import spec_provenance
 from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.training.devices import resolve_device
 
@@ -113,8 +113,6 @@ def _track(
     }
     if spec is not None:
         params["spec.digest"] = spec.digest()
-    source = spec.source.path if spec is not None and spec.source else "knightctl gradcheck"
-    folder = Path(spec.source.path).resolve().parent if spec is not None and spec.source else Path.cwd()
     result.experiment_id, result.run_id = log_gradcheck_run(
         result.tracking_uri,
         result.reports,
@@ -122,7 +120,7 @@ def _track(
         experiment=experiment,
         run_name=name,
         params={key: value[:6000] for key, value in params.items()},  # MLflow's limit for a param value
-        tags=provenance_tags(source, folder),
+        tags=spec_provenance(spec.source.path if spec is not None and spec.source else None, "knightctl gradcheck"),
         started_ms=started_ms,
     )
 

@@ -178,7 +178,9 @@ class TrainSpec(SpecModel):
 class TrackingSpec(SpecModel):
     experiment: str | None = Field(None, min_length=1, description="MLflow experiment; default: the spec's name")
     uri: str | None = Field(None, min_length=1, description="MLflow tracking URI")
-    run_name: str | None = Field(None, min_length=1)
+    run_name: str | None = Field(
+        None, min_length=1, description="the MLflow run's name; default: the spec's name and what --set changed"
+    )
     log_model: bool | Literal["best", "final"] = Field(
         True, description="log the model of record: best (true) by train.monitor, final (the last step), or false"
     )

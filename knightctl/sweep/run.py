@@ -29,6 +29,7 @@ from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.spec.monitor import monitor_goal, monitored_metric
 from knightctl.sweep.ranking import Goal, SweepResult, TrialResult, best_point
 from knightctl.sweep.space import Trial, grid_trials, random_trials, space_axes, sweep_key
+from knightctl.tracking.provenance import spec_provenance
 from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.tracking.sweeps import (
     close_parent,
@@ -121,6 +122,7 @@ def _open_parent(
         f"{base.name} sweep",
         sweep_key(base.digest(), space, metric, goal),
         len(space),
+        spec_provenance(base.source.path if base.source else None, base.name),
     )
     outcome = SweepResult(parent_id, uri, metric, goal, trials=space, spec_name=base.name, experiment_id=experiment_id)
     return client, outcome

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from itertools import product
 
 from knightctl.errors import SweepError
+from knightctl.spec.overrides import overrides_label
 
 _DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 
@@ -41,9 +42,7 @@ class Trial:
     @property
     def label(self) -> str:
         """`lr=0.01 batch_size=32`: each path's last part and its value, for run names and tables."""
-        return " ".join(
-            f"{path.rsplit('.', 1)[-1]}={value}" for path, value in (item.split("=", 1) for item in self.overrides)
-        )
+        return overrides_label(self.overrides)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import getpass
 import platform
 import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
 
 from knightctl._version import __version__
@@ -36,17 +38,14 @@ def git_commit(cwd: Path) -> tuple[str, bool] | None:
 def provenance_tags(source: str, folder: Path) -> dict[str, str]:
     """knightctl, torch, mlflow and Python versions, the user, `source` (the spec file, or the command),
     and the commit (and whether it is dirty) of the git repository around `folder`, if any."""
-    import mlflow
-    import torch
-
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (a container): MLflow shows none either
         user = ""
     tags = {
         VERSION_TAG: __version__,
-        "torch.version": torch.__version__,
-        MLFLOW_VERSION_TAG: mlflow.__version__,
+        "torch.version": _version_of("torch"),
+        MLFLOW_VERSION_TAG: _version_of("mlflow"),
         "python.version": platform.python_version(),
         SOURCE_TYPE_TAG: "LOCAL",
         SOURCE_NAME_TAG: source,
@@ -58,3 +57,30 @@ def provenance_tags(source: str, folder: Path) -> dict[str, str]:
         tags[GIT_COMMIT_TAG], dirty = repository[0], repository[1]
         tags["git.dirty"] = str(dirty).lower()
     return tags
+
+
+def spec_provenance(spec_path: str | None, fallback: str) -> dict[str, str]:
+    """`provenance_tags` for a spec: its file and the repository around it (`fallback` and the working
+    directory for a spec that has no file)."""
+    if spec_path is None:
+        return provenance_tags(fallback, Path.cwd())
+    return provenance_tags(spec_path, Path(spec_path).resolve().parent)
+
+
+def model_source_tags(spec_path: str | None, fallback: str) -> dict[str, str]:
+    """The source tags of a logged model: the spec file it was trained from, its commit and the user.
+    MLflow would otherwise take them from the process (`__main__.py` for `python -m knightctl`)."""
+    keep = (SOURCE_TYPE_TAG, SOURCE_NAME_TAG, GIT_COMMIT_TAG, USER_TAG)
+    return {key: value for key, value in spec_provenance(spec_path, fallback).items() if key in keep}
+
+
+def _version_of(package: str) -> str:
+    """The package's version, from the module where it is imported (a training run's torch), else from
+    its installed metadata: a sweep's own process records torch's version without loading torch."""
+    module = sys.modules.get(package)
+    if module is not None and hasattr(module, "__version__"):
+        return str(module.__version__)
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""

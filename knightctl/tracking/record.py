@@ -29,7 +29,7 @@ from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, m
 from knightctl.tracking.owner import owner_tags
 from knightctl.tracking.plots import CURVES_ARTIFACT, run_plots, training_curves
 from knightctl.tracking.plugintags import plugin_tags
-from knightctl.tracking.provenance import provenance_tags
+from knightctl.tracking.provenance import model_source_tags, spec_provenance
 from knightctl.tracking.run import MlflowRun, open_run
 from knightctl.tracking.tags import (
     CHECKPOINT_DIR_TAG,
@@ -108,7 +108,11 @@ def record_results(
     else:
         model = copy.deepcopy(parts.model).cpu().eval()
     target = parts.loss_def.target
-    tags = {NOTE_TAG: model_description(spec, choice, parts.data, target), MODEL_CHOICE_TAG: choice.kind}
+    tags = {
+        **model_source_tags(spec.source.path if spec.source else None, spec.name),  # "Logged from": the spec
+        NOTE_TAG: model_description(spec, choice, parts.data, target),
+        MODEL_CHOICE_TAG: choice.kind,
+    }
     if run.story is not None:
         run.story.model_of_record = choice
     return run.log_model(lambda: log_model_of_record(spec, system, model, parts.data, target, choice, tags))
@@ -126,12 +130,10 @@ def resumed_from(resumed: Resumption | None) -> str | None:
 
 def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -> dict[str, str]:
     """The run's tags, set when it starts (and again, with this process as owner, when it resumes)."""
-    source = spec.source.path if spec.source else spec.name
-    folder = Path(spec.source.path).resolve().parent if spec.source else Path.cwd()
     tags = {
         **plugin_tags(spec, system),
         **owner_tags(),
-        **provenance_tags(source, folder),  # the commit of the repository that holds the spec
+        **spec_provenance(spec.source.path if spec.source else None, spec.name),  # the spec's repository's commit
         "device": choice.description,
         "device.reason": choice.reason,
         "seed": str(spec.seed),

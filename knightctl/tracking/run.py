@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knightctl.errors import Interrupted, TrackingError, first_line
+from knightctl.spec.overrides import overrides_label
 from knightctl.tracking.datasets import log_datasets
 from knightctl.tracking.metricwriter import MetricWriter
 from knightctl.tracking.note import RunStory, outcome, render_note
@@ -191,7 +192,10 @@ def open_run(
         if resume_run_id is not None:
             client, experiment_id, run_id, notices = reopen_run(store_uri, resume_run_id, tags=tags)
         else:
-            run_name = tags.get(RUN_NAME_TAG) or spec.tracking.run_name or spec.name  # a sweep names its trials
+            # A sweep names its trials; else the spec's name and what its --sets changed (`round_table
+            # lr=0.3`), so that one spec's runs tell themselves apart; 250 characters: MLflow's limit.
+            changed = overrides_label(spec.source.overrides if spec.source else ())
+            run_name = tags.get(RUN_NAME_TAG) or spec.tracking.run_name or f"{spec.name} {changed}".strip()[:250]
             client, experiment_id, run_id, notices = create_run(
                 store_uri,
                 spec.tracking.experiment or spec.name,

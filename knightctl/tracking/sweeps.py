@@ -42,9 +42,12 @@ def best_metric_name(metric: str) -> str:
     return "sweep/best_" + metric.replace("/", "_")
 
 
-def open_parent(uri: str, experiment: str, name: str, key: str, count: int) -> tuple[Any, str, str]:
+def open_parent(
+    uri: str, experiment: str, name: str, key: str, count: int, provenance: Mapping[str, str]
+) -> tuple[Any, str, str]:
     """The client, and the sweep's parent run and its experiment's id: the run an earlier run of this
-    sweep (same `key`) made, RUNNING again, or a new one."""
+    sweep (same `key`) made, RUNNING again, or a new one with the `provenance` tags (who ran it, from
+    which spec file and commit) that a training run has."""
     from mlflow.tracking import MlflowClient
 
     check_store(uri)
@@ -60,7 +63,8 @@ def open_parent(uri: str, experiment: str, name: str, key: str, count: int) -> t
     if earlier:
         client.update_run(earlier[0].info.run_id, status="RUNNING")
         return client, earlier[0].info.run_id, experiment_id
-    run = client.create_run(experiment_id, run_name=name, tags={SWEEP_TAG: key, SWEEP_TRIALS_TAG: str(count)})
+    tags = {**provenance, SWEEP_TAG: key, SWEEP_TRIALS_TAG: str(count)}
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     return client, run.info.run_id, experiment_id
 
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from processes import run_knightctl
+
+from knightctl.tracking.provenance import git_commit
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
@@ -51,6 +55,12 @@ def test_the_parent_holds_the_space_the_spec_a_plot_and_the_trials_ranked_by_the
     assert parent.info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children.values())
     for child in children.values():  # each trial keeps its best step by the metric the sweep ranks by
         assert (child.data.params["train.monitor"], child.data.params["train.monitor_mode"]) == ("val/loss", "min")
+
+    tags = parent.data.tags  # provenance as a training run has it, recorded without loading torch
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] == str(ROUND_TABLE)
+    assert tags["torch.version"] == torch.__version__ and tags["mlflow.version"] == mlflow.__version__
+    repository = git_commit(ROUND_TABLE.parent)
+    assert tags.get("mlflow.source.git.commit") == (repository[0] if repository else None)
 
     params = parent.data.params
     assert {key: value for key, value in params.items() if key != "sweep.base_spec.digest"} == {

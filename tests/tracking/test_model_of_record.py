@@ -77,6 +77,9 @@ def test_the_logged_model_is_the_best_one_named_after_the_spec_and_linked_to_its
     description = model.tags["mlflow.note.content"]
     assert f"the best val/loss ({result.best.value:.4g}, lower is better) at step {result.best.step}" in description
     assert "east, north" in description and "defeat, victory" in description
+    run_tags = client.get_run(result.run_id).data.tags
+    for key in ("mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit", "mlflow.user"):
+        assert model.tags.get(key) == run_tags.get(key), key  # "Logged from" the spec, as its run is
 
 
 def test_the_description_and_the_outcome_give_best_and_final_side_by_side(chapter) -> None:
@@ -97,7 +100,9 @@ def test_log_model_final_logs_the_last_steps_weights(tmp_path: Path, load_logged
         ROUND_TABLE, overrides=["train.epochs=150", "tracking.log_model=final"], tracking_uri=uri, device="cpu"
     )
     assert result.best.step < 150 and result.model_of_record == "final"
-    model = logged_model(MlflowClient(uri), result.run_id)
+    client = MlflowClient(uri)
+    assert client.get_run(result.run_id).info.run_name == "round_table epochs=150 log_model=final"  # its --sets
+    model = logged_model(client, result.run_id)
     assert {metric.step for metric in model.metrics} == {150}
     assert "the weights of the last step, 150" in model.tags["mlflow.note.content"]
     inputs = torch.randn(16, 2, generator=torch.Generator().manual_seed(4))

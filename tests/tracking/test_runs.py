@@ -89,7 +89,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
         knights, grail = client.create_experiment("knights"), client.create_experiment("grail")
         day_ago = int(time.time() * 1000) - DAY_MS
         common = {"train.epochs": "300", "seed": "1"}
-        ids = {"round_table/round_table": trained.info.run_id}
+        ids = {"round_table/round_table epochs=3": trained.info.run_id}
         ids["knights/lancelot"] = _add_run(
             client,
             knights,
@@ -137,7 +137,7 @@ def _failed_cleanly(result: Result, code: int = 1) -> str:
 def test_runs_come_newest_first_across_experiments_with_limit_and_filter(store: Store) -> None:
     everything = list_runs(store.uri)
     assert [f"{run.experiment}/{run.run_name}" for run in everything[:6]] == [
-        "round_table/round_table",
+        "round_table/round_table epochs=3",
         "grail/lancelot",
         "knights/percival",
         "knights/mordred",
@@ -145,7 +145,7 @@ def test_runs_come_newest_first_across_experiments_with_limit_and_filter(store: 
         "knights/lancelot",
     ]
     assert len(everything) == 7 and everything[-1].run_id == store.ids["grail/decoy"]
-    assert [run.run_name for run in list_runs(store.uri, limit=2)] == ["round_table", "lancelot"]
+    assert [run.run_name for run in list_runs(store.uri, limit=2)] == ["round_table epochs=3", "lancelot"]
     knights = list_runs(store.uri, experiment="knights")
     assert [run.run_name for run in knights] == ["percival", "mordred", "galahad", "lancelot"]
     with pytest.raises(TrackingError, match="no experiment named 'excalibur'"):
@@ -154,7 +154,7 @@ def test_runs_come_newest_first_across_experiments_with_limit_and_filter(store: 
 
 def test_summaries_carry_status_device_metrics_verdict_and_duration(store: Store) -> None:
     runs = {f"{run.experiment}/{run.run_name}": run for run in list_runs(store.uri)}
-    trained = runs["round_table/round_table"]  # the tags and metrics knightctl really logs
+    trained = runs["round_table/round_table epochs=3"]  # the tags and metrics knightctl really logs
     # the pre-flight checks the chapter's model itself (under 10k parameters), so there is a verdict
     assert (trained.status, trained.device, trained.gradcheck_verdict) == ("FINISHED", "cpu", "passed")
     assert set(trained.metrics) == {"val/accuracy", "val/loss", "train/loss"}
@@ -217,7 +217,7 @@ def test_compare_shows_only_differing_params_and_both_metric_columns(store: Stor
 
 
 def test_compare_json_by_full_id_and_name(store: Store, runner: CliRunner) -> None:
-    trained = store.ids["round_table/round_table"]
+    trained = store.ids["round_table/round_table epochs=3"]
     result = runner.invoke(main, ["runs", "compare", trained, "percival", "--tracking-uri", store.uri, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -374,7 +374,7 @@ def test_ui_serves_the_store_and_its_artifacts_and_stops_on_ctrl_c(store: Store,
         )
         found = json.loads(_get(f"{base}/api/2.0/mlflow/experiments/search?max_results=10") or b"{}")
         assert {"round_table", "knights", "grail"} <= {e["name"] for e in found["experiments"]}
-        trained = store.ids["round_table/round_table"]
+        trained = store.ids["round_table/round_table epochs=3"]
         spec = _get(f"{base}/get-artifact?path=spec/resolved.yaml&run_uuid={trained}") or b""
         assert spec.startswith(b"name: round_table")  # artifacts knightctl logged are served
         (server,) = (int(pid) for pid in Path(f"/proc/{ui.pid}/task/{ui.pid}/children").read_text().split())
