@@ -229,7 +229,9 @@ def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
         )
     except KnightctlError as error:
         status = "KILLED" if isinstance(error, Interrupted) else "FAILED"
-        return TrialResult(trial, status, getattr(error, "run_id", None), None, str(error).splitlines()[0])
+        # Every line: a spec error's first line only counts its problems ("spec.yaml: 1 problem").
+        why = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        return TrialResult(trial, status, getattr(error, "run_id", None), None, why)
     except KeyboardInterrupt:
         return TrialResult(trial, "KILLED", None, None, "interrupted")
     return TrialResult(trial, "FINISHED", result.run_id, None)  # its best value: read by the parent (`_add`)
