@@ -120,7 +120,7 @@ def _track(
         experiment=experiment,
         run_name=name,
         params={key: value[:6000] for key, value in params.items()},  # MLflow's limit for a param value
-        tags=spec_provenance(spec.source.path if spec is not None and spec.source else None, "knightctl gradcheck"),
+        tags=spec_provenance(spec, "knightctl gradcheck"),
         started_ms=started_ms,
     )
 

@@ -74,8 +74,5 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], spec_path: st
 
 def overrides_label(overrides: Sequence[str]) -> str:
     """`lr=0.01 batch_size=32`: each override's last path part and its value, for run names and tables."""
-    return " ".join(f"{path.strip().rsplit('.', 1)[-1]}={value.strip()}" for path, _, value in _split(overrides))
-
-
-def _split(overrides: Sequence[str]) -> list[tuple[str, str, str]]:
-    return [item.partition("=") for item in overrides if "=" in item]
+    pairs = (item.split("=", 1) for item in overrides if "=" in item)
+    return " ".join(f"{path.strip().rsplit('.', 1)[-1]}={value.strip()}" for path, value in pairs)

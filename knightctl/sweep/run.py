@@ -122,7 +122,7 @@ def _open_parent(
         f"{base.name} sweep",
         sweep_key(base.digest(), space, metric, goal),
         len(space),
-        spec_provenance(base.source.path if base.source else None, base.name),
+        spec_provenance(base, base.name),
     )
     outcome = SweepResult(parent_id, uri, metric, goal, trials=space, spec_name=base.name, experiment_id=experiment_id)
     return client, outcome

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from knightctl._version import __version__
 from knightctl.tracking.tags import (
@@ -19,6 +20,9 @@ from knightctl.tracking.tags import (
     USER_TAG,
     VERSION_TAG,
 )
+
+if TYPE_CHECKING:
+    from knightctl.spec.model import ExperimentSpec
 
 
 def git_commit(cwd: Path) -> tuple[str, bool] | None:
@@ -59,19 +63,19 @@ def provenance_tags(source: str, folder: Path) -> dict[str, str]:
     return tags
 
 
-def spec_provenance(spec_path: str | None, fallback: str) -> dict[str, str]:
-    """`provenance_tags` for a spec: its file and the repository around it (`fallback` and the working
-    directory for a spec that has no file)."""
-    if spec_path is None:
+def spec_provenance(spec: ExperimentSpec | None, fallback: str) -> dict[str, str]:
+    """`provenance_tags` for a spec: its file and the repository around it; `fallback` as the source
+    and the working directory as the repository for a spec without a file, or no spec."""
+    if spec is None or spec.source is None:
         return provenance_tags(fallback, Path.cwd())
-    return provenance_tags(spec_path, Path(spec_path).resolve().parent)
+    return provenance_tags(spec.source.path, Path(spec.source.path).resolve().parent)
 
 
-def model_source_tags(spec_path: str | None, fallback: str) -> dict[str, str]:
+def model_source_tags(spec: ExperimentSpec, fallback: str) -> dict[str, str]:
     """The source tags of a logged model: the spec file it was trained from, its commit and the user.
     MLflow would otherwise take them from the process (`__main__.py` for `python -m knightctl`)."""
     keep = (SOURCE_TYPE_TAG, SOURCE_NAME_TAG, GIT_COMMIT_TAG, USER_TAG)
-    return {key: value for key, value in spec_provenance(spec_path, fallback).items() if key in keep}
+    return {key: value for key, value in spec_provenance(spec, fallback).items() if key in keep}
 
 
 def _version_of(package: str) -> str:

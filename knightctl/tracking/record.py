@@ -109,7 +109,7 @@ def record_results(
         model = copy.deepcopy(parts.model).cpu().eval()
     target = parts.loss_def.target
     tags = {
-        **model_source_tags(spec.source.path if spec.source else None, spec.name),  # "Logged from": the spec
+        **model_source_tags(spec, spec.name),  # "Logged from": the spec
         NOTE_TAG: model_description(spec, choice, parts.data, target),
         MODEL_CHOICE_TAG: choice.kind,
     }
@@ -133,7 +133,7 @@ def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -
     tags = {
         **plugin_tags(spec, system),
         **owner_tags(),
-        **spec_provenance(spec.source.path if spec.source else None, spec.name),  # the spec's repository's commit
+        **spec_provenance(spec, spec.name),  # the spec's repository's commit
         "device": choice.description,
         "device.reason": choice.reason,
         "seed": str(spec.seed),
