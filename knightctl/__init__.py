@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from knightctl.gradcheck import OpReport, check_op, check_ops  # noqa: F401
     from knightctl.plugins.events import RunInfo, RunResult  # noqa: F401
     from knightctl.plugins.loader import load as load_plugins  # noqa: F401
+    from knightctl.plugins.metricdef import MetricDef  # noqa: F401
     from knightctl.plugins.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, Params, SchedulerDef  # noqa: F401
     from knightctl.plugins.sample import Sample  # noqa: F401
     from knightctl.plugins.system import PluginSettings, PluginSystem  # noqa: F401
@@ -46,6 +47,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "SchedulerDef": ("knightctl.plugins.registry", "SchedulerDef"),
     "DatasetDef": ("knightctl.plugins.registry", "DatasetDef"),
     "OpDef": ("knightctl.plugins.registry", "OpDef"),
+    "MetricDef": ("knightctl.plugins.metricdef", "MetricDef"),
     "Sample": ("knightctl.plugins.sample", "Sample"),
     "check_op": ("knightctl.gradcheck", "check_op"),
     "check_ops": ("knightctl.gradcheck", "check_ops"),

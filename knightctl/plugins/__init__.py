@@ -15,6 +15,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "LIBRARY_FORMS": "opsupport",
         "LayerDef": "registry",
         "LossDef": "registry",
+        "MetricDef": "metricdef",
         "Observer": "events",
         "OpDef": "registry",
         "OpLayer": "oplayers",

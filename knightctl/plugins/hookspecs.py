@@ -3,7 +3,7 @@
 A plugin is a module (or object) with functions marked `@hookimpl` whose names and arguments match
 the specs below (an implementation may take fewer arguments, never others). Registration hooks
 receive a `register` callback; call it once per component. Built-in layers, losses, optimizers,
-schedulers and datasets arrive through these same hooks. Event hooks are named in the past tense
+schedulers, datasets and metrics arrive through these same hooks. Event hooks are named in the past tense
 and are called in plugin load order; an exception in one fails the run, naming the plugin.
 """
 
@@ -16,7 +16,15 @@ import pluggy
 
 if TYPE_CHECKING:
     from knightctl.plugins.events import RunInfo, RunResult
-    from knightctl.plugins.registry import DatasetDef, LayerDef, LossDef, OpDef, OptimizerDef, SchedulerDef
+    from knightctl.plugins.registry import (
+        DatasetDef,
+        LayerDef,
+        LossDef,
+        MetricDef,
+        OpDef,
+        OptimizerDef,
+        SchedulerDef,
+    )
 
 PROJECT_NAME = "knightctl"
 
@@ -53,6 +61,12 @@ def register_schedulers(register: Callable[[SchedulerDef], None]) -> None:
 @hookspec
 def register_datasets(register: Callable[[DatasetDef], None]) -> None:
     """Register datasets (a `DatasetDef` each) that specs name under `data:`."""
+
+
+@hookspec
+def register_metrics(register: Callable[[MetricDef], None]) -> None:
+    """Register metrics (a `MetricDef` each) computed on the validation split, that specs name
+    under `metrics:` and `train.monitor` may pick."""
 
 
 @hookspec

@@ -37,6 +37,7 @@ REGISTRATION_HOOKS: tuple[str, ...] = (
     "register_optimizers",
     "register_schedulers",
     "register_datasets",
+    "register_metrics",
 )
 
 # Every hook a plugin may implement, with the arguments each provides.

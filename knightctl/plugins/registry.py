@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from knightctl.errors import PluginError
+from knightctl.plugins.metricdef import MetricDef, TargetKind, check_metric
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-TargetKind = Literal["binary", "class", "real"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*(::[A-Za-z_][A-Za-z0-9_.-]*)?$")
 
@@ -199,8 +198,8 @@ def op_layer(op: OpDef) -> LayerDef:
     )
 
 
-Definition = ComponentDef | OpDef
-_ALL_KINDS: tuple[type, ...] = (*KINDS, OpDef)
+Definition = ComponentDef | OpDef | MetricDef
+_ALL_KINDS: tuple[type, ...] = (*KINDS, OpDef, MetricDef)
 
 
 class Registry:
@@ -231,6 +230,12 @@ class Registry:
                     raise PluginError(f"{what}: {field} is not callable")
             if definition.layer not in ("elementwise", "halves", None):
                 raise PluginError(f"{what}: layer is {definition.layer!r}; use 'elementwise', 'halves' or None")
+        if isinstance(definition, MetricDef):
+            check_metric(definition, what)
+
+    def metrics(self) -> list[MetricDef]:
+        """Every registered metric, by name."""
+        return [self._defs["metric"][name] for name in self.names("metric")]
 
     def add(self, definition: Definition, *, plugin: str) -> None:
         """Record `definition` as registered by `plugin`; refuse bad ones and duplicates."""

@@ -81,13 +81,14 @@ def test_load_order_is_defaults_then_entry_points_then_directories_then_spec_fil
     )
     system = load(PluginSettings(dirs=(directory,)), files=[spec_file], reload=True)
     sources = [(info.name, info.source) for info in system.plugins]
-    assert sources[:4] == [
+    assert sources[:5] == [
         ("builtin.layers", "default"),
         ("builtin.losses", "default"),
         ("builtin.optimizers", "default"),
         ("builtin.datasets", "default"),
+        ("builtin.metrics", "default"),
     ]
-    assert sources[4:] == [
+    assert sources[5:] == [
         ("testdist", "entry point"),
         ("a_dir", "directory"),
         ("b_dir", "directory"),
