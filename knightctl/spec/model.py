@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from knightctl.plugins.system import PluginSettings
 from knightctl.plugins.loader import load
 from knightctl.spec.file import Location, SpecDocument, read_spec_file
+from knightctl.spec.metrics import metric_problems
 from knightctl.spec.overrides import apply_overrides, normalise
 from knightctl.spec.plugins import spec_plugin_files, spec_plugin_problems
 from knightctl.spec.widths import static_width_problems
@@ -229,6 +230,9 @@ class ExperimentSpec(SpecModel):
     loss: LossSpec
     optimizer: OptimizerSpec
     train: TrainSpec
+    metrics: tuple[Annotated[str, Field(min_length=1)], ...] | None = Field(
+        None, strict=False, description="metrics measured on the validation split, by name; default: the task's own"
+    )
     tracking: TrackingSpec = TrackingSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
 
@@ -289,6 +293,7 @@ def load_spec(
     component_problems, resolved = _resolve_components(raw, system.registry, {"base_dir": base_dir})
     problems += component_problems
     registry = system.registry
+    problems += metric_problems(raw, registry)
     try:
         spec = ExperimentSpec.model_validate(resolved)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
 """Which metric picks a run's model of record, and whether lower or higher is better.
 
 `train.monitor` names the metric (auto: val/loss where there is a validation split, else
-train/loss) and `train.monitor_mode` its goal (auto: max for accuracy-like names, else min). A
+train/loss) and `train.monitor_mode` its goal (auto: the goal its `MetricDef` declares, which the
+caller passes in, else max for accuracy-like names, else min). A
 sweep ranks its trials by the same rule, so this module imports neither torch nor MLflow: the
 sweep's own process resolves it without loading either.
 """
@@ -28,12 +29,17 @@ def monitored_metric(spec: Any, has_validation: bool) -> str:
     return "val/loss" if has_validation else "train/loss"
 
 
-def monitor_goal(metric: str, mode: str) -> Goal:
-    """min or max: as `train.monitor_mode` says, or (auto) max for accuracy-like names, else min."""
+def monitor_goal(metric: str, mode: str, known: Goal | None = None) -> Goal:
+    """min or max: as `train.monitor_mode` says, or (auto) the goal its metric definition declares
+    (`known`, a `MetricDef.goal`), else max for accuracy-like names, else min."""
     if mode in ("min", "max"):
         return mode  # type: ignore[return-value]
-    last = metric.rsplit("/", 1)[-1].lower()
-    return "max" if any(last == word or last.endswith(f"_{word}") for word in _HIGHER_IS_BETTER) else "min"
+    if known in ("min", "max"):
+        return known
+    parts = metric.lower().split("/")
+    # A per-class metric, val/<name>/<class>, is named by its middle part, not by the class.
+    name = parts[1] if len(parts) == 3 and parts[0] == "val" else parts[-1]
+    return "max" if any(name == word or name.endswith(f"_{word}") for word in _HIGHER_IS_BETTER) else "min"
 
 
 def check_monitor(spec: Any, logged: set[str]) -> None:

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from knightctl.errors import Interrupted, KnightctlError, SweepError
+from knightctl.plugins.loader import load as load_plugins
 from knightctl.plugins.system import PluginSettings
+from knightctl.spec.metrics import metric_goal
 from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.spec.monitor import monitor_goal, monitored_metric
 from knightctl.sweep.ranking import Goal, SweepResult, TrialResult, best_point
@@ -67,7 +69,7 @@ def sweep(
     base = load_spec(spec, overrides, plugins=plugins)
     for trial in space:  # every trial's values checked as --set checks them, before anything runs
         load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)
-    metric, goal = ranking_of(base, metric, goal)
+    metric, goal = ranking_of(base, metric, goal, plugins)
     uri, _ = resolve_tracking_uri(tracking_uri, base)
     client, outcome = _open_parent(base, space, uri, metric, goal)
     job = {
@@ -102,13 +104,17 @@ def sweep(
     return outcome
 
 
-def ranking_of(spec: ExperimentSpec, metric: str | None, goal: Goal | Literal["auto"]) -> tuple[str, Goal]:
+def ranking_of(
+    spec: ExperimentSpec, metric: str | None, goal: Goal | Literal["auto"], plugins: PluginSettings | None = None
+) -> tuple[str, Goal]:
     """The metric the sweep ranks by and its goal: as given, or (None, auto) the spec's own
-    `train.monitor` and `train.monitor_mode`, by the rule that picks a run's model of record."""
+    `train.monitor` and `train.monitor_mode`, by the rule that picks a run's model of record (a
+    registered metric's declared goal first)."""
     own = monitored_metric(spec, has_validation=spec.data.val_fraction > 0)
     metric = metric or own
     if goal == "auto":
-        goal = monitor_goal(metric, spec.train.monitor_mode if metric == own else "auto")
+        declared = metric_goal(metric, load_plugins(plugins, files=spec.plugin_paths()).registry)
+        goal = monitor_goal(metric, spec.train.monitor_mode if metric == own else "auto", declared)
     return metric, goal
 
 

@@ -44,7 +44,7 @@ train:
   batch_size: 16
 """
 
-BUILTIN_PLUGINS = ("builtin.layers", "builtin.losses", "builtin.optimizers", "builtin.datasets")
+BUILTIN_PLUGINS = ("builtin.layers", "builtin.losses", "builtin.optimizers", "builtin.datasets", "builtin.metrics")
 
 _LOCATED = re.compile(r"^(?P<origin>.+?):(?P<line>\d+):(?P<col>\d+): (?P<rest>.*)$", re.DOTALL)
 
@@ -242,7 +242,7 @@ def test_unknown_field_without_a_close_match_lists_allowed_fields(tmp_path: Path
     _, _, _, message = field_problem(problems_of(path), "zzz")
     assert "did you mean" not in message
     assert (
-        "allowed: checkpoint, data, description, loss, model, name, optimizer, plugins, seed, tracking, train"
+        "allowed: checkpoint, data, description, loss, metrics, model, name, optimizer, plugins, seed, tracking, train"
         in message
     )
 
