@@ -44,6 +44,29 @@ class BestStep:
     metrics: dict[str, float]  # all metrics logged at `step`
 
 
+@dataclass(frozen=True)
+class EvaluationReport:
+    """The task metrics of the model of record on the whole validation split, measured after the loop.
+
+    `weights` says whose weights they are (`the best val/loss (0.11, lower is better) at step 40 of
+    100`, or the last step's); `values` maps each logged name (`val/macro_f1`, `val/f1/<class>`) to
+    its value, None where it is undefined (n/a); `per_class` maps a per-class metric's name to its
+    values by class name. `confusion[i][j]` counts rows of class i predicted as class j
+    (classification only; classes in `class_names` order).
+    """
+
+    weights: str
+    step: int
+    values: dict[str, float | None]
+    per_class: dict[str, dict[str, float | None]]
+    class_names: tuple[str, ...] = ()
+    confusion: tuple[tuple[int, ...], ...] | None = None
+
+    def overall(self) -> dict[str, float | None]:
+        """The values that are not per class: the few a summary shows."""
+        return {key: value for key, value in self.values.items() if key.count("/") == 1}
+
+
 @dataclass
 class RunResult:
     """What a finished run did: final metrics, every logged point, timings and the model."""
@@ -64,6 +87,7 @@ class RunResult:
     best: BestStep | None = None  # the best step by train.monitor, beside `final_metrics` (the last)
     best_checkpoint: Path | None = None  # best.pt: the best step's weights
     model_of_record: str | None = None  # which weights were logged as the model: "best", "final", or None
+    evaluation: EvaluationReport | None = None  # the task metrics of the model of record, after the loop
 
     @property
     def run_id(self) -> str | None:

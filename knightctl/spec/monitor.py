@@ -2,9 +2,9 @@
 
 `train.monitor` names the metric (auto: val/loss where there is a validation split, else
 train/loss) and `train.monitor_mode` its goal (auto: the goal its `MetricDef` declares, which the
-caller passes in, else max for accuracy-like names, else min). A
-sweep ranks its trials by the same rule, so this module imports neither torch nor MLflow: the
-sweep's own process resolves it without loading either.
+caller passes in, else max for accuracy-like names, else min). A sweep ranks its trials by the
+same rule, so this module imports neither torch nor MLflow: the sweep's own process resolves it
+without loading either.
 """
 
 from __future__ import annotations

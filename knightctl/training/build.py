@@ -1,4 +1,4 @@
-"""Turn a resolved spec into live objects: data on the device, model, loss, optimizer, scheduler.
+"""Turn a resolved spec into live objects: data on the device, model, loss, optimizer, scheduler, metrics.
 
 Every plugin `build` call is wrapped so that an exception names the plugin and the component.
 `dry_forward` runs one small batch through the model layer by layer before any MLflow run exists,
@@ -19,6 +19,7 @@ from knightctl.plugins.oplayers import OpLayer
 from knightctl.plugins.registry import ComponentDef, LossDef, Registry
 from knightctl.spec.model import ExperimentSpec
 from knightctl.training.data import Split, split_data
+from knightctl.training.taskmetrics import TaskMetrics, task_metrics
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Components:
     optimizer: torch.optim.Optimizer
     scheduler: Any | None
     data: Split
+    task_metrics: TaskMetrics | None = None  # measured on the validation split (training/taskmetrics.py)
 
 
 def build_components(spec: ExperimentSpec, registry: Registry, device: torch.device, seed: int) -> Components:
@@ -67,7 +69,8 @@ def build_components(spec: ExperimentSpec, registry: Registry, device: torch.dev
             _params(scheduler_def, spec.optimizer.scheduler.options(), base_dir),
             spec.train.epochs,
         )
-    return Components(model, loss_fn, loss_def, optimizer, scheduler, data)
+    metrics = task_metrics(spec.metrics, registry, loss_def.target, data)
+    return Components(model, loss_fn, loss_def, optimizer, scheduler, data, metrics)
 
 
 def _definition(registry: Registry, kind: str, name: str) -> ComponentDef:

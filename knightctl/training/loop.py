@@ -29,6 +29,7 @@ from knightctl.training.data import epoch_batches, steps_per_epoch
 from knightctl.training.metrics import NonFiniteLoss, StepMetrics, evaluate, gradient_norm
 from knightctl.training.position import Position
 from knightctl.training.signals import StopOnSignal
+from knightctl.training.taskmetrics import final_evaluation
 from knightctl.training.tracker import Tracker
 
 
@@ -252,17 +253,22 @@ def _loop(loop: Loop) -> float:
             not last and not ranks.distributed and stop.requested is not None
         ):  # finishing beats stopping after the last step
             raise _StopRequested()
-    return time.perf_counter() - loop_started
+    seconds = time.perf_counter() - loop_started
+    if ranks.is_main:  # the model of record's task metrics, for the summary and the run's description
+        position.evaluation = final_evaluation(parts, position, spec.tracking.log_model)
+    return seconds
 
 
 def _validation(parts: Any, ranks: Any) -> dict[str, torch.Tensor | float]:
     """Validation metrics as device tensors. The ranks of a distributed job each take a slice of the
-    validation rows, weighted like a batch's, so that the mean over ranks is the whole set's."""
-    x, y, weight = parts.data.val_x, parts.data.val_y, 1.0
-    if ranks.distributed and len(x) >= ranks.world_size:
-        x, y, weight = ranks.shard(x, y)
-    values = evaluate(parts.model, parts.loss_fn, x, y, parts.loss_def.target)
-    return values if weight == 1.0 else {name: value * weight for name, value in values.items()}
+    validation rows for the loss, weighted like a batch's, so that the mean over ranks is the whole
+    set's; the task metrics (F1, AUC, R² are no means) each rank measures on every row, alike."""
+    x, y, task = parts.data.val_x, parts.data.val_y, parts.task_metrics
+    if not (ranks.distributed and len(x) >= ranks.world_size):
+        return evaluate(parts.model, parts.loss_fn, x, y, task)
+    shard_x, shard_y, weight = ranks.shard(x, y)
+    values = {name: value * weight for name, value in evaluate(parts.model, parts.loss_fn, shard_x, shard_y).items()}
+    return values | (evaluate(parts.model, None, x, y, task) if task is not None and task.definitions else {})
 
 
 def _stop_asked(stop: StopOnSignal, ranks: Any, step: int, check_every: int) -> bool:

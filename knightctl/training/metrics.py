@@ -3,19 +3,24 @@
 Calling `.item()` on a loss every step would wait for the device every step. Instead each step's
 loss is kept as a detached tensor, a logging window is just a note of where it ends, and
 `collect()` turns every kept tensor into Python floats with one `stack(...).tolist()`: two tensor
-operations per evaluation, whatever the number of steps or windows in between.
+operations per evaluation, whatever the number of steps or windows in between. The validation
+split's task metrics (training/taskmetrics.py) are read back in the same transfer.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from knightctl.errors import RunFailed
+
+if TYPE_CHECKING:
+    from knightctl.training.taskmetrics import TaskMetrics
 
 Point = tuple[int, dict[str, float]]
 
@@ -34,6 +39,8 @@ class StepMetrics:
     per_step: list[float] | None = None  # every step's loss as read back, when a caller wants them all
     # In a distributed job, the mean over ranks of a stacked tensor (one collective per read-back).
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Each evaluation point's values once read back (TaskMetrics.check): it may leave some out, or raise.
+    check: Callable[[int, dict[str, float]], dict[str, float]] | None = None
 
     def add_loss(self, loss: torch.Tensor) -> None:
         self.losses.append(loss.detach())
@@ -102,7 +109,8 @@ class StepMetrics:
             collected.append((end, values))
             start = end + 1
         for step, raw in self.points:
-            collected.append((step, {k: (next(rest) if isinstance(v, torch.Tensor) else v) for k, v in raw.items()}))
+            values = {k: (next(rest) if isinstance(v, torch.Tensor) else v) for k, v in raw.items()}
+            collected.append((step, self.check(step, values) if self.check is not None else values))
         self.carried = losses[start - self.first_step :]  # steps still waiting for their window
         self.first_step = start
         self.losses, self.windows, self.points, self.verified = [], [], [], 0
@@ -129,13 +137,14 @@ class NonFiniteLoss(RunFailed):
         self.loss = loss
 
 
-def logged_metrics(target: str, has_validation: bool) -> set[str]:
-    """The names of the metrics a run logs (system metrics aside): what `train.monitor` may name."""
+def logged_metrics(*, has_validation: bool, task_keys: Iterable[str] = ()) -> set[str]:
+    """The names of the metrics a run logs (system metrics aside): what `train.monitor` may name.
+    `task_keys`: the names its task metrics are logged under (`TaskMetrics.keys`), measured on the
+    validation split, so only logged with one."""
     names = {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "epoch"}
     if has_validation:
         names.add("val/loss")
-        if target in ("binary", "class"):
-            names.add("val/accuracy")
+        names.update(task_keys)
     return names
 
 
@@ -151,18 +160,17 @@ def gradient_norm(model: nn.Module) -> torch.Tensor:
 
 
 def evaluate(
-    model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, target: str
+    model: nn.Module, loss_fn: nn.Module | None, x: torch.Tensor, y: torch.Tensor, task: TaskMetrics | None = None
 ) -> dict[str, torch.Tensor | float]:
-    """Validation loss, and accuracy for classification losses, as device tensors."""
+    """Validation loss (unless `loss_fn` is None) and the task's metrics on the same outputs, as device
+    tensors (a plugin metric may give a plain number)."""
     model.eval()
     try:
         with torch.no_grad():
             outputs = model(x)
-            values: dict[str, torch.Tensor | float] = {"val/loss": loss_fn(outputs, y)}
-            if target == "binary":
-                values["val/accuracy"] = ((outputs > 0) == (y > 0.5)).float().mean()
-            elif target == "class":
-                values["val/accuracy"] = (outputs.argmax(dim=-1) == y).float().mean()
+            values: dict[str, torch.Tensor | float] = {"val/loss": loss_fn(outputs, y)} if loss_fn is not None else {}
+            if task is not None:
+                values.update(task.compute(outputs, y))
     finally:
         model.train()
     return values

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from knightctl.checkpoint.state import ResumePoint
+from knightctl.plugins.events import EvaluationReport
 from knightctl.training.best import ModelOfRecord
 
 
@@ -25,6 +26,7 @@ class Position:
     checkpoint: Path | None = None
     best: ModelOfRecord | None = None  # the model of record so far (training/best.py); None on ranks but 0
     best_checkpoint: Path | None = None  # best.pt, once written
+    evaluation: EvaluationReport | None = None  # the model of record's task metrics, once the loop finished
 
     def resume_point(self, data_order: torch.Generator) -> ResumePoint:
         if self.epoch_done:

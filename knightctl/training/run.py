@@ -218,6 +218,7 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         best=best_step(position),
         best_checkpoint=position.best_checkpoint,
         model_of_record=logged_kind,
+        evaluation=position.evaluation,
     )
     for observer in observers:
         observer.run_finished(result)
@@ -242,11 +243,16 @@ def _loop_for(
     folder = checkpoint_folder(spec, tracker, resumed, options.checkpoint_dir)
     folder = CheckpointFolder(Path(ranks.broadcast(str(folder.path))), folder.keep_last)
     data_order = torch.Generator().manual_seed(spec.seed or 0)
-    recording = {"per_step": [] if options.record_losses else None, "reduce": ranks.reducer()}
+    recording = {
+        "per_step": [] if options.record_losses else None,
+        "reduce": ranks.reducer(),
+        "check": parts.task_metrics.check if parts.task_metrics else None,
+    }
     metrics = StepMetrics(**recording)
     start = None
     metric = monitored_metric(spec, parts.data.val_x is not None)
-    goal = monitor_goal(metric, spec.train.monitor_mode)
+    declared = parts.task_metrics.goal_of(metric) if parts.task_metrics else None  # a MetricDef's goal
+    goal = monitor_goal(metric, spec.train.monitor_mode, declared)
     saved_best = resumed.state.get("best") if resumed is not None else None
     position.best = ModelOfRecord.from_state(saved_best, metric, goal) if ranks.is_main else None
     if resumed is not None:

@@ -92,7 +92,8 @@ def prepare(
         set_deterministic(True)  # never switched off here: a caller may have switched it on
     seed_everything(spec.seed)
     parts = build_components(spec, system.registry, choice.device, spec.seed)
-    check_monitor(spec, logged_metrics(parts.loss_def.target, parts.data.val_x is not None))
+    task_keys = parts.task_metrics.keys if parts.task_metrics else ()
+    check_monitor(spec, logged_metrics(has_validation=parts.data.val_x is not None, task_keys=task_keys))
     dry_forward(parts, spec)
     # The ops at the spec's options, and the model when small (gradcheck/run.py); on MPS, which has
     # no float64, the checks run on the CPU and their reports say so.
