@@ -17,10 +17,11 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from knightctl.errors import Interrupted
+from knightctl.tracking.note import evaluation_summary, is_per_class, per_class_order
 
 if TYPE_CHECKING:
     from knightctl.checkpoint.verify import ResumeVerdict
-    from knightctl.plugins.events import RunInfo, RunResult
+    from knightctl.plugins.events import EvaluationReport, RunInfo, RunResult
     from knightctl.spec.model import ExperimentSpec
 
 _REFRESH_S = 0.1  # at most ten progress updates a second, whatever the step rate
@@ -130,11 +131,13 @@ def render_summary(console: Console, result: RunResult) -> None:
     if best is not None:  # one column of text, so that the run id and URIs below are never cut short
         table.add_row("", f"[italic]{final_heading:<18}best {best.metric} (step {best.step:,})[/italic]")
     for key, value in result.final_metrics.items():
-        if key != "epoch":
+        if key != "epoch" and not is_per_class(key):  # per class: below, with the task metrics
             shown = f"{value:,.0f}" if key.endswith("per_s") else f"{value:.4f}"
             if best is not None and key in best.metrics and not key.endswith("per_s"):
                 shown = f"{shown:<18}{best.metrics[key]:.4f}"
             table.add_row(key, shown)
+    if result.evaluation is not None:
+        _task_rows(table, result.evaluation)
     if info.run_id:
         table.add_row("MLflow run", info.run_id)
         table.add_row("tracking URI", f"{info.tracking_uri} ({result.tracking_uri_source})")
@@ -157,6 +160,24 @@ def render_summary(console: Console, result: RunResult) -> None:
                 else f"knightctl ui --tracking-uri {info.tracking_uri}"
             )
             console.print(f"dashboard: run `{command}` here, then open http://127.0.0.1:5000/{page}", soft_wrap=True)
+
+
+def _task_rows(table: Table, report: EvaluationReport, max_classes: int = 5) -> None:
+    """The model of record's task metrics: one line, whose weights, and a line per class (the first few)."""
+    overall, _ = evaluation_summary(report)
+    table.add_row("task metrics", escape(f"{overall}\n({report.weights})"))
+    metrics = per_class_order(report)
+    if not metrics:
+        return
+    width = max(len(name) for name in report.class_names[:max_classes])
+    lines = [" / ".join(metrics)] + [
+        f"{name:<{width}}  "
+        + " / ".join("n/a" if (v := report.per_class[m].get(name)) is None else f"{v:.4f}" for m in metrics)
+        for name in report.class_names[:max_classes]
+    ]
+    if len(report.class_names) > max_classes:
+        lines.append(f"and {len(report.class_names) - max_classes} more classes (in MLflow)")
+    table.add_row("per class", escape("\n".join(lines)))
 
 
 def render_spec(console: Console, spec: ExperimentSpec) -> None:

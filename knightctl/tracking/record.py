@@ -2,8 +2,8 @@
 
 Before the first step: the tags (versions, device, seed, spec digest, git commit, plugins, the
 process that owns the run), the gradient verdicts, the datasets and the run's description.
-After the last: the final checkpoint, the plots and the model. A run that fails or is stopped
-keeps its last good checkpoint.
+After the last: the final checkpoint, the plots, the confusion matrix and the model. A run that
+fails or is stopped keeps its last good checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import log_reports
 from knightctl.plugins.system import PluginSystem
 from knightctl.spec.model import ExperimentSpec
+from knightctl.tracking.confusion import CONFUSION_ARTIFACT, confusion_figure, log_confusion_table
 from knightctl.tracking.models import log_model_of_record, model_description
 from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, model_summary
 from knightctl.tracking.owner import owner_tags
@@ -93,13 +94,22 @@ def record_results(
     run: MlflowRun, spec: ExperimentSpec, parts: Components, position: Position, system: PluginSystem
 ) -> str | None:
     """After the last step: the final and best checkpoints (checkpoints/final.pt, checkpoints/best.pt),
-    the plots and (unless turned off) the model of record (tracking/models.py)."""
+    the plots, a classifier's confusion matrix (tracking/confusion.py) and (unless turned off) the
+    model of record (tracking/models.py)."""
     with tempfile.TemporaryDirectory() as folder:
         for name, path in (("final.pt", position.checkpoint), ("best.pt", position.best_checkpoint)):
             if path is not None:
                 shutil.copyfile(path, Path(folder) / name)
                 run.log_file(Path(folder) / name, "checkpoints")
-    run.log_figures(run_plots(position.history, parts.model, parts.data, parts.loss_def.target))
+    figures = run_plots(position.history, parts.model, parts.data, parts.loss_def.target)
+    if position.evaluation is not None:  # the model of record's task metrics and confusion matrix
+        log_confusion_table(run.client, run.run_id, position.evaluation)
+        figure = confusion_figure(position.evaluation)
+        if figure is not None:
+            figures[CONFUSION_ARTIFACT] = figure
+        if run.story is not None:
+            run.story.evaluation = position.evaluation
+    run.log_figures(figures)
     if not spec.tracking.log_model:
         return None
     choice = choose(spec.tracking.log_model, position.best, position.step)
