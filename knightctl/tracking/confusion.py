@@ -8,7 +8,6 @@ true class and one column per predicted class, in the data's class order.
 from __future__ import annotations
 
 import textwrap
-import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,19 +28,6 @@ def confusion_table(report: EvaluationReport) -> dict[str, list[Any]]:
     for j, name in enumerate(report.class_names):
         table[f"predicted {name}"] = [row[j] for row in report.confusion]
     return table
-
-
-def log_confusion_table(client: Any, run_id: str, report: EvaluationReport) -> None:
-    """Log the table with the run (best effort: the figure, logged as a file, is journaled if the
-    server is gone; a table it could not take is a warning, not a failed run)."""
-    if report.confusion is None:
-        return
-    try:
-        with warnings.catch_warnings():  # MLflow's own use of a pandas API that pandas 3 deprecates
-            warnings.filterwarnings("ignore", message=".*select_dtypes", category=Warning)
-            client.log_table(run_id, data=confusion_table(report), artifact_file=CONFUSION_TABLE)
-    except Exception as exc:
-        warnings.warn(f"could not store the confusion matrix table with MLflow run {run_id}: {exc}", stacklevel=1)
 
 
 def confusion_figure(report: EvaluationReport) -> Figure | None:

@@ -3,8 +3,9 @@
 Storing a metric is pure-Python work (a bulk insert on sqlite, sqlitemetrics.py; a REST call
 to a server). From a thread, that work would hold the training process's GIL and slow the loop;
 from its own process it runs on another core. The training side only appends tuples to a list
-and, at each flush, hands the list to a multiprocessing queue. The process also samples system
-metrics (CPU, memory, GPU), which describe the machine, not the process.
+and, at each flush, hands the list to the writer's channel (helperprocess.py: a plain `python -c`
+child, so that a script without a main guard, standard input and Jupyter all work). The process
+also samples system metrics (CPU, memory, GPU), which describe the machine, not the process.
 
 Starting the writer costs its own import of MLflow (about 2 s of CPU here). It is started before
 the run exists, so that the import overlaps with building the model; `attach()` then names the
@@ -12,7 +13,7 @@ run, and `wait_ready()` makes sure the writer has found it before the first trai
 
 The writer process ignores SIGINT and SIGTERM: a Ctrl-C in a terminal reaches the whole process
 group, and the writer must outlive the trainer's clean-up to write what was queued. It stops on
-the sentinel `None`, or when its parent has died.
+the sentinel `None`, which it also reads when its parent has died (the channel's end).
 
 If an http tracking server goes away mid-run, batches wait in the run's journal until it is back
 (outbox.py), and the writer's MLflow calls fail fast instead of retrying for minutes.
@@ -20,16 +21,17 @@ If an http tracking server goes away mid-run, batches wait in the run's journal 
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
 import signal
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from knightctl.errors import TrackingError
+from knightctl.tracking.helperprocess import HelperProcess
 from knightctl.tracking.offline.fallback import FAIL_FAST_ENV
 from knightctl.tracking.offline.journal import Journal, journal_root
 from knightctl.tracking.offline.outbox import Outbox
@@ -64,19 +66,22 @@ class MetricWriter:
         system_metrics: bool = False,
         journal_dir: Path | None = None,
     ) -> None:
-        context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and open sqlite handles
-        self._queue: Any = context.Queue()  # the run id first, then lists of metrics, then None
-        self._status: Any = context.Queue()  # ("ready", ""), then ("done", journaled count); or ("error", message)
         self._buffer: list[MetricTuple] = []
         self.journal_root = journal_root(journal_dir)  # where metrics wait while a server is away
-        self._process = context.Process(
-            target=_write_metrics,
-            args=(tracking_uri, self._queue, self._status, system_metrics, str(self.journal_root)),
-            name="knightctl-metrics",
-            daemon=True,
-        )
-        self._process.start()
+        # Sent: the run id first, then lists of metrics, then None. Received: ("started", "") once
+        # MLflow is imported, ("ready", "") once the run is found, then ("done", journaled count);
+        # or ("error", message) at any point.
+        try:
+            self._process = HelperProcess(
+                f"{__name__}:_write_metrics",
+                (tracking_uri, system_metrics, str(self.journal_root)),
+                name="knightctl-metrics",
+            )
+        except (OSError, RuntimeError) as exc:  # no Python to start (an embedded interpreter, a deleted venv)
+            python = sys.executable or "(no sys.executable)"
+            raise TrackingError(f"cannot start the process that writes metrics to MLflow with {python}: {exc}") from exc
         self.run_id: str | None = None
+        self.started = False
         self.closed = False
         self.journaled = 0  # metrics left in the journal at close, for `knightctl sync` to deliver
         if run_id is not None:
@@ -90,23 +95,37 @@ class MetricWriter:
     def attach(self, run_id: str) -> None:
         """Name the run the metrics belong to; the writer opens the store only now."""
         self.run_id = run_id
-        self._queue.put(run_id)
+        self._process.put(run_id)
 
     def abandon(self) -> None:
         """Stop a writer whose run never started (or failed to); idempotent."""
         if self.closed:
             return
         self.closed = True
-        self._queue.put(None)
+        self._process.put(None)
         self._process.join(5.0)  # s: it reads the stop once it has imported MLflow, slower on a loaded machine
         if self._process.is_alive():  # no run was attached, so nothing of it is lost
             self._process.terminate()
             self._process.join(5.0)
         self._release()
 
+    def wait_started(self, timeout_s: float = 120.0) -> None:
+        """Block until the writer process has imported MLflow: called before the run is made, so that
+        a writer that cannot start raises TrackingError without leaving a FAILED run behind."""
+        if self.started:
+            return
+        kind, message = self._next_status(timeout_s, "did not start")
+        if kind != "started":
+            self.closed = True
+            self._process.join(5.0)
+            self._release()
+            raise TrackingError(f"cannot start the process that writes metrics to MLflow: {message}")
+        self.started = True
+
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until the writer process has imported MLflow and found the run."""
-        kind, message = self._next_status(timeout_s, "did not start")
+        self.wait_started(timeout_s)
+        kind, message = self._next_status(timeout_s, "did not find the run")
         if kind != "ready":
             self.closed = True
             self._process.join(5.0)
@@ -115,7 +134,7 @@ class MetricWriter:
 
     def training_started(self) -> None:
         """The loop is about to take its first step: system metrics are sampled from now on."""
-        self._queue.put(TRAINING_STARTED)
+        self._process.put(TRAINING_STARTED)
 
     def add(self, step: int, values: Mapping[str, float]) -> None:
         """Buffer one point per metric at `step`: no I/O, no pickling."""
@@ -125,7 +144,7 @@ class MetricWriter:
     def flush(self) -> None:
         """Hand everything buffered to the writer process (it writes while training goes on)."""
         if self._buffer:
-            self._queue.put(self._buffer)
+            self._process.put(self._buffer)
             self._buffer = []
 
     def close(self) -> None:
@@ -137,7 +156,7 @@ class MetricWriter:
             return
         self.closed = True
         self.flush()
-        self._queue.put(None)
+        self._process.put(None)
         try:
             kind, message = self._next_status(_CLOSE_TIMEOUT_S, f"did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
             self._process.join(5.0)  # it exits at once after "done"
@@ -155,23 +174,21 @@ class MetricWriter:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return self._status.get(timeout=0.2)
+                message = self._process.get(timeout=0.2)
             except queue.Empty:
-                if not self._process.is_alive():
-                    try:  # a message sent just before it exited
-                        return self._status.get(timeout=0.5)
-                    except queue.Empty:
-                        return "error", f"the writer process exited with code {self._process.exitcode}"
                 if time.monotonic() > deadline:
                     return "error", f"the writer process {failure}"
+                continue
+            if message is None:  # its end of the channel closed: it exited
+                self._process.join(5.0)
+                return "error", f"the writer process exited with code {self._process.exitcode}"
+            return message
 
     def _release(self) -> None:
-        for channel in (self._queue, self._status):  # their pipes and semaphores, now
-            channel.close()
-            channel.join_thread()
+        self._process.close()
 
 
-def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: bool, journal_dir: str) -> None:
+def _write_metrics(inbox: Any, status: Any, tracking_uri: str, system_metrics: bool, journal_dir: str) -> None:
     """The writer process: wait for the run id, then store the inbox's batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -183,6 +200,7 @@ def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: b
         import sqlalchemy.dialects.sqlite  # noqa: F401
         from mlflow.tracking import MlflowClient
 
+        status.put(("started", ""))
         run_id = _wait_for_run(inbox)
         if run_id is None:
             os._exit(0)  # abandoned: no run, nothing to write
@@ -192,12 +210,11 @@ def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: b
         outbox = Outbox(store.write, client, Journal(Path(journal_dir), run_id, tracking_uri), tracking_uri)
         sampler = SystemSampler(tracking_uri, run_id) if system_metrics else None
         status.put(("ready", ""))
-        parent = multiprocessing.parent_process()
         stop = False
         while not stop:
             batch: list[MetricTuple] = []
             events: list[str] = []
-            stop = _gather(inbox, batch, parent, outbox.wait_s(), events)
+            stop = _gather(inbox, batch, outbox.wait_s(), events)
             if sampler is not None and TRAINING_STARTED in events:
                 sampler.begin()
             for start in range(0, len(batch), _BATCH_LIMIT):
@@ -210,9 +227,7 @@ def _write_metrics(tracking_uri: str, inbox: Any, status: Any, system_metrics: b
     except BaseException as exc:  # reported to the parent, which raises it as a TrackingError
         status.put(("error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from None
-    status.put(("done", str(journaled)))
-    status.close()
-    status.join_thread()  # the message is in the pipe
+    status.put(("done", str(journaled)))  # written and flushed before put returns
     # Everything is committed: skip the interpreter's teardown of MLflow and SQLAlchemy (about
     # 0.5 s here), which the trainer would otherwise wait for at the end of every run.
     os._exit(0)
@@ -248,18 +263,10 @@ class _MetricStore:
 
 def _wait_for_run(inbox: Any) -> str | None:
     """The run id the trainer sends once it made the run, or None if it gave up (or died)."""
-    parent = multiprocessing.parent_process()
-    while True:
-        try:
-            return inbox.get(timeout=1.0)
-        except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return None
+    return inbox.get()
 
 
-def _gather(
-    inbox: Any, batch: list[MetricTuple], parent: Any, idle_s: float | None = None, events: list[str] | None = None
-) -> bool:
+def _gather(inbox: Any, batch: list[MetricTuple], idle_s: float | None = None, events: list[str] | None = None) -> bool:
     """Collect one batch: everything that arrives within _COALESCE_S of the first message, or
     _BATCH_LIMIT metrics, whichever comes first; or nothing, once `idle_s` passed without a message
     (a journal delivery is due). True once the sentinel arrived (or the trainer died). Events (a
@@ -275,10 +282,8 @@ def _gather(
         try:
             item = inbox.get(timeout=wait_s)
         except queue.Empty:
-            if parent is not None and not parent.is_alive():
-                return True  # the trainer died (SIGKILL): nothing more will come
             continue
-        if item is None:
+        if item is None:  # the sentinel, or the trainer died (SIGKILL): nothing more will come
             return True
         if isinstance(item, str):
             if events is not None:

@@ -24,7 +24,7 @@ from knightctl.gradcheck.report import OpReport
 from knightctl.gradcheck.tracking import log_reports
 from knightctl.plugins.system import PluginSystem
 from knightctl.spec.model import ExperimentSpec
-from knightctl.tracking.confusion import CONFUSION_ARTIFACT, confusion_figure, log_confusion_table
+from knightctl.tracking.confusion import CONFUSION_ARTIFACT, CONFUSION_TABLE, confusion_figure, confusion_table
 from knightctl.tracking.models import log_model_of_record, model_description
 from knightctl.tracking.note import RunStory, data_summary, gradcheck_summary, model_summary
 from knightctl.tracking.owner import owner_tags
@@ -103,7 +103,8 @@ def record_results(
                 run.log_file(Path(folder) / name, "checkpoints")
     figures = run_plots(position.history, parts.model, parts.data, parts.loss_def.target)
     if position.evaluation is not None:  # the model of record's task metrics and confusion matrix
-        log_confusion_table(run.client, run.run_id, position.evaluation)
+        if position.evaluation.confusion is not None:
+            run.log_table(confusion_table(position.evaluation), CONFUSION_TABLE)
         figure = confusion_figure(position.evaluation)
         if figure is not None:
             figures[CONFUSION_ARTIFACT] = figure

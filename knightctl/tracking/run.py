@@ -10,6 +10,7 @@ to date first.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -100,6 +101,32 @@ class MlflowRun:
 
         self._store(lambda: self.client.log_text(self.run_id, text, artifact_file), journal_it)
 
+    def log_table(self, table: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """Store columns as an MLflow table (the dashboard's table view). Best effort: a table the store
+        refuses is a warning, not a failed run. With the server gone it waits in the journal as the
+        same JSON file, without the tag that makes MLflow show it as a table (only log_table sets it)."""
+
+        def journal_it(journal: Journal) -> None:
+            columns = list(table)
+            rows = [list(row) for row in zip(*(table[column] for column in columns), strict=True)]
+            with tempfile.TemporaryDirectory() as folder:
+                local = Path(folder) / Path(artifact_file).name
+                local.write_text(json.dumps({"columns": columns, "data": rows}), encoding="utf-8")
+                parent = str(Path(artifact_file).parent)
+                journal.add_artifact(local, "" if parent == "." else parent)
+
+        def action() -> None:
+            with warnings.catch_warnings():  # MLflow's own use of a pandas API that pandas 3 deprecates
+                warnings.filterwarnings("ignore", message=".*select_dtypes", category=Warning)
+                self.client.log_table(self.run_id, data=dict(table), artifact_file=artifact_file)
+
+        try:
+            self._store(action, journal_it)
+        except Exception as exc:
+            warnings.warn(
+                f"could not store the table {artifact_file} with MLflow run {self.run_id}: {exc}", stacklevel=2
+            )
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
@@ -189,6 +216,7 @@ def open_run(
     # URI string, so a later run (after a chdir, in a notebook) would otherwise reach the first file.
     store_uri = absolute_uri(tracking_uri)
     try:
+        writer.wait_started()  # a writer that cannot start fails here, before there is a run to fail
         if resume_run_id is not None:
             client, experiment_id, run_id, notices = reopen_run(store_uri, resume_run_id, tags=tags)
         else:

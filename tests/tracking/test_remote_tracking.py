@@ -54,6 +54,7 @@ def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path:
     assert artifacts == {
         "plots/training_curves.png",
         "plots/decision_boundary.png",
+        "plots/confusion_matrix.png",
         "spec/round_table.yaml",
         "spec/resolved.yaml",
         "checkpoints/final.pt",

@@ -149,6 +149,8 @@ def test_a_server_still_away_at_the_end_leaves_a_journal_that_sync_delivers(
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, EPOCHS + 1))
     artifacts = {a.path for folder in ("checkpoints", "plots") for a in client.list_artifacts(run_id, folder)}
     assert {"checkpoints/final.pt", "plots/training_curves.png", "plots/decision_boundary.png"} <= artifacts
+    assert "plots/confusion_matrix.png" in artifacts  # the table too, as a file (only log_table makes it a table)
+    assert "confusion_matrix.json" in {a.path for a in client.list_artifacts(run_id)}
     note = run.data.tags["mlflow.note.content"]
     assert "| status | FINISHED |" in note and "knightctl sync" in note and "model was not logged" in note
     assert not journal.path.exists()
