@@ -120,7 +120,7 @@ class Interrupted(KnightctlError):
 
 
 class SweepError(KnightctlError):
-    """A --grid or --random option that cannot be read."""
+    """A --grid or --random option that cannot be read, or a --metric the trials would not log."""
 
     exit_code = 2
 

@@ -29,6 +29,7 @@ from knightctl.plugins.system import PluginSettings
 from knightctl.spec.metrics import metric_goal
 from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.spec.monitor import monitor_goal, monitored_metric
+from knightctl.sweep.metriccheck import check_metric
 from knightctl.sweep.ranking import Goal, SweepResult, TrialResult, best_point
 from knightctl.sweep.space import Trial, grid_trials, random_trials, space_axes, sweep_key
 from knightctl.tracking.provenance import spec_provenance
@@ -67,9 +68,11 @@ def sweep(
     """Run every trial of the sweep over `spec` (a grid, or `trials` random draws), `workers` at a time."""
     space = _trials(grid, random, trials, seed)
     base = load_spec(spec, overrides, plugins=plugins)
-    for trial in space:  # every trial's values checked as --set checks them, before anything runs
-        load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)
+    # Every trial's values checked as --set checks them, and the metric against what every trial
+    # logs, before anything runs or is made.
+    specs = [(trial.label, load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)) for trial in space]
     metric, goal = ranking_of(base, metric, goal, plugins)
+    check_metric(metric, [("", base), *specs], plugins)
     uri, _ = resolve_tracking_uri(tracking_uri, base)
     client, outcome = _open_parent(base, space, uri, metric, goal)
     job = {

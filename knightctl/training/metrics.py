@@ -10,7 +10,7 @@ split's task metrics (training/taskmetrics.py) are read back in the same transfe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from knightctl.errors import RunFailed
+from knightctl.spec.loggednames import logged_metrics as logged_metrics  # re-exported: moved there, torch-free
 
 if TYPE_CHECKING:
     from knightctl.training.taskmetrics import TaskMetrics
@@ -135,17 +136,6 @@ class NonFiniteLoss(RunFailed):
         )
         self.step = step
         self.loss = loss
-
-
-def logged_metrics(*, has_validation: bool, task_keys: Iterable[str] = ()) -> set[str]:
-    """The names of the metrics a run logs (system metrics aside): what `train.monitor` may name.
-    `task_keys`: the names its task metrics are logged under (`TaskMetrics.keys`), measured on the
-    validation split, so only logged with one."""
-    names = {"train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "epoch"}
-    if has_validation:
-        names.add("val/loss")
-        names.update(task_keys)
-    return names
 
 
 def gradient_norm(model: nn.Module) -> torch.Tensor:
