@@ -14,19 +14,35 @@ if TYPE_CHECKING:
     from knightctl.sweep.ranking import SweepResult, TrialResult
 
 _STYLE = {"FINISHED": "green", "SKIPPED": "dim", "FAILED": "red", "KILLED": "yellow"}
+_ORDER = ("FINISHED", "FAILED", "KILLED")  # the statuses of trials that ran, in the tally
+_SKIPPED = "skipped (already done)"  # a trial an earlier run of the same sweep finished
 
 
 def render_trial(console: Console, result: TrialResult, outcome: SweepResult) -> None:
-    """One line as `result` ends: how many trials have ended, its status, its best value, its error."""
-    done, total = len(outcome.results), len(outcome.trials)
+    """One line as `result` ends: the trial's number in the sweep, its status (`skipped (already
+    done)` for one an earlier run finished), its swept values, its best value, its error."""
+    number, total = outcome.number_of(result.trial), len(outcome.trials)
     value = f"  best {outcome.metric} {result.value:.4g}" if result.value is not None else ""
     why = f"  {escape(result.error)}" if result.error else ""
     style = _STYLE.get(result.status, "")
+    status = _SKIPPED if result.status == "SKIPPED" else result.status
     console.print(
-        f"trial {done}/{total} [{style}]{result.status}[/]  {escape(result.trial.label)}{value}{why}",
+        f"trial {number or '?'}/{total} [{style}]{status}[/]  {escape(result.trial.label)}{value}{why}",
         soft_wrap=True,
         highlight=False,
     )
+
+
+def tally_line(outcome: SweepResult) -> str:
+    """`6 trials: 2 ran (1 FINISHED, 1 FAILED), 4 skipped (already done)`: how every trial ended."""
+    counts = outcome.tally()
+    skipped = counts.pop("SKIPPED", 0)
+    ran = sum(counts.values())
+    total = len(outcome.trials) or len(outcome.results)
+    line = f"{total:,} trial{'s' * (total != 1)}: {ran:,} ran"
+    if ran:
+        line += " (" + ", ".join(f"{counts[name]:,} {name}" for name in _ORDER if counts.get(name)) + ")"
+    return line + (f", {skipped:,} {_SKIPPED}" if skipped else "")
 
 
 def render_sweep(console: Console, outcome: SweepResult) -> None:
@@ -52,6 +68,7 @@ def render_sweep(console: Console, outcome: SweepResult) -> None:
             str(place) if ranked else "-", escape(result.trial.label), value, step, status, (result.run_id or "-")[:8]
         )
     console.print(table)
+    console.print(tally_line(outcome), soft_wrap=True, highlight=False)
     best = outcome.best
     if best is not None:
         console.print(

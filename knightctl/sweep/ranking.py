@@ -55,6 +55,20 @@ class SweepResult:
         """The ranked trials that have a value, best first."""
         return [result for result in self.ranked() if has_value(result)]
 
+    def number_of(self, trial: Trial) -> int | None:
+        """The trial's number in the sweep, from 1 (the grid's order, or the draws'); None if not one of its own."""
+        for place, own in enumerate(self.trials, start=1):
+            if own.key == trial.key:
+                return place
+        return None
+
+    def tally(self) -> dict[str, int]:
+        """How many trials ended with each status so far, SKIPPED (finished by an earlier run) included."""
+        counts: dict[str, int] = {}
+        for result in self.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return counts
+
     @property
     def best(self) -> TrialResult | None:
         scored = self.scored()

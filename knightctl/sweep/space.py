@@ -41,8 +41,10 @@ class Trial:
 
     @property
     def label(self) -> str:
-        """`lr=0.01 batch_size=32`: each path's last part and its value, for run names and tables."""
-        return overrides_label(self.overrides)
+        """`lr=0.006937 batch_size=32`: each path's last part and its value, a number to 4 significant
+        digits, for run names, tables and the console (the full value is in the trial's overrides)."""
+        pairs = (item.split("=", 1) for item in self.overrides if "=" in item)
+        return overrides_label([f"{path}={short_value(value.strip())}" for path, value in pairs])
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,18 @@ class Axis:
     def logarithmic(self) -> bool:
         """Whether the values spread evenly on a log scale (drawn from loguniform)."""
         return self.distribution == "loguniform"
+
+
+def short_value(text: str) -> str:
+    """A float written with more than 4 significant digits, to 4 (`0.0069365442590166495` ->
+    `0.006937`); anything else as written (`1e-3`, `64`, `full`, `[0.9, 0.99]`)."""
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number) or float(f"{number:.4g}") == number or text.strip().lstrip("+-").isdigit():
+        return text
+    return f"{number:.4g}"
 
 
 def space_axes(grids: Sequence[str], draws: Sequence[str]) -> list[Axis]:

@@ -230,3 +230,54 @@ def test_a_sweep_ranks_by_the_specs_monitor_unless_told_otherwise(
     sets: list[str], metric: str | None, goal: str, expected: tuple[str, str]
 ) -> None:
     assert ranking_of(load_spec(ROUND_TABLE, sets), metric, goal) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("0.0069365442590166495", "0.006937"),  # a loguniform draw, to 4 significant digits
+        ("-0.333333", "-0.3333"),
+        ("1.23456e-7", "1.235e-07"),
+        ("1e30", "1e30"),  # nothing to cut: as written
+        ("1e-3", "1e-3"),
+        ("0.1", "0.1"),
+        ("123456789", "123456789"),  # an integer stays whole
+        ("full", "full"),
+        ("[0.9, 0.99]", "[0.9, 0.99]"),
+        ("nan", "nan"),
+    ],
+)
+def test_a_trial_is_named_with_its_numbers_to_4_significant_digits(value: str, shown: str) -> None:
+    trial = Trial((f"optimizer.lr={value}", "train.batch_size=64"))
+    assert trial.label == f"lr={shown} batch_size=64"
+    assert trial.values["optimizer.lr"] == value  # what it trains with, and its key, keep every digit
+    draws = random_trials(["optimizer.lr=loguniform:1e-4:1e-1"], 5, seed=0)
+    assert all(t.label == f"lr={float(t.values['optimizer.lr']):.4g}" for t in draws)
+
+
+def test_each_trial_is_told_by_its_number_in_the_sweep_and_the_end_counts_ran_skipped_and_failed() -> None:
+    from rich.console import Console
+
+    from knightctl.console.sweeps import render_sweep, render_trial
+
+    grid = ["optimizer.lr=0.1,0.2,0.3,0.4"]
+    trials = grid_trials(grid)
+    outcome = outcome_of([], trials, grid)
+    console = Console(record=True, width=200, color_system=None)
+    for result in (
+        TrialResult(trials[0], "SKIPPED", "a" * 32, 0.5, step=3),  # a rerun: the finished ones first, in order
+        TrialResult(trials[2], "SKIPPED", "c" * 32, 0.4, step=3),
+        TrialResult(trials[3], "FINISHED", "d" * 32, 0.3, step=3),  # then the others, as they end
+        TrialResult(trials[1], "FAILED", "b" * 32, None, "the training loss became nan at step 2"),
+    ):
+        outcome.results.append(result)
+        render_trial(console, result, outcome)
+    render_sweep(console, outcome)
+    lines = console.export_text().splitlines()
+    assert lines[:4] == [
+        "trial 1/4 skipped (already done)  lr=0.1  best val/loss 0.5",
+        "trial 3/4 skipped (already done)  lr=0.3  best val/loss 0.4",
+        "trial 4/4 FINISHED  lr=0.4  best val/loss 0.3",
+        "trial 2/4 FAILED  lr=0.2  the training loss became nan at step 2",
+    ]
+    assert "4 trials: 2 ran (1 FINISHED, 1 FAILED), 2 skipped (already done)" in lines
