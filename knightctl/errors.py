@@ -125,6 +125,12 @@ class SweepError(KnightctlError):
     exit_code = 2
 
 
+class UsageError(KnightctlError):
+    """An argument a command or API call does not take: an unknown component kind or shell, say."""
+
+    exit_code = 2
+
+
 class DistributedFailure(KnightctlError):
     """A rank of a distributed job failed, and no restarts were left."""
 

@@ -13,6 +13,7 @@ from knightctl.cli.common import SET_HELP as _SET_HELP
 from knightctl.cli.common import load_plugins_warned as _load_plugins
 from knightctl.cli.common import plugin_settings as _plugin_settings
 from knightctl.cli.common import run_library as _run
+from knightctl.cli.components import components
 from knightctl.cli.gradcheck import gradcheck
 from knightctl.cli.runs import runs, sync, ui
 from knightctl.cli.sweep import sweep
@@ -57,7 +58,7 @@ def main(
     ctx.obj = {"dirs": plugins_dirs, "disable": disabled, "no_external": no_external_plugins, "strict": strict_plugins}
 
 
-for command in (train, gradcheck, runs, sweep, sync, ui):
+for command in (train, gradcheck, runs, sweep, sync, ui, components):
     main.add_command(command)
 
 
@@ -77,7 +78,7 @@ def validate(spec: str, overrides: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def ops(as_json: bool) -> None:
-    """List the registered ops: plugin, where it came from, and what each supports."""
+    """List the registered ops: plugin, where it came from, what each supports and its options."""
     from knightctl.console.core import make_console
     from knightctl.console.listings import render_ops
     from knightctl.plugins.opsupport import summarise_ops

@@ -1,4 +1,5 @@
-"""`knightctl ops` and `knightctl plugins` on screen: one entry per op or plugin, at any width.
+"""`knightctl ops`, `knightctl components` and `knightctl plugins` on screen: one entry per op,
+component or plugin, at any width.
 
 Each entry is a headline (name, where it came from) and an indented line of facts, which reads at
 80 columns as well as at 200 and greps well; `--json` gives the same as data.
@@ -17,6 +18,7 @@ from rich.markup import escape
 from knightctl.console.core import render_warnings
 
 if TYPE_CHECKING:
+    from knightctl.plugins.catalog import Component, Option
     from knightctl.plugins.opsupport import OpSummary
     from knightctl.plugins.system import PluginInfo, PluginSystem
 
@@ -60,6 +62,56 @@ def render_ops(console: Console, rows: list[OpSummary], *, as_json: bool = False
         console.print(f"    {facts}", markup=False, soft_wrap=True)
         if row.surrogate_gradient:
             console.print(f"    surrogate gradient, by design: {row.surrogate_gradient}", markup=False, soft_wrap=True)
+        _print_options(console, row.options, indent="    ")
+
+
+def option_line(option: Option) -> str:
+    """`name: type = default (constraints)  description`, the default as JSON (and YAML) writes it."""
+    value = "(required)" if option.required else f"= {json.dumps(option.default)}"
+    bounds = f" ({option.constraints})" if option.constraints else ""
+    about = f"  {option.description}" if option.description else ""
+    return f"{option.name}: {option.type} {value}{bounds}{about}"
+
+
+def _print_options(console: Console, options: tuple[Option, ...], *, indent: str) -> None:
+    if not options:
+        console.print(f"{indent}options: none", markup=False, soft_wrap=True)
+        return
+    console.print(f"{indent}options:", markup=False, soft_wrap=True)
+    for option in options:
+        console.print(f"{indent}  {option_line(option)}", markup=False, soft_wrap=True)
+
+
+def _facts(component: Component) -> str:
+    details = component.details
+    if component.kind == "loss":
+        return f"targets: {details['target']}"
+    if component.kind == "metric":
+        default = "by default" if details["default"] else "when a spec lists it"
+        return (
+            f"logged as {details['logged_as']}, {details['goal']} is better, for {'/'.join(details['targets'])} "
+            f"targets, {default}"
+        )
+    return ""
+
+
+def render_components(console: Console, components: list[Component], *, as_json: bool = False) -> None:
+    """Every component by kind: name, plugin, description, facts of its kind, and each option."""
+    if as_json:
+        _print_json(console, [asdict(component) for component in components])
+        return
+    kinds: dict[str, list[Component]] = {}
+    for component in components:
+        kinds.setdefault(component.kind, []).append(component)
+    for kind, entries in kinds.items():
+        console.print(f"[bold]{_count(len(entries), kind)}[/]")
+        for component in entries:
+            console.print(f"  [bold]{escape(component.name)}[/]  from {escape(component.plugin)}", soft_wrap=True)
+            for line in (component.description, _facts(component)):
+                if line:
+                    console.print(f"      {line}", markup=False, soft_wrap=True)
+            if component.kind != "metric":  # a spec names metrics; they take no options
+                _print_options(console, component.options, indent="      ")
 
 
 def _outcome(info: PluginInfo) -> str:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 
+from knightctl.plugins.catalog import Option, options_of
 from knightctl.plugins.registry import OpDef
 from knightctl.plugins.system import PluginSystem
 
@@ -32,6 +33,7 @@ class OpSummary:
     devices: str  # "any", or the device types it has kernels for
     surrogate_gradient: str | None
     description: str
+    options: tuple[Option, ...]  # the keyword options a spec may give it as a layer (OpDef.params)
 
 
 def _custom_op_type() -> type | None:
@@ -127,6 +129,7 @@ def summarise_ops(system: PluginSystem) -> list[OpSummary]:
                 devices=_devices(op, form),
                 surrogate_gradient=op.surrogate_gradient,
                 description=op.description,
+                options=options_of(op.params),
             )
         )
     return rows

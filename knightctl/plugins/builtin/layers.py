@@ -11,9 +11,9 @@ from knightctl.plugins.registry import LayerDef, NoParams, Params
 
 
 class LinearParams(Params):
-    in_features: int = Field(gt=0)
-    out_features: int = Field(gt=0)
-    bias: bool = True
+    in_features: int = Field(gt=0, description="width of the layer's input")
+    out_features: int = Field(gt=0, description="width of its output")
+    bias: bool = Field(True, description="learn an additive bias b")
 
 
 class DropoutParams(Params):
@@ -22,24 +22,24 @@ class DropoutParams(Params):
 
 class NormParams(Params):
     features: int = Field(gt=0, description="width of the layer's input")
-    eps: float = Field(1e-5, gt=0.0)
+    eps: float = Field(1e-5, gt=0.0, description="added to the variance, for numerical stability")
 
 
 class LeakyReluParams(Params):
-    negative_slope: float = Field(0.01, ge=0.0)
+    negative_slope: float = Field(0.01, ge=0.0, description="slope for negative inputs")
 
 
 class EluParams(Params):
-    alpha: float = Field(1.0, gt=0.0)
+    alpha: float = Field(1.0, gt=0.0, description="the output tends to -alpha for large negative inputs")
 
 
 class GeluParams(Params):
-    approximate: Literal["none", "tanh"] = "none"
+    approximate: Literal["none", "tanh"] = Field("none", description="tanh: the tanh approximation; none: exact (erf)")
 
 
 class SoftplusParams(Params):
-    beta: float = Field(1.0, gt=0.0)
-    threshold: float = Field(20.0, gt=0.0)
+    beta: float = Field(1.0, gt=0.0, description="sharpness: log(1 + exp(beta x)) / beta")
+    threshold: float = Field(20.0, gt=0.0, description="linear where beta x exceeds it, for numerical stability")
 
 
 def _build_linear(params: LinearParams) -> Any:

@@ -15,11 +15,13 @@ class BceParams(Params):
 
 
 class CrossEntropyParams(Params):
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of each target's probability spread evenly over the classes"
+    )
 
 
 class HuberParams(Params):
-    delta: float = Field(1.0, gt=0.0)
+    delta: float = Field(1.0, gt=0.0, description="where the loss turns from quadratic to linear, in target units")
 
 
 def _build_bce(params: BceParams) -> Any:

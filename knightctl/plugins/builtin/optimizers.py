@@ -11,33 +11,37 @@ from knightctl.plugins.registry import OptimizerDef, Params, SchedulerDef
 
 
 class AdamParams(Params):
-    betas: tuple[float, float] = Field((0.9, 0.999), strict=False)  # YAML gives a list
-    eps: float = Field(1e-8, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    amsgrad: bool = False
+    betas: tuple[float, float] = Field(  # YAML gives a list
+        (0.9, 0.999), strict=False, description="decay rates of the running means of the gradient and its square"
+    )
+    eps: float = Field(1e-8, gt=0.0, description="added to the denominator, for numerical stability")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty added to the gradient")
+    amsgrad: bool = Field(False, description="divide by the running maximum of the squared-gradient mean (AMSGrad)")
 
 
 class AdamWParams(AdamParams):
-    weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay: float = Field(
+        0.01, ge=0.0, description="decoupled weight decay: weights shrink by lr * this per step"
+    )
 
 
 class SgdParams(Params):
-    momentum: float = Field(0.0, ge=0.0)
-    dampening: float = Field(0.0, ge=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    nesterov: bool = False
+    momentum: float = Field(0.0, ge=0.0, description="momentum factor (0: plain SGD)")
+    dampening: float = Field(0.0, ge=0.0, description="share of each new gradient held back from the momentum")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty added to the gradient")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0 and dampening 0)")
 
 
 class RmspropParams(Params):
-    alpha: float = Field(0.99, gt=0.0, lt=1.0)
-    eps: float = Field(1e-8, gt=0.0)
-    momentum: float = Field(0.0, ge=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    alpha: float = Field(0.99, gt=0.0, lt=1.0, description="decay rate of the running mean of the squared gradient")
+    eps: float = Field(1e-8, gt=0.0, description="added to the denominator, for numerical stability")
+    momentum: float = Field(0.0, ge=0.0, description="momentum factor")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 penalty added to the gradient")
 
 
 class StepParams(Params):
     step_size: int = Field(gt=0, description="epochs between decays")
-    gamma: float = Field(0.1, gt=0.0)
+    gamma: float = Field(0.1, gt=0.0, description="factor applied every step_size epochs")
 
 
 class ExponentialParams(Params):
@@ -46,7 +50,7 @@ class ExponentialParams(Params):
 
 class CosineParams(Params):
     t_max: int | None = Field(None, gt=0, description="epochs in one half-cosine; default: all epochs")
-    eta_min: float = Field(0.0, ge=0.0)
+    eta_min: float = Field(0.0, ge=0.0, description="the lowest lr, reached after t_max epochs")
 
 
 def _optimizer(class_name: str) -> Any:
