@@ -89,6 +89,15 @@ def prepare_resume(
             "nothing is left to do",
             hint=f"to train on, raise the epochs: --set train.epochs={2 * state['epoch']} --allow-spec-change",
         )
+    stopped = state.get("early_stopping") or {}
+    early = resumed_spec.train.early_stopping
+    if stopped.get("stopped_at") is not None and early is not None and int(stopped["stale"]) >= early.patience:
+        raise ResumeError(
+            f"{path}: the run stopped early at step {stopped['stopped_at']} ({stopped['metric']} had not improved "
+            f"for {stopped['stale']} evaluations); nothing is left to do",
+            hint=f"to train on, raise the patience: --set train.early_stopping.patience={2 * early.patience} "
+            "--allow-spec-change",
+        )
     folder = (
         path.parent
         if path.name.startswith("step-")
@@ -111,8 +120,14 @@ def find_checkpoint(reference: str, spec: ExperimentSpec | str | Path | None, tr
 
 
 def spec_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """`optimizer.lr: 0.1 -> 0.01` for every spec path whose value differs (the checkpoint section aside)."""
+    """`optimizer.lr: 0.1 -> 0.01` for every spec path whose value differs (the checkpoint section aside).
 
+    A field that a later knightctl added, at its default, is no change: `before` (a checkpoint's
+    spec) gets the current defaults filled in first."""
+    try:
+        before = ExperimentSpec.model_validate(before).to_data()
+    except ValueError:  # a spec this knightctl no longer reads as it was: compared as it stands
+        pass
     old, new = flatten(before), flatten(after)
     lines = []
     for key in sorted(old.keys() | new.keys()):

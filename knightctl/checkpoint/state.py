@@ -45,6 +45,7 @@ def training_state(
     history: list[tuple[int, dict[str, float]]],
     latest: dict[str, float],
     best: dict[str, Any] | None = None,
+    early_stopping: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A checkpoint's contents (`parts` are the run's Components, `spec` its ExperimentSpec)."""
     source = spec.source
@@ -76,6 +77,7 @@ def training_state(
         "history": [[step, dict(values)] for step, values in history],
         "latest": dict(latest),
         "best": best,  # ModelOfRecord.state(): the best step so far, its value and weights
+        "early_stopping": early_stopping,  # EarlyStopping.state(): its count, when train.early_stopping is on
     }
 
 

@@ -125,6 +125,8 @@ def render_summary(console: Console, result: RunResult) -> None:
     table.add_column()
     table.add_row("device", info.device)
     table.add_row("epochs / steps", f"{info.epochs} / {result.steps}")
+    if result.stopped_early:
+        table.add_row("early stopping", escape(result.stopped_early))
     table.add_row("time", f"{result.seconds:.1f} s (training loop {result.loop_seconds:.2f} s)")
     best = result.best
     final_heading = f"final (step {result.steps:,})"

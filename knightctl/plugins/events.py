@@ -88,6 +88,7 @@ class RunResult:
     best_checkpoint: Path | None = None  # best.pt: the best step's weights
     model_of_record: str | None = None  # which weights were logged as the model: "best", "final", or None
     evaluation: EvaluationReport | None = None  # the task metrics of the model of record, after the loop
+    stopped_early: str | None = None  # why train.early_stopping ended the run before its last epoch
 
     @property
     def run_id(self) -> str | None:

@@ -158,6 +158,17 @@ def _device(value: Any) -> str:
     raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
 
 
+class EarlyStoppingSpec(SpecModel):
+    monitor: str = Field(
+        "auto", min_length=1, description="the metric watched; auto: train.monitor (val/loss by default)"
+    )
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="whether lower or higher is better; auto: as train.monitor_mode decides"
+    )
+    patience: int = Field(gt=0, description="evaluations in a row without an improvement before training stops")
+    min_delta: float = Field(0.0, ge=0.0, description="the least change that counts as an improvement")
+
+
 class TrainSpec(SpecModel):
     epochs: int = Field(gt=0)
     batch_size: Annotated[int | Literal["full"], PlainValidator(_batch_size)] = 64
@@ -173,6 +184,9 @@ class TrainSpec(SpecModel):
     )
     monitor_mode: Literal["auto", "min", "max"] = Field(
         "auto", description="whether lower or higher is better; auto: max for accuracy-like names, else min"
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="stop once the monitored metric stops improving; off unless given"
     )
 
 

@@ -42,12 +42,26 @@ def monitor_goal(metric: str, mode: str, known: Goal | None = None) -> Goal:
     return "max" if any(name == word or name.endswith(f"_{word}") for word in _HIGHER_IS_BETTER) else "min"
 
 
+def early_stopping_monitor(spec: Any, has_validation: bool) -> tuple[str, str]:
+    """The metric `train.early_stopping` watches and its mode (auto: `train.monitor` and its mode)."""
+    early = spec.train.early_stopping
+    train_metric = monitored_metric(spec, has_validation)
+    metric = train_metric if early.monitor == "auto" else str(early.monitor)
+    if early.mode != "auto":
+        return metric, str(early.mode)
+    return metric, spec.train.monitor_mode if metric == train_metric else "auto"
+
+
 def check_monitor(spec: Any, logged: set[str]) -> None:
-    """Refuse, before any run exists, a `train.monitor` the run will never log (SpecError names it)."""
-    if spec.train.monitor == "auto" or spec.train.monitor in logged:
-        return
-    where = spec.source.path if spec.source else spec.name
-    raise SpecError(
-        where,
-        [f"train.monitor: {spec.train.monitor!r} is not a metric this run logs; it logs " + ", ".join(sorted(logged))],
-    )
+    """Refuse, before any run exists, a `train.monitor` or `train.early_stopping.monitor` the run will
+    never log (SpecError names the field and lists what it logs)."""
+    named = [("train.monitor", spec.train.monitor)]
+    if spec.train.early_stopping is not None:
+        named.append(("train.early_stopping.monitor", spec.train.early_stopping.monitor))
+    problems = [
+        f"{field}: {metric!r} is not a metric this run logs; it logs " + ", ".join(sorted(logged))
+        for field, metric in named
+        if metric != "auto" and metric not in logged
+    ]
+    if problems:
+        raise SpecError(spec.source.path if spec.source else spec.name, problems)

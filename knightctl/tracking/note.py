@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from knightctl.plugins.events import EvaluationReport
     from knightctl.spec.model import ExperimentSpec
     from knightctl.training.best import Choice, ModelOfRecord
+    from knightctl.training.earlystop import EarlyStopping
 
 # The metrics a reader looks for first, in this order; any others follow alphabetically.
 _HEADLINE = ("val/accuracy", "val/loss", "train/loss")
@@ -47,6 +48,7 @@ class RunStory:
     best: ModelOfRecord | None = None  # the best step by train.monitor so far (training/best.py)
     model_of_record: Choice | None = None  # the weights logged as the run's model, once logged
     evaluation: EvaluationReport | None = None  # the model of record's task metrics, after the loop
+    early_stopping: EarlyStopping | None = None  # train.early_stopping's count (training/earlystop.py)
 
 
 def outcome(story: RunStory) -> str:
@@ -56,6 +58,9 @@ def outcome(story: RunStory) -> str:
     if story.status == "RUNNING":
         return f"RUNNING: {story.spec.train.epochs} epochs"
     if story.status == "FINISHED":
+        early = story.early_stopping
+        if early is not None and early.stopped_epoch is not None:
+            steps += f", stopped early at epoch {early.stopped_epoch} of {story.spec.train.epochs}"
         best = story.best
         if best is not None and best.value is not None and best.step is not None:
             final = story.final_metrics.get(best.metric)
@@ -116,6 +121,10 @@ def render_note(story: RunStory) -> str:
         rows.append(("model of record", f"{story.model_of_record.why()} (logged as a model of this run)"))
     elif story.best is not None and story.best.step is not None and story.status == "FINISHED":
         rows.append(("model of record", "not logged (tracking.log_model: false); best.pt holds the best step"))
+    if story.early_stopping is not None:
+        early = story.early_stopping
+        watching = f"watching {early.metric} ({early.goal}), patience {early.patience} evaluations"
+        rows.append(("early stopping", early.ending(spec.train.epochs) or watching))
     if story.resumed_from:
         rows.insert(1, ("resumed from", story.resumed_from))
     lines = [outcome(story), "", f"### {spec.name}", ""]

@@ -86,6 +86,7 @@ def record_start(
         resumed_from=resumed_from(resumed),
         history=position.history,  # the same list: the description tells each value's step
         best=position.best,  # the same object: the description gives the best step beside the last
+        early_stopping=position.early_stopping,  # the same object: whether and why it stopped early
     )
     run.describe(story)
 

@@ -77,6 +77,7 @@ class Loop:
             history=self.position.history,
             latest=self.position.latest,
             best=self.position.best.state() if self.position.best else None,
+            early_stopping=self.position.early_stopping.state() if self.position.early_stopping else None,
         )
         if rank_generators is not None:
             state["rank_rng"] = rank_generators
@@ -245,10 +246,18 @@ def _loop(loop: Loop) -> float:
             evaluated = dict(position.latest)
             if position.best is not None:
                 position.best.offer(position.step, evaluated.get(position.best.metric), model)
+            if _stops_early(position, evaluated, ranks) and not last:
+                assert position.early_stopping is not None
+                position.early_stopping.stopped_epoch = epoch
+                last = True  # ends here: the last window logged, a final checkpoint written
+                if position.step % config.log_every_n_steps:
+                    metrics.close_window(position.step, optimizer.param_groups[0]["lr"])
         for observer in loop.observers:
             observer.epoch_completed(epoch, position.step, evaluated)
         if last or epoch % checkpoint_every == 0:
             loop.save_checkpoint()
+        if last:
+            break
         if (
             not last and not ranks.distributed and stop.requested is not None
         ):  # finishing beats stopping after the last step
@@ -257,6 +266,17 @@ def _loop(loop: Loop) -> float:
     if ranks.is_main:  # the model of record's task metrics, for the summary and the run's description
         position.evaluation = final_evaluation(parts, position, spec.tracking.log_model)
     return seconds
+
+
+def _stops_early(position: Position, evaluated: dict[str, float], ranks: Any) -> bool:
+    """Whether train.early_stopping ends the run after this evaluation. Every rank of a distributed
+    job sees the same values (reduced losses, task metrics on every row); rank 0's verdict is taken
+    all the same, so that no rank could go on alone."""
+    stopping = position.early_stopping
+    if stopping is None:
+        return False
+    stop = stopping.offer(position.step, evaluated.get(stopping.metric))
+    return bool(ranks.broadcast(stop)) if ranks.distributed else stop
 
 
 def _validation(parts: Any, ranks: Any) -> dict[str, torch.Tensor | float]:

@@ -10,6 +10,7 @@ import torch
 from knightctl.checkpoint.state import ResumePoint
 from knightctl.plugins.events import EvaluationReport
 from knightctl.training.best import ModelOfRecord
+from knightctl.training.earlystop import EarlyStopping
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Position:
     best: ModelOfRecord | None = None  # the model of record so far (training/best.py); None on ranks but 0
     best_checkpoint: Path | None = None  # best.pt, once written
     evaluation: EvaluationReport | None = None  # the model of record's task metrics, once the loop finished
+    early_stopping: EarlyStopping | None = None  # train.early_stopping's count; None when it is off
 
     def resume_point(self, data_order: torch.Generator) -> ResumePoint:
         if self.epoch_done:

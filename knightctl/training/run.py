@@ -23,12 +23,13 @@ from knightctl.errors import Interrupted, Terminated
 from knightctl.plugins.events import Observer, RunResult
 from knightctl.plugins.system import PluginEvents, PluginSettings, PluginSystem
 from knightctl.spec.model import ExperimentSpec
-from knightctl.spec.monitor import monitor_goal, monitored_metric
+from knightctl.spec.monitor import early_stopping_monitor, monitor_goal, monitored_metric
 from knightctl.tracking.record import open_tracker, run_tags
 from knightctl.tracking.run import start_writer
 from knightctl.tracking.tags import RESTARTS_TAG, WORLD_SIZE_TAG
 from knightctl.training.best import ModelOfRecord, best_step, choose
 from knightctl.training.build import Components
+from knightctl.training.earlystop import EarlyStopping
 from knightctl.training.loop import Loop, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
 from knightctl.training.position import Position
@@ -219,6 +220,7 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         best_checkpoint=position.best_checkpoint,
         model_of_record=logged_kind,
         evaluation=position.evaluation,
+        stopped_early=position.early_stopping.ending(spec.train.epochs) if position.early_stopping else None,
     )
     for observer in observers:
         observer.run_finished(result)
@@ -255,6 +257,11 @@ def _loop_for(
     goal = monitor_goal(metric, spec.train.monitor_mode, declared)
     saved_best = resumed.state.get("best") if resumed is not None else None
     position.best = ModelOfRecord.from_state(saved_best, metric, goal) if ranks.is_main else None
+    if spec.train.early_stopping is not None:  # on every rank: each takes the same evaluations
+        watched, mode = early_stopping_monitor(spec, parts.data.val_x is not None)
+        declared = parts.task_metrics.goal_of(watched) if parts.task_metrics else None
+        saved = resumed.state.get("early_stopping") if resumed is not None else None
+        position.early_stopping = EarlyStopping.from_spec(spec, watched, monitor_goal(watched, mode, declared), saved)
     if resumed is not None:
         start = restore(resumed.state, parts)
         data_order.set_state(start.order_state)
