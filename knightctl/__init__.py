@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from knightctl._version import __version__
-from knightctl.errors import KnightctlError
+from knightctl.errors import KnightctlError, VmapFallbackWarning
 from knightctl.plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "OpReport": ("knightctl.gradcheck", "OpReport"),
 }
 
-__all__ = ["__version__", "KnightctlError", "hookimpl", *_LAZY]
+__all__ = ["__version__", "KnightctlError", "VmapFallbackWarning", "hookimpl", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

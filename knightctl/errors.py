@@ -1,4 +1,5 @@
-"""The errors knightctl raises on purpose, each carrying the exit code the CLI maps it to.
+"""The errors knightctl raises on purpose, each carrying the exit code the CLI maps it to; and the
+warning categories it warns with, for `warnings.filterwarnings(..., category=...)`.
 
 Exit codes (see docs/faults.md): 0 success, 1 a check or the run failed, 2 bad input (spec, options,
 plugin), 130 / 143 interrupted by SIGINT / SIGTERM.
@@ -141,6 +142,10 @@ class PeerLost(KnightctlError):
     """Another rank of the job stopped (crashed, or was killed): this one cannot go on without it."""
 
     exit_code = 1
+
+
+class VmapFallbackWarning(UserWarning):
+    """A torch.library op has no vmap batching rule, so torch.vmap ran it once per sample (see vmapfallback.py)."""
 
 
 def first_line(exc: BaseException) -> str:

@@ -25,6 +25,7 @@ from knightctl.gradcheck.contracts import check_linearity_and_reentrancy, check_
 from knightctl.gradcheck.derivatives import forward, higher_order, reverse_and_undefined
 from knightctl.gradcheck.jacobian import Target, as_outputs, batched_vjp, is_float_tensor, op_target, vjp
 from knightctl.gradcheck.report import CheckResult, OpReport
+from knightctl.gradcheck.vmapfallback import fallback_told
 from knightctl.plugins.opsupport import LIBRARY_FORMS, form_of
 from knightctl.plugins.registry import OpDef
 from knightctl.plugins.sample import Sample
@@ -114,7 +115,8 @@ def check_batched(op: OpDef, targets: list[Target], atol: float, rtol: float) ->
         x = target.args[position].detach()
         batch = torch.stack([x, x * 0.5 + 0.25, x * 1.5 - 0.125])
         try:
-            mapped = torch.vmap(lambda row, target=target, position=position: target.call({position: row}))(batch)
+            with fallback_told(target.unbatched):
+                mapped = torch.vmap(lambda row, target=target, position=position: target.call({position: row}))(batch)
             args = list(target.args)
             leaves = [args[p].detach().requires_grad_() for p in target.wrt]
             for p, leaf in zip(target.wrt, leaves, strict=True):

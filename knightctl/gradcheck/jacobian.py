@@ -17,6 +17,7 @@ import torch
 
 from knightctl.errors import one_line
 from knightctl.gradcheck.pytree import flatten
+from knightctl.gradcheck.vmapfallback import fallback_told, unbatched_op
 
 EPS = 1e-6  # finite-difference step in float64: truncation ~eps^2, rounding ~1e-16/eps = 1e-10
 _BATCH_ENTRIES = 2**18  # floats per batched evaluation: 2 MiB of float64, which stays in cache
@@ -49,6 +50,7 @@ class Target:
     undefined: frozenset[int] = frozenset()  # inputs (indices into wrt) whose backward gives None
     rebuild: Callable[[Sequence[Any]], Any] | None = field(default=None, repr=False)  # leaves -> (args, kwargs)
     select_output: Callable[[Any], Any] | None = field(default=None, repr=False)  # the part of the output checked
+    unbatched: str | None = None  # the torch.library op the target calls, if it has no batching rule (vmapfallback.py)
 
     def structured(self, leaves: Sequence[Any] | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The (args, kwargs) the leaves stand for: what the op, its reference and opcheck are called with."""
@@ -69,7 +71,8 @@ class Target:
         """Outputs for each row of `batch` in place of argument `position`, each (rows, *shape)."""
         if self.vmap_ok:
             try:
-                return list(torch.vmap(lambda x: self.call({position: x}))(batch))
+                with fallback_told(self.unbatched):
+                    return list(torch.vmap(lambda x: self.call({position: x}))(batch))
             except Exception as exc:  # no batching rule: fall back to a loop, and remember
                 self.vmap_ok, self.vmap_error = (
                     False,
@@ -100,7 +103,13 @@ def op_target(
     floats = [i for i, leaf in enumerate(leaves) if is_float_tensor(leaf)]
     marked = [i for i in floats if leaves[i].requires_grad]  # the sample says which; the rest are constants
     return Target(
-        on_leaves, tuple(leaves), tuple(marked or floats), names=names, rebuild=rebuild, select_output=select_output
+        on_leaves,
+        tuple(leaves),
+        tuple(marked or floats),
+        names=names,
+        rebuild=rebuild,
+        select_output=select_output,
+        unbatched=unbatched_op(fn),
     )
 
 
