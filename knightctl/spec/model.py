@@ -35,6 +35,7 @@ from knightctl.spec.problems import Problem, format_problem, problems_from_valid
 if TYPE_CHECKING:
     from knightctl.plugins.system import PluginSettings
 from knightctl.plugins.loader import load
+from knightctl.spec.datachecks import split_problems
 from knightctl.spec.file import Location, SpecDocument, read_spec_file
 from knightctl.spec.metrics import metric_problems
 from knightctl.spec.overrides import apply_overrides, normalise
@@ -134,9 +135,16 @@ class OptimizerSpec(_Component):
     scheduler: SchedulerSpec | None = None
 
 
+class SplitSpec(SpecModel):
+    shuffle: bool = Field(True, description="shuffle the rows with the seed first; false: hold out the last rows")
+    stratify: bool = Field(False, description="hold out each class's share of its rows (classification only)")
+
+
 class DataSpec(_Component):
     name: str = Field(min_length=1)
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of rows held out for validation")
+    standardize: bool = Field(False, description="standardise features with the training split's mean and std")
+    split: SplitSpec = SplitSpec()  # checked against the task by spec/datachecks.py
 
 
 def _batch_size(value: Any) -> int | str:
@@ -308,6 +316,7 @@ def load_spec(
     problems += component_problems
     registry = system.registry
     problems += metric_problems(raw, registry)
+    problems += split_problems(raw, registry)
     try:
         spec = ExperimentSpec.model_validate(resolved)
     except ValidationError as exc:

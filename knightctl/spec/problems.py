@@ -57,6 +57,8 @@ def problems_from_validation(
             )
         elif kind == "missing":
             message = "required field is missing"
+        elif kind == "value_error" and isinstance(detail.get("input"), dict):
+            message = detail["msg"].removeprefix("Value error, ")  # a section's own check: its line says where
         else:
             message = f"{detail['msg'].removeprefix('Value error, ')} (got {_short_repr(detail.get('input'))})"
         found.append(Problem(loc, message))

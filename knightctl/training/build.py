@@ -19,6 +19,7 @@ from knightctl.plugins.oplayers import OpLayer
 from knightctl.plugins.registry import ComponentDef, LossDef, Registry
 from knightctl.spec.model import ExperimentSpec
 from knightctl.training.data import Split, split_data
+from knightctl.training.preprocessing import Preprocessing
 from knightctl.training.taskmetrics import TaskMetrics, task_metrics
 
 
@@ -35,8 +36,12 @@ class Components:
     task_metrics: TaskMetrics | None = None  # measured on the validation split (training/taskmetrics.py)
 
 
-def build_components(spec: ExperimentSpec, registry: Registry, device: torch.device, seed: int) -> Components:
-    """Data first (it has its own generator), then the model, so `seed` alone fixes the init."""
+def build_components(
+    spec: ExperimentSpec, registry: Registry, device: torch.device, seed: int, recorded: Preprocessing | None = None
+) -> Components:
+    """Data first (it has its own generator), then the model, so `seed` alone fixes the init.
+
+    `recorded` is a resumed run's preprocessing: its standardisation is used rather than refitted."""
     base_dir = spec.source.base_dir if spec.source else Path.cwd()
     loss_def = _definition(registry, "loss", spec.loss.name)
     assert isinstance(loss_def, LossDef)
@@ -49,6 +54,10 @@ def build_components(spec: ExperimentSpec, registry: Registry, device: torch.dev
         target=loss_def.target,
         dataset_name=spec.data.name,
         device=device,
+        shuffle=spec.data.split.shuffle,
+        stratify=spec.data.split.stratify,
+        standardize=spec.data.standardize,
+        recorded=recorded,
     )
     layers = []
     for layer in spec.model:

@@ -704,7 +704,15 @@ def test_multi_output_is_fine_for_a_class_loss(tmp_path: Path) -> None:
 def test_to_data_fills_in_every_default(spec_path: Path) -> None:
     data = load_spec(spec_path).to_data()
     assert data["seed"] is None
-    assert data["data"] == {"name": "battles", "val_fraction": 0.2, "n_samples": 64, "noise": 0.1, "seed": None}
+    assert data["data"] == {
+        "name": "battles",
+        "val_fraction": 0.2,
+        "standardize": False,
+        "split": {"shuffle": True, "stratify": False},
+        "n_samples": 64,
+        "noise": 0.1,
+        "seed": None,
+    }
     assert data["model"] == [
         {"type": "linear", "in_features": 2, "out_features": 5, "bias": True},
         {"type": "relu"},

@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from knightctl.errors import DataError
 from knightctl.plugins.hookspecs import hookimpl
@@ -86,19 +86,62 @@ def _build_blobs(params: BlobsParams, base_dir: Path, seed: int) -> TabularData:
 
 class CsvParams(Params):
     path: str = Field(description="CSV file with a header row; relative paths start at the spec's folder")
-    features: list[str] = Field(min_length=1, description="columns used as numeric features")
+    features: Annotated[list[str], Field(min_length=1)] | Literal["all"] = Field(
+        "all", description="columns used as numeric features; all: every column but the target and the excluded"
+    )
     target: str = Field(description="column to predict: class names, class indices or numbers")
     delimiter: str = Field(",", min_length=1, max_length=1)
+    exclude: list[str] = Field(
+        default_factory=list, description="columns that features: all leaves out (an id, a text column)"
+    )
+
+    @field_validator("exclude")
+    @classmethod
+    def _excluded_columns_exist(cls, exclude: list[str], info: ValidationInfo) -> list[str]:
+        if not exclude or "path" not in info.data or "features" not in info.data:
+            return exclude
+        if info.data["features"] != "all":
+            raise ValueError(
+                "leaves columns out of features: all; with a list of features, leave them out of the list instead"
+            )
+        try:
+            header = _read_header(_resolve(info.data["path"], info.context), info.data.get("delimiter", ","))
+        except ValueError:
+            return exclude  # the file itself is reported once, below
+        unknown = [column for column in exclude if column not in header]
+        if unknown:
+            raise ValueError(
+                f"{info.data['path']} has no column {', '.join(map(repr, unknown))}; its columns: {', '.join(header)}"
+            )
+        return exclude
 
     @model_validator(mode="after")
     def _file_has_columns(self, info: ValidationInfo) -> CsvParams:
-        header = _read_header(_resolve(self.path, info.context), self.delimiter)
-        missing = [c for c in (*self.features, self.target) if c not in header]
+        path = _resolve(self.path, info.context)
+        header = _read_header(path, self.delimiter)
+        named = [] if self.features == "all" else self.features
+        missing = [c for c in (*named, self.target) if c not in header]
         if missing:
             raise ValueError(
                 f"{self.path} has no column {', '.join(map(repr, missing))}; its columns: {', '.join(header)}"
             )
+        if self.features == "all":
+            columns = self.feature_columns(header)
+            if not columns:
+                raise ValueError(f"features: all leaves no column of {self.path} besides the target {self.target!r}")
+            for column, text in _first_row(path, self.delimiter, columns).items():
+                if not _is_number(text):
+                    raise ValueError(
+                        f"features: all takes column {column!r} of {self.path}, which holds {text!r} on line 2, not a "
+                        f"number; leave it out with exclude: [{column}]"
+                    )
         return self
+
+    def feature_columns(self, header: list[str]) -> list[str]:
+        """The feature columns in order: those listed, or every column of `header` but the target and the excluded."""
+        if self.features != "all":
+            return list(self.features)
+        return [column for column in header if column != self.target and column not in self.exclude]
 
 
 def _resolve(path: str, context: Any) -> Path:
@@ -116,6 +159,23 @@ def _read_header(path: Path, delimiter: str) -> list[str]:
         raise ValueError(f"cannot read data file {path}: {exc}") from None
 
 
+def _first_row(path: Path, delimiter: str, columns: list[str]) -> dict[str, str]:
+    """The first data row's text in `columns` (none if the file has no rows)."""
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            row = next(csv.DictReader(handle, delimiter=delimiter), None)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read data file {path}: {exc}") from None
+    return {} if row is None else {column: (row.get(column) or "").strip() for column in columns}
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _build_csv(params: CsvParams, base_dir: Path, seed: int) -> TabularData:
     import torch
 
@@ -124,11 +184,18 @@ def _build_csv(params: CsvParams, base_dir: Path, seed: int) -> TabularData:
     path = _resolve(params.path, {"base_dir": base_dir})
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, delimiter=params.delimiter))
+            reader = csv.DictReader(handle, delimiter=params.delimiter)
+            rows = list(reader)
+            columns = params.feature_columns(list(reader.fieldnames or ()))
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from None
+    hint = (
+        "features: all takes every column but the target; leave this one out with exclude"
+        if params.features == "all"
+        else ""
+    )
     features = [
-        [_number(row, column, line, path) for column in params.features] for line, row in enumerate(rows, start=2)
+        [_number(row, column, line, path, hint) for column in columns] for line, row in enumerate(rows, start=2)
     ]
     labels = [(row.get(params.target) or "").strip() for row in rows]
     if any(label == "" for label in labels):
@@ -142,22 +209,22 @@ def _build_csv(params: CsvParams, base_dir: Path, seed: int) -> TabularData:
         index = {name: i for i, name in enumerate(class_names)}
         targets = [float(index[label]) for label in labels]
     return TabularData(
-        features=torch.tensor(features, dtype=torch.float32).reshape(len(rows), len(params.features)),
+        features=torch.tensor(features, dtype=torch.float32).reshape(len(rows), len(columns)),
         targets=torch.tensor(targets, dtype=torch.float32),
-        feature_names=tuple(params.features),
+        feature_names=tuple(columns),
         class_names=class_names,
         source=str(path),
     )
 
 
-def _number(row: dict[str, str], column: str, line: int, path: Path) -> float:
+def _number(row: dict[str, str], column: str, line: int, path: Path, hint: str) -> float:
     text = (row.get(column) or "").strip()
     try:
         value = float(text)
     except ValueError:
-        raise DataError(f"{path}:{line}: column {column!r} holds {text!r}, not a number") from None
+        raise DataError(f"{path}:{line}: column {column!r} holds {text!r}, not a number", hint=hint or None) from None
     if not math.isfinite(value):
-        raise DataError(f"{path}:{line}: column {column!r} holds {text!r}, not a finite number")
+        raise DataError(f"{path}:{line}: column {column!r} holds {text!r}, not a finite number", hint=hint or None)
     return value
 
 
@@ -186,7 +253,9 @@ def register_datasets(register) -> None:  # type: ignore[no-untyped-def]
             name="csv",
             build=_build_csv,
             params=CsvParams,
-            n_features=lambda params, base_dir: len(params.features),
-            description="numeric feature columns and a target column from a CSV file",
+            n_features=lambda params, base_dir: len(
+                params.feature_columns(_read_header(_resolve(params.path, {"base_dir": base_dir}), params.delimiter))
+            ),
+            description="numeric feature columns (all but the target, by default) and a target column from a CSV file",
         )
     )
