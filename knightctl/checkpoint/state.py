@@ -77,6 +77,7 @@ def training_state(
         "history": [[step, dict(values)] for step, values in history],
         "latest": dict(latest),
         "best": best,  # ModelOfRecord.state(): the best step so far, its value and weights
+        "preprocessing": parts.data.preprocessing.record(),  # the feature columns and data.standardize's statistics
         "early_stopping": early_stopping,  # EarlyStopping.state(): its count, when train.early_stopping is on
     }
 

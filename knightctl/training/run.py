@@ -33,6 +33,7 @@ from knightctl.training.earlystop import EarlyStopping
 from knightctl.training.loop import Loop, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
 from knightctl.training.position import Position
+from knightctl.training.preprocessing import recorded_preprocessing
 from knightctl.training.setup import (
     checkpoint_folder,
     prepare,
@@ -154,7 +155,10 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
     writer = start_writer(uri) if uri else None  # it imports MLflow in its own process meanwhile
     try:
         skip_gradcheck = options.skip_gradcheck or not ranks.is_main
-        choice, parts, verdicts = prepare(spec, system, options.device, options.deterministic, skip_gradcheck, ranks)
+        recorded = recorded_preprocessing(resumed.state) if resumed else None  # its standardisation, reused
+        choice, parts, verdicts = prepare(
+            spec, system, options.device, options.deterministic, skip_gradcheck, ranks, recorded=recorded
+        )
         tracking: AbstractContextManager[Tracker] = (
             open_tracker(
                 spec,

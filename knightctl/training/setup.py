@@ -34,6 +34,7 @@ from knightctl.training.devices import (
     set_deterministic,
 )
 from knightctl.training.metrics import logged_metrics
+from knightctl.training.preprocessing import Preprocessing
 from knightctl.training.tracker import Tracker
 
 
@@ -81,6 +82,7 @@ def prepare(
     deterministic: bool | None,
     skip_gradcheck: bool,
     ranks: Single,
+    recorded: Preprocessing | None = None,
 ) -> tuple[DeviceChoice, Components, list[OpReport]]:
     """The device, seed and components; a dry forward and the ops' gradient check, before any run exists."""
     assert spec.seed is not None
@@ -91,7 +93,7 @@ def prepare(
     if spec.train.deterministic if deterministic is None else deterministic:
         set_deterministic(True)  # never switched off here: a caller may have switched it on
     seed_everything(spec.seed)
-    parts = build_components(spec, system.registry, choice.device, spec.seed)
+    parts = build_components(spec, system.registry, choice.device, spec.seed, recorded)  # recorded: a checkpoint's
     task_keys = parts.task_metrics.keys if parts.task_metrics else ()
     check_monitor(spec, logged_metrics(has_validation=parts.data.val_x is not None, task_keys=task_keys))
     dry_forward(parts, spec)

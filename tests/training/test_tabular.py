@@ -1,5 +1,5 @@
 """Real tables: a CSV's every column as features (`features: all`, `exclude`), the split (shuffled or not,
-stratified), and `data.standardize` with the training rows' statistics."""
+stratified), and `data.standardize` with the training rows' statistics, kept in checkpoints."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
+from knightctl.checkpoint.files import CheckpointFolder, load_checkpoint
 from knightctl.errors import DataError, SpecError
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
 from knightctl.training.build import build_components
 from knightctl.training.data import TabularData, split_data
-from knightctl.training.preprocessing import Preprocessing, model_input
+from knightctl.training.preprocessing import Preprocessing, Standardization, model_input
+from knightctl.training.run import train
 
 COLUMNS = ("alcohol", "magnesium", "proline")  # a wine-like table: features on very different scales
 SHARES = {"barolo": 30, "grignolino": 18, "barbera": 12}  # rows per class
@@ -198,3 +200,21 @@ def test_model_input_turns_raw_rows_into_exactly_what_training_saw(tmp_path: Pat
         model_input(table.drop(columns=["proline"]), record)
     with pytest.raises(DataError, match="column 'alcohol' holds 'dry' in row 2 of the input, not a number"):
         model_input(table.astype({"alcohol": object}).assign(alcohol=["12.1", "dry"] + ["12"] * 58), record)
+
+
+def test_standardisation_travels_in_checkpoints_and_a_resumed_run_keeps_it(tmp_path: Path) -> None:
+    write_wines(tmp_path)
+    spec = write_spec(tmp_path, "exclude: [id], standardize: true", epochs=4)
+    first = train(spec, track=False, skip_gradcheck=True, checkpoint_dir=tmp_path / "ckpt", stop_at_step=6)
+    state = load_checkpoint(first.checkpoint)
+    fitted = split_of(spec).standardization
+    assert state["preprocessing"] == {
+        "feature_names": list(COLUMNS),
+        "steps": [{"kind": "standardize", "mean": list(fitted.mean), "std": list(fitted.std)}],
+    }
+    write_wines(tmp_path, scale=10.0)  # the file changed under the run: refitting would give other numbers
+    assert split_of(spec).standardization != fitted
+    resumed = train(resume=first.checkpoint.parent, track=False, skip_gradcheck=True)
+    final = load_checkpoint(CheckpointFolder(resumed.checkpoint.parent).latest())
+    assert final["step"] == 12 and final["preprocessing"] == state["preprocessing"]
+    assert Standardization(tuple(fitted.mean), tuple(fitted.std)) == fitted
