@@ -89,7 +89,7 @@ def model_card(spec: Any, data: Any, target: str, choice: Choice, ops: list[str]
         "feature_names": list(data.feature_names),
         "class_names": list(data.class_names) if data.class_names else None,
         "target": target,
-        "preprocessing": [],  # none yet: the features go in as the dataset gives them
+        "preprocessing": data.preprocessing.steps(),  # [] or the standardize step: training/preprocessing.py
         "custom_ops": ops,
         "plugins": [{"file": path.name, "sha256": file_digest(path)} for path in plugins],
         "chosen": {"kind": choice.kind, "step": choice.step, "metric": choice.metric, "value": choice.value},
@@ -115,8 +115,10 @@ def log_model_of_record(
     files, plugin_requirements = plugin_files(spec, system)
     card = model_card(spec, data, target, choice, ops, files)
     card["requirements"] = plugin_requirements
-    # float64 columns: the signature then takes any number a table holds; predict casts to float32.
-    example = pd.DataFrame(example_rows.double().numpy(), columns=list(data.feature_names))
+    # Raw rows, as a user's table holds them (predict standardises them again), in float64 columns:
+    # the signature then takes any number a table holds; predict casts to float32.
+    raw_rows = data.standardization.raw(example_rows) if data.standardization is not None else example_rows
+    example = pd.DataFrame(raw_rows.double().numpy(), columns=list(data.feature_names))
     with torch.no_grad():
         output = pd.DataFrame(answers(model(example_rows), target, data.class_names))
     with tempfile.TemporaryDirectory() as folder:
@@ -158,12 +160,18 @@ def log_model_of_record(
 def model_description(spec: Any, choice: Choice, data: Any, target: str) -> str:
     """The logged model's description (`mlflow.note.content`): which step and why, what goes in and out."""
     classes = f"; classes, in index order: {', '.join(data.class_names)}" if data.class_names else ""
+    scaled = (
+        " The model standardises it first with the training split's mean and standard deviation (card.json's "
+        "preprocessing); the torch module takes standardised rows."
+        if data.standardization is not None
+        else ""
+    )
     gives = {"real": "the predicted value", "binary": "the class and its probability"}.get(
         target, "the class and each class's probability"
     )
     return (
         f"{spec.name}'s model of record: {choice.why()}.\n\n"
-        f"Input: a table with the columns {', '.join(data.feature_names)}. Output: {gives}{classes}.\n\n"
+        f"Input: a table with the columns {', '.join(data.feature_names)}.{scaled} Output: {gives}{classes}.\n\n"
         "Load it with `mlflow.pyfunc.load_model(uri).predict(rows)`; the torch module is "
         "`.unwrap_python_model().module`."
     )

@@ -8,7 +8,8 @@ program: it holds no Python classes, only calls to torch's operators and to the 
 must be registered before it loads. A process that already has them (the one that trained it,
 `knightctl predict`) loads no plugin twice. The card (`card.json`, written by tracking/models.py)
 says what the model takes and gives: the input feature names, the class names in index order,
-the preprocessing, the ops, and which step it came from and why.
+the preprocessing (data.standardize's training-split statistics, applied to the raw rows given to
+`predict` by training/preprocessing.py's `model_input`), the ops, and which step it came from and why.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
+from knightctl.training.preprocessing import Preprocessing
+from knightctl.training.preprocessing import model_input as to_model_input
+
 CARD_VERSION = 1
 
 
@@ -31,6 +35,7 @@ class ServedModel(mlflow.pyfunc.PythonModel):
         import torch
 
         self.card: dict[str, Any] = json.loads(Path(context.artifacts["card"]).read_text())
+        self.preprocessing = Preprocessing.from_record(self.card)
         missing = unregistered(self.card["custom_ops"])
         if missing and "plugins" in context.artifacts:
             _load_plugins(Path(context.artifacts["plugins"]))
@@ -46,37 +51,15 @@ class ServedModel(mlflow.pyfunc.PythonModel):
     # MLflow reads predict's type hints; a DataFrame hint asks for no schema of its own (the logged
     # signature is the one enforced).
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Rows in (a DataFrame with the feature columns, or an array of them in the card's order);
-        a DataFrame out: `prediction`, and for a classifier one `probability_<class>` column per class."""
+        """Raw rows in (a DataFrame with the feature columns, or an array of them in the card's order),
+        preprocessed as in training (`model_input`); a DataFrame out: `prediction`, and for a classifier
+        one `probability_<class>` column per class."""
         import torch
 
-        rows = feature_matrix(model_input, self.card["feature_names"])
+        rows = to_model_input(model_input, self.preprocessing)  # the training split's standardisation, if any
         with torch.no_grad():
             outputs = self.module(torch.tensor(rows))  # a copy: a DataFrame's array may be read-only
         return pd.DataFrame(answers(outputs, self.card["target"], self.card["class_names"]))
-
-
-def feature_matrix(rows: Any, feature_names: Sequence[str]) -> Any:
-    """The model's input as a float32 NumPy matrix: the named columns of a DataFrame (in the card's
-    order, other columns ignored), or an array that already has one column per feature."""
-    import numpy as np
-
-    if hasattr(rows, "columns"):
-        absent = [name for name in feature_names if name not in rows.columns]
-        if absent:
-            raise ValueError(
-                f"the input lacks the column(s) {', '.join(absent)}; the model takes {', '.join(feature_names)}"
-            )
-        rows = rows[list(feature_names)]
-    matrix = np.asarray(rows, dtype=np.float32)
-    if matrix.ndim == 1:
-        matrix = matrix.reshape(1, -1) if len(feature_names) > 1 else matrix.reshape(-1, 1)
-    if matrix.ndim != 2 or matrix.shape[1] != len(feature_names):
-        raise ValueError(
-            f"the input has shape {matrix.shape}; the model takes rows of {len(feature_names)} features "
-            f"({', '.join(feature_names)})"
-        )
-    return matrix
 
 
 def answers(outputs: Any, target: str, class_names: Sequence[str] | None) -> dict[str, list[Any]]:

@@ -1,11 +1,13 @@
 """Real tables: a CSV's every column as features (`features: all`, `exclude`), the split (shuffled or not,
-stratified), and `data.standardize` with the training rows' statistics, kept in checkpoints."""
+stratified), and `data.standardize` with the training rows' statistics, kept in checkpoints and
+applied to raw rows by the logged model."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
+import mlflow.pyfunc
 import pandas as pd
 import pytest
 import torch
@@ -14,10 +16,12 @@ from knightctl.checkpoint.files import CheckpointFolder, load_checkpoint
 from knightctl.errors import DataError, SpecError
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
+from knightctl.tracking.run import fluent_tracking_uri
 from knightctl.training.build import build_components
 from knightctl.training.data import TabularData, split_data
 from knightctl.training.preprocessing import Preprocessing, Standardization, model_input
 from knightctl.training.run import train
+from tests.conftest import best_model
 
 COLUMNS = ("alcohol", "magnesium", "proline")  # a wine-like table: features on very different scales
 SHARES = {"barolo": 30, "grignolino": 18, "barbera": 12}  # rows per class
@@ -218,3 +222,37 @@ def test_standardisation_travels_in_checkpoints_and_a_resumed_run_keeps_it(tmp_p
     final = load_checkpoint(CheckpointFolder(resumed.checkpoint.parent).latest())
     assert final["step"] == 12 and final["preprocessing"] == state["preprocessing"]
     assert Standardization(tuple(fitted.mean), tuple(fitted.std)) == fitted
+
+
+@pytest.mark.slow  # a tracked run that logs its model, loaded back through MLflow
+def test_the_logged_model_standardises_raw_rows_as_training_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_wines(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = write_spec(tmp_path, "exclude: [id], standardize: true, split: {stratify: true}", epochs=30)
+    result = train(spec, tracking_uri=uri, skip_gradcheck=True, checkpoint_dir=tmp_path / "ckpt")
+    restore = fluent_tracking_uri(uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(result.model_uri)
+    finally:
+        restore()
+    card = loaded.unwrap_python_model().card
+    assert card["feature_names"] == list(COLUMNS) and card["class_names"] == ["barbera", "barolo", "grignolino"]
+    (step,) = card["preprocessing"]
+    assert step["kind"] == "standardize" and step["mean"][2] > 500  # proline, in the file's units
+    raw = pd.read_csv(tmp_path / "wines.csv").sample(12, random_state=0)
+    answers = loaded.predict(raw)
+    scaled = (torch.tensor(raw[list(COLUMNS)].to_numpy(), dtype=torch.float32) - torch.tensor(step["mean"])) / (
+        torch.tensor(step["std"])
+    )
+    with torch.no_grad():
+        probabilities = torch.softmax(best_model(result)(scaled), dim=1)
+        unscaled = torch.softmax(
+            best_model(result)(torch.tensor(raw[list(COLUMNS)].to_numpy(), dtype=torch.float32)), 1
+        )
+    for index, name in enumerate(card["class_names"]):
+        assert answers[f"probability_{name}"].tolist() == pytest.approx(probabilities[:, index].tolist(), abs=1e-6)
+    assert not torch.allclose(probabilities, unscaled, atol=1e-3)  # raw rows straight into the module differ
+    assert (answers["prediction"].to_numpy() == raw["cultivar"].to_numpy()).mean() >= 0.9
