@@ -13,6 +13,7 @@ from knightctl.cli.common import SET_HELP as _SET_HELP
 from knightctl.cli.common import load_plugins_warned as _load_plugins
 from knightctl.cli.common import plugin_settings as _plugin_settings
 from knightctl.cli.common import run_library as _run
+from knightctl.cli.completion import complete_spec, completion
 from knightctl.cli.components import components
 from knightctl.cli.gradcheck import gradcheck
 from knightctl.cli.runs import runs, sync, ui
@@ -58,12 +59,12 @@ def main(
     ctx.obj = {"dirs": plugins_dirs, "disable": disabled, "no_external": no_external_plugins, "strict": strict_plugins}
 
 
-for command in (train, gradcheck, runs, sweep, sync, ui, components):
+for command in (train, gradcheck, runs, sweep, sync, ui, components, completion):
     main.add_command(command)
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False), shell_complete=complete_spec)
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
 def validate(spec: str, overrides: tuple[str, ...]) -> None:
     """Check SPEC without running it: print the resolved spec, or every error with its place."""

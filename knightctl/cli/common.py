@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import click
 
+from knightctl.cli.completion import complete_device
 from knightctl.distributed.jobs import LAUNCHED_ENV
 from knightctl.errors import KnightctlError, Terminated
 
@@ -20,6 +21,7 @@ device_option = click.option(
     "--device",
     default=None,
     metavar="DEVICE",
+    shell_complete=complete_device,
     help="auto, cpu, cuda, cuda:N or mps (default: the spec's train.device).",
 )
 run_tracking_uri_option = click.option(

@@ -10,13 +10,15 @@ from knightctl.cli.common import SET_HELP as _SET_HELP
 from knightctl.cli.common import load_plugins_warned as _load_plugins
 from knightctl.cli.common import plugin_settings as _plugin_settings
 from knightctl.cli.common import run_library as _run
+from knightctl.cli.completion import complete_device, complete_op, complete_spec
 
 
 @click.command()
-@click.argument("ops", nargs=-1, metavar="[OPS]...")
+@click.argument("ops", nargs=-1, metavar="[OPS]...", shell_complete=complete_op)
 @click.option(
     "--spec",
     type=click.Path(dir_okay=False),
+    shell_complete=complete_spec,
     help="Check the ops SPEC's model uses (on their samples and at the spec's options), and the model with its loss.",
 )
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=_SET_HELP)
@@ -33,6 +35,7 @@ from knightctl.cli.common import run_library as _run
     default="cpu",
     show_default=True,
     metavar="DEVICE",
+    shell_complete=complete_device,
     help="auto, cpu, cuda, cuda:N or mps, resolved as train resolves it (mps has no float64: checked on the CPU).",
 )
 @click.option(

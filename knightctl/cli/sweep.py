@@ -10,10 +10,11 @@ from knightctl.cli.common import device_option, run_tracking_uri_option
 from knightctl.cli.common import load_plugins_warned as _load_plugins
 from knightctl.cli.common import plugin_settings as _plugin_settings
 from knightctl.cli.common import run_library as _run
+from knightctl.cli.completion import complete_spec
 
 
 @click.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path(dir_okay=False), shell_complete=complete_spec)
 @click.option(
     "--grid",
     "grids",

@@ -16,10 +16,11 @@ from knightctl.cli.common import (
     run_library,
     run_tracking_uri_option,
 )
+from knightctl.cli.completion import complete_spec
 
 
 @click.command()
-@click.argument("spec", type=click.Path(dir_okay=False), required=False)
+@click.argument("spec", type=click.Path(dir_okay=False), required=False, shell_complete=complete_spec)
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=SET_HELP)
 @device_option
 @run_tracking_uri_option

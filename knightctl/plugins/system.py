@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import pluggy
 
 from knightctl.errors import KnightctlError, PluginError
-from knightctl.plugins.registry import Registry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the registry (pydantic) only as a type: shell completion reads PluginSettings on every TAB
     from knightctl.plugins.events import RunInfo, RunResult
+    from knightctl.plugins.registry import Registry
 
 ENTRY_POINT_GROUP = "knightctl"
 ENV_DIRS = "KNIGHTCTL_PLUGINS_DIR"  # directories, separated like PATH
