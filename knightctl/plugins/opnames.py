@@ -63,7 +63,11 @@ def _loaded(settings: PluginSettings) -> list[tuple[str, str]]:
     """Load the plugins, keeping what they print and warn off the completion's output."""
     from knightctl.plugins.loader import load
 
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         system = load(settings)
     return [(op.name, op.plugin) for op in system.registry.ops()]
