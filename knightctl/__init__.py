@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from knightctl.plugins.sample import Sample  # noqa: F401
     from knightctl.plugins.system import PluginSettings, PluginSystem  # noqa: F401
     from knightctl.spec.model import ExperimentSpec, load_spec  # noqa: F401
+    from knightctl.training.data import TabularData  # noqa: F401
     from knightctl.training.devices import DeviceChoice, resolve_device  # noqa: F401
     from knightctl.training.run import train  # noqa: F401
 
@@ -48,6 +49,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "DatasetDef": ("knightctl.plugins.registry", "DatasetDef"),
     "OpDef": ("knightctl.plugins.registry", "OpDef"),
     "MetricDef": ("knightctl.plugins.metricdef", "MetricDef"),
+    "TabularData": ("knightctl.training.data", "TabularData"),  # what a dataset plugin's build returns
     "Sample": ("knightctl.plugins.sample", "Sample"),
     "check_op": ("knightctl.gradcheck", "check_op"),
     "check_ops": ("knightctl.gradcheck", "check_ops"),

@@ -1,5 +1,6 @@
 """One training run: the device and seeds (`devices`), the components built from a spec
-(`build`), in-memory data and batching (`data`), device-side metrics (`metrics`), signal handling
+(`build`), in-memory data and batching (`data`), the recorded preprocessing and `model_input`
+(`preprocessing`), device-side metrics (`metrics`), signal handling
 (`signals`), where the run stands (`position`), what it tells the place it is recorded
 (`tracker`), what is settled before the loop (`setup`), the loop as the chapter writes it (`loop`)
 and `train()` top to bottom (`run`).
@@ -19,6 +20,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "Tracker": "tracker",
         "StepMetrics": "metrics",
         "TabularData": "data",
+        "Preprocessing": "preprocessing",
+        "model_input": "preprocessing",
         "build_components": "build",
         "gradient_norm": "metrics",
         "new_seed": "devices",
