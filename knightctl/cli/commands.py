@@ -16,6 +16,7 @@ from knightctl.cli.common import run_library as _run
 from knightctl.cli.completion import complete_spec, completion
 from knightctl.cli.components import components
 from knightctl.cli.gradcheck import gradcheck
+from knightctl.cli.inference import evaluate, predict
 from knightctl.cli.runs import runs, sync, ui
 from knightctl.cli.sweep import sweep
 from knightctl.cli.train import train
@@ -59,7 +60,7 @@ def main(
     ctx.obj = {"dirs": plugins_dirs, "disable": disabled, "no_external": no_external_plugins, "strict": strict_plugins}
 
 
-for command in (train, gradcheck, runs, sweep, sync, ui, components, completion):
+for command in (train, gradcheck, runs, sweep, sync, ui, components, predict, evaluate, completion):
     main.add_command(command)
 
 

@@ -30,8 +30,9 @@ def confusion_table(report: EvaluationReport) -> dict[str, list[Any]]:
     return table
 
 
-def confusion_figure(report: EvaluationReport) -> Figure | None:
-    """Counts as a heat map with the count in each cell (up to 20 classes), or None for regression."""
+def confusion_figure(report: EvaluationReport, rows: str = "validation split") -> Figure | None:
+    """Counts as a heat map with the count in each cell (up to 20 classes), or None for regression;
+    `rows` says which rows were counted, in the title."""
     if report.confusion is None or not report.class_names:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -50,7 +51,7 @@ def confusion_figure(report: EvaluationReport) -> Figure | None:
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     weights = textwrap.fill(report.weights, width=int(side * 11))  # about 11 characters an inch at 9 pt
-    ax.set_title(f"Confusion matrix, validation split\n{weights}", fontsize=9)
+    ax.set_title(f"Confusion matrix, {rows}\n{weights}", fontsize=9)
     if n <= _MAX_ANNOTATED:
         largest = max((max(row) for row in report.confusion), default=0)
         for i, row in enumerate(report.confusion):

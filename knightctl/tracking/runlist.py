@@ -202,6 +202,14 @@ def _resolve(client: Any, uri: str, reference: str, experiments: dict[str, str])
     )
 
 
+def find_run(tracking_uri: str | None, reference: str) -> tuple[Any, str, Any]:
+    """The MLflow client, the store's URI and the one run `reference` names (a run id, a unique id
+    prefix or a run name) in any experiment; TrackingError if there is none, or more than one."""
+    client, uri = _open(tracking_uri)
+    with _store_errors(uri):
+        return client, uri, _resolve(client, uri, reference, _experiments(client, None, uri))
+
+
 def compare_runs(tracking_uri: str | None, run_a: str, run_b: str) -> RunComparison:
     """Runs `run_a` and `run_b` (ids, id prefixes or names): differing params, final metrics side by side."""
     client, uri = _open(tracking_uri)

@@ -37,3 +37,5 @@ TRIAL_TAG = "knightctl.trial"  # on a trial: its key
 TRIAL_OVERRIDES_TAG = "knightctl.trial.overrides"
 BEST_RUN_TAG = "knightctl.best_run_id"
 BEST_TRIAL_TAG = "knightctl.best_trial"
+EVALUATES_RUN_TAG = "knightctl.evaluates.run"  # on a `knightctl evaluate` run: the run that trained the model
+EVALUATES_MODEL_TAG = "knightctl.evaluates.model"  # ... and the model's URI

@@ -17,7 +17,7 @@ from torch import nn
 from knightctl.errors import DeviceError, KnightctlError, ModelShapeError, PluginError
 from knightctl.plugins.oplayers import OpLayer
 from knightctl.plugins.registry import ComponentDef, LossDef, Registry
-from knightctl.spec.model import ExperimentSpec
+from knightctl.spec.model import ExperimentSpec, LossSpec
 from knightctl.training.data import Split, split_data
 from knightctl.training.preprocessing import Preprocessing
 from knightctl.training.taskmetrics import TaskMetrics, task_metrics
@@ -168,3 +168,10 @@ def _check_outputs(outputs: torch.Tensor, targets: torch.Tensor, parts: Componen
             "of "
             f"shape {tuple(targets.shape)}: {exc}"
         ) from None
+
+
+def build_loss(loss: LossSpec, registry: Registry, base_dir: Path) -> tuple[nn.Module, LossDef]:
+    """The spec's loss on its own (knightctl evaluate measures a logged model's loss on new rows)."""
+    loss_def = _definition(registry, "loss", loss.name)
+    assert isinstance(loss_def, LossDef)
+    return _call(loss_def, _params(loss_def, loss.options(), base_dir)), loss_def

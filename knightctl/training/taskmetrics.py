@@ -143,7 +143,12 @@ def final_evaluation(parts: Any, position: Any, log_model: bool | str) -> Evalua
     if choice.kind == "best" and position.best is not None and choice.step != position.step:
         model = copy.deepcopy(parts.model)  # on the model's device; the trained model is left alone
         model.load_state_dict(position.best.weights)
-    outputs = _outputs(model, x)
+    return measure(task, _outputs(model, x), y, choice.why(), choice.step)
+
+
+def measure(task: TaskMetrics, outputs: torch.Tensor, y: torch.Tensor, weights: str, step: int) -> EvaluationReport:
+    """Every metric of `task` on `outputs` against `y`, and a classifier's confusion matrix, in one
+    read-back; `weights` says whose outputs they are (the run's model of record, a logged model)."""
     computed = task.compute(outputs, y)
     tensors = [v.reshape(()).float() for v in computed.values() if isinstance(v, torch.Tensor)]
     counts = None
@@ -156,7 +161,7 @@ def final_evaluation(parts: Any, position: Any, log_model: bool | str) -> Evalua
     read = iter(flat)
     floats = {key: (next(read) if isinstance(v, torch.Tensor) else float(v)) for key, v in computed.items()}
     rest = list(read)
-    kept = task.check(choice.step, floats)
+    kept = task.check(step, floats)
     values: dict[str, float | None] = {key: kept.get(key) for key in floats}
     per_class = {
         metric.name: {name: values[key] for name, key in zip(task.class_names, task.keys_of(metric), strict=True)}
@@ -167,7 +172,7 @@ def final_evaluation(parts: Any, position: Any, log_model: bool | str) -> Evalua
     confusion_rows = (
         tuple(tuple(int(c) for c in rest[i * n : (i + 1) * n]) for i in range(n)) if counts is not None else None
     )
-    return EvaluationReport(choice.why(), choice.step, values, per_class, task.class_names, confusion_rows)
+    return EvaluationReport(weights, step, values, per_class, task.class_names, confusion_rows)
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

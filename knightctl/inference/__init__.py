@@ -1,0 +1,1 @@
+"""Using a trained model: `knightctl predict` and `knightctl evaluate` on new rows of a table."""
