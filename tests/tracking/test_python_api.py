@@ -42,17 +42,34 @@ def _finished_run(folder: Path, stdout: str) -> None:
     assert "system/cpu_utilization_percentage" in run.data.metrics  # written by the helper process
 
 
+# Runs SCRIPT as the one cell of a notebook in a Jupyter (IPython) kernel, and prints the cell's
+# output; an error in the cell exits 1 with its traceback.
+NOTEBOOK = f"""\
+import nbclient, nbformat
+notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell({SCRIPT!r})])
+run = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3", resources={{"metadata": {{"path": "."}}}})
+run.execute()
+for output in notebook.cells[0].outputs:
+    print(output.get("text", ""), end="")
+"""
+
+
 @pytest.mark.slow
-def test_train_tracks_from_a_script_without_a_main_guard_from_stdin_and_from_python_c(tmp_path: Path) -> None:
-    folders = {way: tmp_path / way for way in ("script", "stdin", "dash-c")}
-    for folder in folders.values():
-        folder.mkdir()
-    (folders["script"] / "train_it.py").write_text(SCRIPT)
+def test_train_tracks_from_a_script_without_a_main_guard_from_stdin_from_python_c_and_from_jupyter(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
     commands = {
         "script": ([sys.executable, "train_it.py"], None),
         "stdin": ([sys.executable, "-"], SCRIPT),
         "dash-c": ([sys.executable, "-c", SCRIPT], None),
+        "jupyter": ([sys.executable, "-c", NOTEBOOK], None),
     }
+    folders = {way: tmp_path / way for way in commands}
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["script"] / "train_it.py").write_text(SCRIPT)
     started = {
         way: (
             subprocess.Popen(
@@ -67,27 +84,11 @@ def test_train_tracks_from_a_script_without_a_main_guard_from_stdin_and_from_pyt
             given,
         )
         for way, (argv, given) in commands.items()
-    }  # all three at once: each spends most of its time importing torch and MLflow
+    }  # all at once: each spends most of its time importing torch and MLflow
     for way, (process, given) in started.items():
         stdout, stderr = process.communicate(given or "", timeout=300)
         assert process.returncode == 0, f"{way}: {stderr}"
         _finished_run(folders[way], stdout)
-
-
-@pytest.mark.slow
-def test_train_tracks_from_a_jupyter_kernel(tmp_path: Path) -> None:
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(SCRIPT)])
-    nbclient.NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": tmp_path}}
-    ).execute()
-    (cell,) = notebook.cells
-    stdout = "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
-    errors = [output for output in cell.outputs if output.output_type == "error"]
-    assert not errors, errors
-    _finished_run(tmp_path, stdout)
 
 
 @pytest.mark.parametrize("python", ["/bin/false", "/nonexistent/python3"])
