@@ -8,8 +8,8 @@ error that names the previous one, never a silent fresh start (FAULTS 22).
 
 The spec is the checkpoint's own copy (its YAML text, so `--set` works as on the first run)
 unless a spec file is given. Any difference from the checkpoint's resolved spec is refused,
-listed, unless allowed (FAULTS 24); the `checkpoint` section (where and how often to write) is
-not part of the experiment and may change freely.
+listed, unless allowed (FAULTS 24); the `checkpoint` section (where and how often to write) and
+`train.threads` (how many CPU threads) are not part of the experiment and may change freely.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from knightctl.tracking.run import flatten, resolve_tracking_uri
 
 if TYPE_CHECKING:
     from knightctl.plugins.system import PluginSettings
-_FREE_SECTIONS = ("checkpoint.",)  # spec paths that may differ on resume without --allow-spec-change
+# Spec paths that may differ on resume without --allow-spec-change: where and how often checkpoints
+# are written, and how many CPU threads train (a checkpoint from before train.threads lacks it).
+_FREE_SECTIONS = ("checkpoint.", "train.threads")
 _SHOWN_CHANGES = 20
 
 

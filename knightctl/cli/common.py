@@ -32,6 +32,30 @@ run_tracking_uri_option = click.option(
 )
 
 
+class _Threads(click.ParamType):
+    """`auto` or a positive number of threads."""
+
+    name = "threads"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str:
+        text = str(value).strip()
+        if text == "auto":
+            return text
+        if text.isascii() and text.isdigit() and int(text) > 0:
+            return int(text)
+        self.fail(f"{value!r} is not a positive integer or 'auto'", param, ctx)
+
+
+threads_option = click.option(
+    "--threads",
+    type=_Threads(),
+    default=None,
+    metavar="N|auto",
+    help="CPU threads torch trains with (default: the spec's train.threads; auto: one for a small model, else "
+    "torch's own count).",
+)
+
+
 def fail(error: BaseException, code: int) -> NoReturn:
     from knightctl.console.core import make_console, render_error
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from knightctl.cli.common import device_option, run_tracking_uri_option
+from knightctl.cli.common import device_option, run_tracking_uri_option, threads_option
 from knightctl.cli.common import load_plugins_warned as _load_plugins
 from knightctl.cli.common import plugin_settings as _plugin_settings
 from knightctl.cli.common import run_library as _run
@@ -64,6 +64,7 @@ from knightctl.cli.completion import complete_spec
     "--set", "overrides", multiple=True, metavar="PATH=VALUE", help="Override a spec value for every trial; repeatable."
 )
 @device_option
+@threads_option
 @run_tracking_uri_option
 @click.option("--skip-gradcheck", is_flag=True, help="Train each trial without checking its ops' gradients first.")
 def sweep(
@@ -77,6 +78,7 @@ def sweep(
     goal: str,
     overrides: tuple[str, ...],
     device: str | None,
+    threads: int | str | None,
     tracking_uri: str | None,
     skip_gradcheck: bool,
 ) -> None:
@@ -101,6 +103,7 @@ def sweep(
             goal=goal,
             overrides=overrides,  # type: ignore[arg-type]
             device=device,
+            threads=threads,
             tracking_uri=tracking_uri,
             plugins=settings,
             skip_gradcheck=skip_gradcheck,

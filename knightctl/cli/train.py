@@ -15,6 +15,7 @@ from knightctl.cli.common import (
     plugin_settings,
     run_library,
     run_tracking_uri_option,
+    threads_option,
 )
 from knightctl.cli.completion import complete_spec
 
@@ -23,6 +24,7 @@ from knightctl.cli.completion import complete_spec
 @click.argument("spec", type=click.Path(dir_okay=False), required=False, shell_complete=complete_spec)
 @click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE", help=SET_HELP)
 @device_option
+@threads_option
 @run_tracking_uri_option
 @click.option("--no-track", is_flag=True, help="Train without MLflow.")
 @click.option("--deterministic", is_flag=True, default=None, help="Use deterministic algorithms only (slower on CUDA).")
@@ -75,6 +77,7 @@ def train(
     spec: str | None,
     overrides: tuple[str, ...],
     device: str | None,
+    threads: int | str | None,
     tracking_uri: str | None,
     no_track: bool,
     deterministic: bool | None,
@@ -116,6 +119,7 @@ def train(
     progress = ProgressObserver(console) if main_rank else None
     options = dict(
         device=device,
+        threads=threads,
         tracking_uri=tracking_uri,
         track=not no_track,
         deterministic=deterministic,
@@ -164,9 +168,9 @@ def _worker_args(ctx: click.Context) -> list[str]:
     args.append("train")
     args += [params["spec"]] if params["spec"] else []
     args += [item for override in params["overrides"] for item in ("--set", override)]
-    for option in ("device", "tracking_uri", "resume"):
+    for option in ("device", "threads", "tracking_uri", "resume"):
         if params[option] is not None:
-            args += [f"--{option.replace('_', '-')}", params[option]]
+            args += [f"--{option.replace('_', '-')}", str(params[option])]
     for flag in ("no_track", "deterministic", "skip_gradcheck", "allow_spec_change", "detect_anomaly"):
         if params[flag]:
             args.append(f"--{flag.replace('_', '-')}")

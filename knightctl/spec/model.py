@@ -181,6 +181,8 @@ class TrainSpec(SpecModel):
     epochs: int = Field(gt=0)
     batch_size: Annotated[int | Literal["full"], PlainValidator(_batch_size)] = 64
     device: Annotated[str, PlainValidator(_device)] = "auto"
+    # torch's intra-op CPU threads; auto: one for a small model, else torch's own (training/threads.py)
+    threads: Annotated[int | Literal["auto"], PlainValidator(_every)] = "auto"
     log_every_n_steps: int = Field(10, gt=0, description="steps per logged training-metric point")
     eval_every_n_epochs: Annotated[int | Literal["auto"], PlainValidator(_every)] = "auto"
     grad_clip: float | None = Field(None, gt=0.0, description="clip the global gradient norm to this")

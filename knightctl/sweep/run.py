@@ -3,13 +3,15 @@
 The parent run is made (and with it the sqlite store's tables and the experiment) before any
 worker starts, so parallel trials never race MLflow's schema creation; it records the sweep's space
 and ranking as params and the base spec as artifacts. Each trial is `train()` with the trial's
-`--set`s, in one of `workers` processes (spawned, one torch thread each unless OMP_NUM_THREADS says
-otherwise, so two workers on two cores do not fight over them). A trial that fails ends FAILED and
-the others go on. As each trial ends, its best value of the metric is read from its history
-(sweep/ranking.py ranks by it) and the parent's description shows the ranking so far. The parent
-run is found again by the sweep's key (spec digest, trials and ranking): a rerun skips the trials
-that already FINISHED under it. At the end the parent holds the ranked table as its description, a
-plot of the trials, the best trial as tags and its value as `sweep/best_METRIC`.
+`--set`s, in one of `workers` processes (spawned, with the cores shared out as each one's torch
+threads unless OMP_NUM_THREADS says otherwise, so two workers on two cores do not fight over them;
+`threads`, else each trial's train.threads, decides within that, training/threads.py). A trial
+that fails ends FAILED and the others go on. As each trial ends, its best value of the metric is
+read from its history (sweep/ranking.py ranks by it) and the parent's description shows the
+ranking so far. The parent run is found again by the sweep's key (spec digest, trials and
+ranking): a rerun skips the trials that already FINISHED under it. At the end the parent holds the
+ranked table as its description, a plot of the trials, the best trial as tags and its value as
+`sweep/best_METRIC`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from knightctl.tracking.sweeps import (
     record_parent,
     trial_tags,
 )
+from knightctl.training.threads import check_threads
 
 OnTrial = Callable[[TrialResult, SweepResult], None]  # a trial that ended, and the sweep so far
 
@@ -60,12 +63,15 @@ def sweep(
     goal: Goal | Literal["auto"] = "auto",
     overrides: Sequence[str] = (),
     device: str | None = None,
+    threads: int | str | None = None,
     tracking_uri: str | None = None,
     plugins: PluginSettings | None = None,
     skip_gradcheck: bool = False,
     on_trial: OnTrial | None = None,
 ) -> SweepResult:
-    """Run every trial of the sweep over `spec` (a grid, or `trials` random draws), `workers` at a time."""
+    """Run every trial of the sweep over `spec` (a grid, or `trials` random draws), `workers` at a time;
+    each trial with `threads` torch threads (None: its spec's train.threads, training/threads.py)."""
+    check_threads(threads)
     space = _trials(grid, random, trials, seed)
     base = load_spec(spec, overrides, plugins=plugins)
     # Every trial's values checked as --set checks them, and the metric against what every trial
@@ -83,6 +89,7 @@ def sweep(
         "uri": uri,
         "parent": outcome.parent_run_id,
         "device": device,
+        "threads": threads,
         "plugins": plugins,
         "skip_gradcheck": skip_gradcheck,
     }
@@ -232,6 +239,7 @@ def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
             overrides=[*job["overrides"], *trial.overrides],
             tracking_uri=job["uri"],
             device=job["device"],
+            threads=job["threads"],
             plugins=job["plugins"],
             skip_gradcheck=job["skip_gradcheck"],
             tags=tags,

@@ -159,10 +159,12 @@ def run_tags(spec: ExperimentSpec, choice: DeviceChoice, system: PluginSystem) -
 
 
 def built_params(parts: Components) -> dict[str, str]:
-    """What the spec became once built, as params: the model's size and the data's shape and classes."""
+    """What the spec became once built, as params: the model's size, the data's shape and classes,
+    and the CPU threads torch trains with (train.threads resolved, training/threads.py)."""
     data = parts.data
     params = {
         "model.n_parameters": str(sum(p.numel() for p in parts.model.parameters())),
+        "torch.num_threads": str(torch.get_num_threads()),
         "data.n_train": str(data.n_train),
         "data.n_val": str(data.n_val),
         "data.n_features": str(int(data.train_x.shape[1]) if data.train_x.dim() > 1 else 1),

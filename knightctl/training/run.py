@@ -43,6 +43,7 @@ from knightctl.training.setup import (
     tracking_uri_for,
 )
 from knightctl.training.signals import StopOnSignal
+from knightctl.training.threads import check_threads, kept_threads
 from knightctl.training.tracker import NoTracker, Tracker
 
 
@@ -52,6 +53,7 @@ class TrainOptions:
 
     overrides: Sequence[str] = ()
     device: str | None = None
+    threads: int | str | None = None  # None: the spec's train.threads
     tracking_uri: str | None = None
     track: bool = True
     deterministic: bool | None = None
@@ -72,6 +74,7 @@ def train(
     *,
     overrides: Sequence[str] = (),
     device: str | None = None,
+    threads: int | str | None = None,
     tracking_uri: str | None = None,
     track: bool = True,
     deterministic: bool | None = None,
@@ -93,7 +96,8 @@ def train(
     KILLED, a checkpoint written) on SIGINT or SIGTERM. Plugins load with `plugins` settings
     (default: from the environment) plus the files the spec lists; their event hooks see the run
     like `observers` do. Every op the model uses is gradient-checked first (GradcheckFailed,
-    before any run exists) unless `skip_gradcheck`.
+    before any run exists) unless `skip_gradcheck`. `threads` (a number or "auto") beats the spec's
+    `train.threads` (training/threads.py); torch's thread count is restored when `train` returns.
 
     `resume` (a run id or a checkpoint path) goes on from that run's newest checkpoint, in the same
     MLflow run; `spec` may then be omitted, and a spec that differs from the checkpoint's is refused
@@ -108,9 +112,11 @@ def train(
     runs the gradient check, tracks in MLflow and writes checkpoints; after a restart the job goes
     on from its newest checkpoint (distributed/jobs.py).
     """
+    check_threads(threads)
     options = TrainOptions(
         overrides=tuple(overrides),
         device=device,
+        threads=threads,
         tracking_uri=tracking_uri,
         track=track,
         deterministic=deterministic,
@@ -125,7 +131,7 @@ def train(
         record_losses=record_losses,
         tags=dict(tags or {}),
     )
-    with joined() as ranks:
+    with joined() as ranks, kept_threads():
         return _train(ranks, spec, options)
 
 
@@ -157,7 +163,14 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         skip_gradcheck = options.skip_gradcheck or not ranks.is_main
         recorded = recorded_preprocessing(resumed.state) if resumed else None  # its standardisation, reused
         choice, parts, verdicts = prepare(
-            spec, system, options.device, options.deterministic, skip_gradcheck, ranks, recorded=recorded
+            spec,
+            system,
+            options.device,
+            options.deterministic,
+            skip_gradcheck,
+            ranks,
+            options.threads,
+            recorded=recorded,
         )
         tracking: AbstractContextManager[Tracker] = (
             open_tracker(

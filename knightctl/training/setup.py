@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import torch
+
 from knightctl.checkpoint.files import CheckpointFolder
 from knightctl.checkpoint.resume import Resumption
 from knightctl.checkpoint.state import set_rng_states
@@ -35,6 +37,7 @@ from knightctl.training.devices import (
 )
 from knightctl.training.metrics import logged_metrics
 from knightctl.training.preprocessing import Preprocessing
+from knightctl.training.threads import ThreadChoice, apply_threads, choose_threads
 from knightctl.training.tracker import Tracker
 
 
@@ -82,9 +85,11 @@ def prepare(
     deterministic: bool | None,
     skip_gradcheck: bool,
     ranks: Single,
+    threads: int | str | None = None,
     recorded: Preprocessing | None = None,
 ) -> tuple[DeviceChoice, Components, list[OpReport]]:
-    """The device, seed and components; a dry forward and the ops' gradient check, before any run exists."""
+    """The device, seed and components; torch's thread count (`threads`, else the spec's); a dry
+    forward and the ops' gradient check, before any run exists."""
     assert spec.seed is not None
     choice = resolve_device(device or spec.train.device)
     if ranks.distributed:
@@ -94,6 +99,7 @@ def prepare(
         set_deterministic(True)  # never switched off here: a caller may have switched it on
     seed_everything(spec.seed)
     parts = build_components(spec, system.registry, choice.device, spec.seed, recorded)  # recorded: a checkpoint's
+    apply_threads(run_threads(spec, threads, parts, choice, ranks))  # before the dry forward and the checks
     task_keys = parts.task_metrics.keys if parts.task_metrics else ()
     check_monitor(spec, logged_metrics(has_validation=parts.data.val_x is not None, task_keys=task_keys))
     dry_forward(parts, spec)
@@ -101,6 +107,20 @@ def prepare(
     # no float64, the checks run on the CPU and their reports say so.
     verdicts = [] if skip_gradcheck else preflight(spec, system, str(choice.device), parts.model)
     return choice, parts, list(verdicts)
+
+
+def run_threads(
+    spec: ExperimentSpec, threads: int | str | None, parts: Components, choice: DeviceChoice, ranks: Single
+) -> ThreadChoice:
+    """The thread count for `threads` (else `train.threads`): a step's rows are this rank's share of the batch."""
+    batch = parts.data.n_train if spec.train.batch_size == "full" else min(spec.train.batch_size, parts.data.n_train)
+    return choose_threads(
+        threads if threads is not None else spec.train.threads,
+        device_type=choice.device.type,
+        rows_per_step=max(1, batch // ranks.world_size),
+        n_parameters=sum(p.numel() for p in parts.model.parameters()),
+        available=torch.get_num_threads(),
+    )
 
 
 def spec_and_plugins(

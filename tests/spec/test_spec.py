@@ -739,7 +739,8 @@ def test_to_data_fills_in_every_default(spec_path: Path) -> None:
         "monitor": "auto",
         "monitor_mode": "auto",
         "early_stopping": None,
-    } | ({"threads": data["train"]["threads"]} if "threads" in data["train"] else {})  # threads: its own test
+        "threads": "auto",
+    }
     assert data["tracking"] == {
         "experiment": None,
         "uri": None,

@@ -95,6 +95,7 @@ def test_params_are_the_flattened_resolved_spec(reviewed) -> None:
     unset = {key for key, value in flat.items() if value == "None"}
     built = {"model.n_parameters": "66", "data.n_train": "800", "data.n_val": "200", "data.n_features": "2"}
     built["data.classes"] = "defeat, victory"  # in index order
+    built["torch.num_threads"] = "1"  # train.threads auto, resolved: one thread for a model this small
     assert unset and "description" in flat  # the spec has both, and neither is a param: no "None", no repeat
     assert run.data.params == {k: v for k, v in flat.items() if k not in unset and k != "description"} | built
     assert run.data.params["model.3.beta"] == "2.0" and run.data.params["train.batch_size"] == "100"
