@@ -90,9 +90,11 @@ class HelperProcess:
         except subprocess.TimeoutExpired:
             pass
 
-    def terminate(self) -> None:
+    def kill(self) -> None:
+        """SIGKILL: the metric writer ignores SIGTERM and SIGINT (a Ctrl-C to the process group must
+        leave it to finish the run's metrics), so only this stops it; called when nothing is left in it."""
         if self.is_alive():
-            self._process.terminate()
+            self._process.kill()
 
     def close(self) -> None:
         """Deliver what is queued, close the child's input, and let the threads go; idempotent."""

@@ -105,7 +105,7 @@ class MetricWriter:
         self._process.put(None)
         self._process.join(5.0)  # s: it reads the stop once it has imported MLflow, slower on a loaded machine
         if self._process.is_alive():  # no run was attached, so nothing of it is lost
-            self._process.terminate()
+            self._process.kill()
             self._process.join(5.0)
         self._release()
 
@@ -160,8 +160,8 @@ class MetricWriter:
         try:
             kind, message = self._next_status(_CLOSE_TIMEOUT_S, f"did not finish within {_CLOSE_TIMEOUT_S:.0f} s")
             self._process.join(5.0)  # it exits at once after "done"
-            if self._process.is_alive():
-                self._process.terminate()
+            if kind == "done" and self._process.is_alive():  # every metric is stored or journaled
+                self._process.kill()
             if kind != "done":
                 raise TrackingError(f"metrics of run {self.run_id} were not all written: {message}")
             self.journaled = int(message)
