@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from knightctl.plugins.events import EvaluationReport
     from knightctl.spec.model import ExperimentSpec
     from knightctl.training.best import Choice, ModelOfRecord
-    from knightctl.training.earlystop import EarlyStopping
+    from knightctl.training.earlystop import EarlyStopping, EndedByRule
 
 # The metrics a reader looks for first, in this order; any others follow alphabetically.
 _HEADLINE = ("val/accuracy", "val/loss", "train/loss")
@@ -49,6 +49,7 @@ class RunStory:
     model_of_record: Choice | None = None  # the weights logged as the run's model, once logged
     evaluation: EvaluationReport | None = None  # the model of record's task metrics, after the loop
     early_stopping: EarlyStopping | None = None  # train.early_stopping's count (training/earlystop.py)
+    ended_by_rule: EndedByRule | None = None  # where a stop rule (a sweep's pruner) ended the run
 
 
 def outcome(story: RunStory) -> str:
@@ -61,6 +62,8 @@ def outcome(story: RunStory) -> str:
         early = story.early_stopping
         if early is not None and early.stopped_epoch is not None:
             steps += f", stopped early at epoch {early.stopped_epoch} of {story.spec.train.epochs}"
+        elif story.ended_by_rule is not None:
+            steps += f", stopped early at epoch {story.ended_by_rule.epoch} of {story.spec.train.epochs}"
         best = story.best
         if best is not None and best.value is not None and best.step is not None:
             final = story.final_metrics.get(best.metric)
@@ -125,6 +128,8 @@ def render_note(story: RunStory) -> str:
         early = story.early_stopping
         watching = f"watching {early.metric} ({early.goal}), patience {early.patience} evaluations"
         rows.append(("early stopping", early.ending(spec.train.epochs) or watching))
+    if story.ended_by_rule is not None:
+        rows.append(("stopped early", story.ended_by_rule.ending(spec.train.epochs)))
     if story.resumed_from:
         rows.insert(1, ("resumed from", story.resumed_from))
     lines = [outcome(story), "", f"### {spec.name}", ""]

@@ -102,6 +102,8 @@ def record_results(
             if path is not None:
                 shutil.copyfile(path, Path(folder) / name)
                 run.log_file(Path(folder) / name, "checkpoints")
+    if run.story is not None:
+        run.story.ended_by_rule = position.ended_by_rule
     figures = run_plots(position.history, parts.model, parts.data, parts.loss_def.target)
     if position.evaluation is not None:  # the model of record's task metrics and confusion matrix
         if position.evaluation.confusion is not None:

@@ -14,10 +14,28 @@ The count travels in every checkpoint, so a resumed run stops where an uninterru
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from knightctl.spec.monitor import Goal
+
+StopRule = Callable[[int, Mapping[str, float]], "str | None"]
+"""Asked after each evaluation with its step and metrics: why training should end there (a sweep's
+pruner, sweep/study.py), or None to go on. `train(stop_rule=...)`; not for distributed jobs."""
+
+
+@dataclass(frozen=True)
+class EndedByRule:
+    """Where a stop rule ended training, and why."""
+
+    epoch: int
+    step: int
+    reason: str
+
+    def ending(self, epochs: int) -> str:
+        """`stopped early at epoch 5 of 300 (step 20): pruned by ...`."""
+        return f"stopped early at epoch {self.epoch} of {epochs} (step {self.step:,}): {self.reason}"
 
 
 @dataclass

@@ -26,6 +26,7 @@ from knightctl.distributed.ranks import SINGLE, is_peer_lost
 from knightctl.errors import Interrupted, KnightctlError, PeerLost, RunFailed
 from knightctl.tracking.stores import absolute_uri
 from knightctl.training.data import epoch_batches, steps_per_epoch
+from knightctl.training.earlystop import EndedByRule, StopRule
 from knightctl.training.metrics import NonFiniteLoss, StepMetrics, evaluate, gradient_norm
 from knightctl.training.position import Position
 from knightctl.training.signals import StopOnSignal
@@ -51,6 +52,7 @@ class Loop:
     blame: Any = None  # PluginSystem.blame: which plugin raised an exception
     ranks: Any = SINGLE  # distributed.Ranks in a distributed job: shards, reductions, agreement
     module: nn.Module | None = None  # what the steps call: the model, or its DistributedDataParallel wrapper
+    stop_rule: StopRule | None = None  # asked after each evaluation whether to end there (a sweep's pruner)
 
     def save_checkpoint(self) -> Path:
         """Log the losses not yet logged (proving them finite), then write where the run stands.
@@ -246,9 +248,17 @@ def _loop(loop: Loop) -> float:
             evaluated = dict(position.latest)
             if position.best is not None:
                 position.best.offer(position.step, evaluated.get(position.best.metric), model)
+            ends = False
             if _stops_early(position, evaluated, ranks) and not last:
                 assert position.early_stopping is not None
                 position.early_stopping.stopped_epoch = epoch
+                ends = True
+            elif loop.stop_rule is not None and not (last or ranks.distributed):
+                reason = loop.stop_rule(position.step, evaluated)
+                if reason:
+                    position.ended_by_rule = EndedByRule(epoch, position.step, reason)
+                    ends = True
+            if ends:
                 last = True  # ends here: the last window logged, a final checkpoint written
                 if position.step % config.log_every_n_steps:
                     metrics.close_window(position.step, optimizer.param_groups[0]["lr"])

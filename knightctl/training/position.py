@@ -10,7 +10,7 @@ import torch
 from knightctl.checkpoint.state import ResumePoint
 from knightctl.plugins.events import EvaluationReport
 from knightctl.training.best import ModelOfRecord
-from knightctl.training.earlystop import EarlyStopping
+from knightctl.training.earlystop import EarlyStopping, EndedByRule
 
 
 @dataclass
@@ -29,6 +29,13 @@ class Position:
     best_checkpoint: Path | None = None  # best.pt, once written
     evaluation: EvaluationReport | None = None  # the model of record's task metrics, once the loop finished
     early_stopping: EarlyStopping | None = None  # train.early_stopping's count; None when it is off
+    ended_by_rule: EndedByRule | None = None  # where train(stop_rule=...) ended the run, and why
+
+    def ending(self, epochs: int) -> str | None:
+        """Why the run ended before its last epoch (early stopping or a stop rule), or None."""
+        if self.early_stopping is not None and (told := self.early_stopping.ending(epochs)):
+            return told
+        return self.ended_by_rule.ending(epochs) if self.ended_by_rule else None
 
     def resume_point(self, data_order: torch.Generator) -> ResumePoint:
         if self.epoch_done:

@@ -29,7 +29,7 @@ from knightctl.tracking.run import start_writer
 from knightctl.tracking.tags import RESTARTS_TAG, WORLD_SIZE_TAG
 from knightctl.training.best import ModelOfRecord, best_step, choose
 from knightctl.training.build import Components
-from knightctl.training.earlystop import EarlyStopping
+from knightctl.training.earlystop import EarlyStopping, StopRule
 from knightctl.training.loop import Loop, resume_command, run_loop
 from knightctl.training.metrics import StepMetrics
 from knightctl.training.position import Position
@@ -67,6 +67,7 @@ class TrainOptions:
     stop_at_step: int | None = None
     record_losses: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
+    stop_rule: StopRule | None = None
 
 
 def train(
@@ -88,6 +89,7 @@ def train(
     stop_at_step: int | None = None,
     record_losses: bool = False,
     tags: Mapping[str, str] | None = None,
+    stop_rule: StopRule | None = None,
 ) -> RunResult:
     """Train the experiment `spec` (a spec or a path to one) and track it in MLflow.
 
@@ -105,7 +107,9 @@ def train(
     operation that made a NaN. `checkpoint_dir` overrides the spec's checkpoint.dir;
     `stop_at_step` ends the run after that step, with a checkpoint, as if the spec ended there;
     `record_losses` keeps every step's loss (RunResult.step_losses). `tags` are added to the run's
-    (a sweep's trial: `mlflow.parentRunId`, and `mlflow.runName` for its name).
+    (a sweep's trial: `mlflow.parentRunId`, and `mlflow.runName` for its name). `stop_rule` is asked
+    after each evaluation whether to end there (a sweep's pruner); the run then ends FINISHED, as an
+    early-stopped one does, and says why (RunResult.stopped_early).
 
     Under torchrun (RANK and WORLD_SIZE set) this process is one rank of a distributed job
     (distributed/ranks.py): it trains its shard of every batch in DistributedDataParallel; rank 0 alone
@@ -130,6 +134,7 @@ def train(
         stop_at_step=stop_at_step,
         record_losses=record_losses,
         tags=dict(tags or {}),
+        stop_rule=stop_rule,
     )
     with joined() as ranks, kept_threads():
         return _train(ranks, spec, options)
@@ -237,7 +242,7 @@ def _train(ranks: Single, spec: ExperimentSpec | str | Path | None, options: Tra
         best_checkpoint=position.best_checkpoint,
         model_of_record=logged_kind,
         evaluation=position.evaluation,
-        stopped_early=position.early_stopping.ending(spec.train.epochs) if position.early_stopping else None,
+        stopped_early=position.ending(spec.train.epochs),
     )
     for observer in observers:
         observer.run_finished(result)
@@ -301,6 +306,7 @@ def _loop_for(
         blame=system.blame,
         ranks=ranks,
         module=ranks.wrap(parts.model),
+        stop_rule=options.stop_rule,
     )
 
 
