@@ -1,4 +1,4 @@
-"""`knightctl sweep`: parse the search space, call `sweep.run.sweep`, render each trial and the ranking."""
+"""`knightctl sweep`: parse the space and the study, call `sweep.run.sweep`, render each trial and the ranking."""
 
 from __future__ import annotations
 
@@ -27,17 +27,50 @@ from knightctl.cli.completion import complete_spec
     "draws",
     multiple=True,
     metavar="PATH=DIST:ARGS",
-    help="Draw a spec path's value: uniform:LOW:HIGH, loguniform:LOW:HIGH, int:LOW:HIGH, choice:A,B; repeatable.",
+    help="Draw a spec path's value at random (Optuna's random sampler): uniform:LOW:HIGH, loguniform:LOW:HIGH, "
+    "int:LOW:HIGH, choice:A,B; repeatable.",
 )
 @click.option(
-    "--trials", type=click.IntRange(1, 100000), default=None, metavar="N", help="How many random draws (with --random)."
+    "--tpe",
+    "tpe_draws",
+    multiple=True,
+    metavar="PATH=DIST:ARGS",
+    help="Draw a spec path's value by Optuna's TPE, which learns from the trials so far (the same forms as "
+    "--random); repeatable.",
+)
+@click.option(
+    "--trials",
+    type=click.IntRange(1, 100000),
+    default=None,
+    metavar="N",
+    help="How many draws the study holds in all, by every process (with --random or --tpe).",
 )
 @click.option(
     "--seed",
     type=int,
     default=0,
     show_default=True,
-    help="Seed of the random draws (the same seed draws the same trials).",
+    help="Seed of the sampler (with the trial's number: the same seed draws the same trials).",
+)
+@click.option(
+    "--study",
+    metavar="NAME",
+    help="The Optuna study to run in or continue; processes given the same --study and --storage share its "
+    "trials. Default: the spec's name and a digest of the sweep.",
+)
+@click.option(
+    "--storage",
+    metavar="URL",
+    help="Where the study lives: a SQLAlchemy URL such as postgresql://host/db for processes on several "
+    "machines. Default: sqlite:///optuna.db in the working folder.",
+)
+@click.option(
+    "--prune",
+    type=click.Choice(["none", "median"]),
+    default="none",
+    show_default=True,
+    help="Stop a trial at an evaluation where its metric is worse than the median of the completed trials' "
+    "at that step (after two completed); it ends FINISHED, tagged pruned.",
 )
 @click.option(
     "--workers",
@@ -45,7 +78,7 @@ from knightctl.cli.completion import complete_spec
     default=1,
     show_default=True,
     metavar="N",
-    help="Trials run at once, each in its own process.",
+    help="Trials this process runs at once, each in its own process.",
 )
 @click.option(
     "--metric",
@@ -71,8 +104,12 @@ def sweep(
     spec: str,
     grids: tuple[str, ...],
     draws: tuple[str, ...],
+    tpe_draws: tuple[str, ...],
     trials: int | None,
     seed: int,
+    study: str | None,
+    storage: str | None,
+    prune: str,
     workers: int,
     metric: str | None,
     goal: str,
@@ -82,12 +119,16 @@ def sweep(
     tracking_uri: str | None,
     skip_gradcheck: bool,
 ) -> None:
-    """Train SPEC once per trial of a grid or random search, WORKERS at a time; rank the trials.
-    Exit 1 if none finished."""
+    """Train SPEC once per trial of a grid, random or TPE search in an Optuna study, WORKERS at a time;
+    rank the trials. Several processes, here or on other machines, share a study: each claims trials
+    the others have not. Exit 1 if none finished."""
+    import optuna
+
     from knightctl.console.core import make_console
     from knightctl.console.sweeps import render_sweep, render_trial
     from knightctl.sweep.run import sweep as run_sweep
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial's line is ours; Optuna's INFO lines repeat it
     settings = _plugin_settings()
     _load_plugins(settings)
     console = make_console()
@@ -96,8 +137,12 @@ def sweep(
             spec,
             grid=grids,
             random=draws,
+            tpe=tpe_draws,
             trials=trials,
             seed=seed,
+            study=study,
+            storage=storage,
+            prune=prune,  # type: ignore[arg-type]
             workers=workers,
             metric=metric,
             goal=goal,

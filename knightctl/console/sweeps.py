@@ -13,15 +13,15 @@ from knightctl.sweep.ranking import has_value
 if TYPE_CHECKING:
     from knightctl.sweep.ranking import SweepResult, TrialResult
 
-_STYLE = {"FINISHED": "green", "SKIPPED": "dim", "FAILED": "red", "KILLED": "yellow"}
-_ORDER = ("FINISHED", "FAILED", "KILLED")  # the statuses of trials that ran, in the tally
-_SKIPPED = "skipped (already done)"  # a trial an earlier run of the same sweep finished
+_STYLE = {"FINISHED": "green", "PRUNED": "cyan", "SKIPPED": "dim", "FAILED": "red", "KILLED": "yellow"}
+_ORDER = ("FINISHED", "PRUNED", "FAILED", "KILLED")  # the statuses of trials that ran, in the tally
+_SKIPPED = "skipped (already done)"  # a trial an earlier run, or another process, finished
 
 
 def render_trial(console: Console, result: TrialResult, outcome: SweepResult) -> None:
     """One line as `result` ends: the trial's number in the sweep, its status (`skipped (already
     done)` for one an earlier run finished), its swept values, its best value, its error."""
-    number, total = outcome.number_of(result.trial), len(outcome.trials)
+    number, total = outcome.number_of(result.trial), outcome.total or len(outcome.trials)
     value = f"  best {outcome.metric} {result.value:.4g}" if result.value is not None else ""
     why = f"  {escape(result.error)}" if result.error else ""
     style = _STYLE.get(result.status, "")
@@ -38,7 +38,7 @@ def tally_line(outcome: SweepResult) -> str:
     counts = outcome.tally()
     skipped = counts.pop("SKIPPED", 0)
     ran = sum(counts.values())
-    total = len(outcome.trials) or len(outcome.results)
+    total = outcome.total or len(outcome.trials) or len(outcome.results)
     line = f"{total:,} trial{'s' * (total != 1)}: {ran:,} ran"
     if ran:
         line += " (" + ", ".join(f"{counts[name]:,} {name}" for name in _ORDER if counts.get(name)) + ")"
@@ -77,3 +77,5 @@ def render_sweep(console: Console, outcome: SweepResult) -> None:
             highlight=False,
         )
     console.print(f"sweep run {outcome.parent_run_id} on {outcome.tracking_uri}", soft_wrap=True, highlight=False)
+    if outcome.study:
+        console.print(f"study {escape(outcome.study)}", soft_wrap=True, highlight=False)

@@ -1,5 +1,6 @@
-"""`knightctl sweep`: the trials a sweep asks for (`space`), running them in worker processes as
-MLflow runs nested under one parent (`run`), and ranking them by their best value (`ranking`).
+"""`knightctl sweep`: the space a sweep searches (`space`), the Optuna study its processes share
+(`study`), running its trials in worker processes as MLflow runs nested under one parent (`run`),
+and ranking them by their best value (`ranking`).
 """
 
 from knightctl._lazy import lazy_exports
@@ -10,7 +11,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "SweepResult": "ranking",
         "TrialResult": "ranking",
         "grid_trials": "space",
-        "random_trials": "space",
         "sweep": "run",
     },
 )

@@ -2,10 +2,11 @@
 
 A trial is ranked by the best value of the metric over its whole history (the lowest for goal min,
 the highest for max), not by its last: a trial that overshoots at the end still had that model at
-its best step, and that step's weights are the ones it keeps (best.pt). Ties are broken by the
-earlier step at which the best was reached (it got there faster), then by the trial's place in the
-sweep (the grid's order, or the draws'). Trials without a value (FAILED, KILLED, or finished
-without ever logging the metric) come after those with one, in the sweep's order.
+its best step, and that step's weights are the ones it keeps (best.pt). A pruned trial ranks by the
+best value it reached before it was stopped. Ties are broken by the earlier step at which the best
+was reached (it got there faster), then by the trial's place in the sweep (the grid's order, or
+the order the study drew them in). Trials without a value (FAILED, KILLED, or finished without
+ever logging the metric) come after those with one, in the sweep's order.
 """
 
 from __future__ import annotations
@@ -22,17 +23,18 @@ TIE_RULE = (
     "the earlier step at which the best was reached, then to the earlier trial in the sweep's order. "
     "Trials without a value (failed, stopped, or never logged it) come last, shown as -."
 )
-_SCORED = ("FINISHED", "SKIPPED")  # the statuses whose value counts
+_SCORED = ("FINISHED", "SKIPPED", "PRUNED")  # the statuses whose value counts
 
 
 @dataclass(frozen=True)
 class TrialResult:
     trial: Trial
-    status: str  # FINISHED, FAILED, KILLED; or SKIPPED: finished by an earlier run of the same sweep
+    status: str  # FINISHED, PRUNED, FAILED, KILLED; or SKIPPED: finished by an earlier run or another process
     run_id: str | None
     value: float | None  # the metric's best value over the trial's history; None unless it finished
-    error: str | None = None
+    error: str | None = None  # why it failed, was stopped or was pruned
     step: int | None = None  # the first step at which `value` was reached
+    number: int | None = None  # the trial's number in the study (from 0)
 
 
 @dataclass
@@ -46,17 +48,24 @@ class SweepResult:
     axes: Sequence[Axis] = ()  # the swept paths
     spec_name: str = ""
     experiment_id: str = ""  # the MLflow experiment of the parent and its trials
+    total: int = 0  # the trials the sweep holds when done: the grid's size, or --trials
+    study: str = ""  # the Optuna study's name
+    numbers: dict[str, int] = field(default_factory=dict)  # a drawn trial's key -> its number in the study
 
     def ranked(self) -> list[TrialResult]:
         """Trials with a value, best first by the rule in the module's docstring; then those without."""
-        return rank(self.results, self.goal, {trial.key: place for place, trial in enumerate(self.trials)})
+        order = {trial.key: self.numbers.get(trial.key, place) for place, trial in enumerate(self.trials)}
+        return rank(self.results, self.goal, order)
 
     def scored(self) -> list[TrialResult]:
         """The ranked trials that have a value, best first."""
         return [result for result in self.ranked() if has_value(result)]
 
     def number_of(self, trial: Trial) -> int | None:
-        """The trial's number in the sweep, from 1 (the grid's order, or the draws'); None if not one of its own."""
+        """The trial's number in the sweep, from 1 (its place in the grid, or the study's number of a
+        draw); None if not one of its own."""
+        if trial.key in self.numbers:
+            return self.numbers[trial.key] + 1
         for place, own in enumerate(self.trials, start=1):
             if own.key == trial.key:
                 return place

@@ -1,21 +1,24 @@
-"""`knightctl sweep`: a sweep's trials in parallel worker processes, each an MLflow run nested under one.
+"""`knightctl sweep`: a sweep's trials claimed from an Optuna study and trained in worker processes,
+each an MLflow run nested under the study's one parent run.
 
-The parent run is made (and with it the sqlite store's tables and the experiment) before any
-worker starts, so parallel trials never race MLflow's schema creation; it records the sweep's space
-and ranking as params and the base spec as artifacts. Each trial is `train()` with the trial's
-`--set`s, in one of `workers` processes (spawned, with the cores shared out as each one's torch
-threads unless OMP_NUM_THREADS says otherwise, so two workers on two cores do not fight over them;
-`threads`, else each trial's train.threads, decides within that, training/threads.py). A trial
-that fails ends FAILED and the others go on. As each trial ends, its best value of the metric is
-read from its history (sweep/ranking.py ranks by it) and the parent's description shows the
-ranking so far. The parent run is found again by the sweep's key (spec digest, trials and
-ranking): a rerun skips the trials that already FINISHED under it. At the end the parent holds the
-ranked table as its description, a plot of the trials, the best trial as tags and its value as
-`sweep/best_METRIC`.
+Everything is checked before anything is made: the space (sweep/space.py), every grid point's
+or distribution bound's values as --set checks them, and the metric against what the trials log.
+Then the study is opened (sweep/study.py: made, or continued with the trials it holds) and with it
+the parent run, which records the sweep's space and ranking as params and the base spec as
+artifacts. Failed, interrupted and stale trials are re-queued; then trials are claimed one at a
+time, `workers` at once, each trained by `train()` in a spawned process (the cores shared out as
+each one's torch threads unless OMP_NUM_THREADS says otherwise; `threads`, else each trial's
+train.threads, decides within that, training/threads.py). With a pruner, a trial reports the metric
+at each evaluation and ends FINISHED, tagged pruned, when the pruner says so. As each trial ends,
+its best value of the metric is read from its history (sweep/ranking.py ranks by it), told to the
+study, and the parent's description shows the ranking so far. Trials that other processes or
+earlier runs finished are ranked beside this process's as SKIPPED. The last process to end closes
+the parent with the ranked table, a plot, and the best trial as tags and `sweep/best_METRIC`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -33,13 +36,23 @@ from knightctl.spec.model import ExperimentSpec, load_spec
 from knightctl.spec.monitor import monitor_goal, monitored_metric
 from knightctl.sweep.metriccheck import check_metric
 from knightctl.sweep.ranking import Goal, SweepResult, TrialResult, best_point
-from knightctl.sweep.space import Trial, grid_trials, random_trials, space_axes, sweep_key
+from knightctl.sweep.space import Axis, Trial, axis_checks, check_draws, grid_trials, space_axes
+from knightctl.sweep.study import (
+    DEFAULT_STORAGE,
+    RUN_ID_ATTR,
+    Claim,
+    SweepStudy,
+    open_study,
+    pruning_rule,
+    study_key,
+    trial_of,
+)
 from knightctl.tracking.provenance import spec_provenance
 from knightctl.tracking.run import resolve_tracking_uri
 from knightctl.tracking.sweeps import (
     close_parent,
     describe_parent,
-    finished_trials,
+    mark_pruned,
     metric_history,
     open_parent,
     parent_params,
@@ -49,6 +62,7 @@ from knightctl.tracking.sweeps import (
 from knightctl.training.threads import check_threads
 
 OnTrial = Callable[[TrialResult, SweepResult], None]  # a trial that ended, and the sweep so far
+Sampler = Literal["grid", "random", "tpe"]
 
 
 def sweep(
@@ -56,11 +70,15 @@ def sweep(
     *,
     grid: Sequence[str] = (),
     random: Sequence[str] = (),
+    tpe: Sequence[str] = (),
     trials: int | None = None,
     seed: int = 0,
     workers: int = 1,
     metric: str | None = None,
     goal: Goal | Literal["auto"] = "auto",
+    study: str | None = None,
+    storage: str | None = None,
+    prune: Literal["none", "median"] = "none",
     overrides: Sequence[str] = (),
     device: str | None = None,
     threads: int | str | None = None,
@@ -69,18 +87,39 @@ def sweep(
     skip_gradcheck: bool = False,
     on_trial: OnTrial | None = None,
 ) -> SweepResult:
-    """Run every trial of the sweep over `spec` (a grid, or `trials` random draws), `workers` at a time;
-    each trial with `threads` torch threads (None: its spec's train.threads, training/threads.py)."""
+    """Run this process's share of the sweep over `spec`: a grid (`grid`), or `trials` draws of
+    distributions by Optuna's random sampler (`random`) or TPE (`tpe`), `workers` at a time, in the
+    study `study` of `storage` (default: one named after the spec and the sweep, in optuna.db), which
+    other processes may share; each trial with `threads` torch threads (None: its spec's train.threads)."""
     check_threads(threads)
-    space = _trials(grid, random, trials, seed)
+    sampler, options = _sampler_of(grid, random, tpe, trials)
+    axes = space_axes(options, ()) if sampler == "grid" else space_axes((), options)
+    points = grid_trials(options) if sampler == "grid" else []
     base = load_spec(spec, overrides, plugins=plugins)
-    # Every trial's values checked as --set checks them, and the metric against what every trial
-    # logs, before anything runs or is made.
-    specs = [(trial.label, load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)) for trial in space]
+    # Every value a trial can take checked as --set checks it, and the metric against what every
+    # trial logs, before anything runs or is made.
+    checks = points or [Trial((item,)) for item in axis_checks(axes)]
+    specs = [(trial.label, load_spec(spec, [*overrides, *trial.overrides], plugins=plugins)) for trial in checks]
     metric, goal = ranking_of(base, metric, goal, plugins)
     check_metric(metric, [("", base), *specs], plugins)
     uri, _ = resolve_tracking_uri(tracking_uri, base)
-    client, outcome = _open_parent(base, space, uri, metric, goal)
+    name = study or f"{base.name}-{study_key(base.digest(), axes, sampler, metric, goal)}"
+    identity = {"sampler": sampler, "space": "; ".join(f"{a.path} {a.describe()}" for a in axes)}
+    identity |= {"metric": metric, "goal": goal, "base_digest": base.digest()}
+    budget = len(points) if sampler == "grid" else int(trials or 0)
+    shared = open_study(
+        storage or DEFAULT_STORAGE,
+        name,
+        axes=axes,
+        sampler=sampler,
+        seed=seed,
+        budget=budget,
+        grid=points,
+        identity=identity,
+        goal=goal,
+        pruner=prune,
+    )
+    client, outcome = _open_parent(base, shared, uri, metric, goal, axes)
     job = {
         "spec": str(spec),
         # Each trial's model of record is its best step by the metric the sweep ranks by, so the
@@ -88,6 +127,8 @@ def sweep(
         "overrides": [*overrides, f"train.monitor={metric}", f"train.monitor_mode={goal}"],
         "uri": uri,
         "parent": outcome.parent_run_id,
+        "study": (shared.url, shared.name, prune),
+        "metric": metric,
         "device": device,
         "threads": threads,
         "plugins": plugins,
@@ -95,22 +136,46 @@ def sweep(
     }
     status = "FAILED"  # until a trial finishes: also if recording the parent fails
     try:
-        _record(client, outcome, base, grid, random, seed, overrides)
-        pending = _skip_finished(client, outcome, on_trial)
-        for result in _run_all(pending, job, workers):
-            _add(client, outcome, result, on_trial)
-            describe_parent(client, outcome, "RUNNING")  # the ranking so far, on the parent's page
-        status = "FINISHED" if any(r.status in ("FINISHED", "SKIPPED") for r in outcome.results) else "FAILED"
+        params = parent_params(
+            base,
+            axes,
+            sampler=sampler,
+            metric=metric,
+            goal=goal,
+            trials=budget,
+            seed=None if sampler == "grid" else seed,
+            overrides=overrides,
+            study=(shared.name, shared.url),
+        )
+        record_parent(client, outcome, params, base)
+        shared.requeue_unfinished()
+        mine: set[int] = set()
+        _add_done(client, outcome, shared, mine, on_trial)
+        ending = _run_all(shared, job, workers, outcome)
+        try:
+            for claim, result in ending:
+                mine.add(claim.number)
+                _end_trial(client, outcome, shared, claim, result, on_trial)
+                describe_parent(client, outcome, "RUNNING")  # the ranking so far, on the parent's page
+        finally:
+            ending.close()  # stopped here (Ctrl-C, an error): the trials still running are queued again
+        _add_done(client, outcome, shared, mine, on_trial)
+        scored = ("FINISHED", "SKIPPED", "PRUNED")
+        status = "FINISHED" if any(r.status in scored for r in outcome.results) else "FAILED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise Interrupted(
-            f"SIGINT: sweep stopped after {len(outcome.results)} of {len(space)} trials; MLflow run "
-            f"{outcome.parent_run_id} marked KILLED",
+            f"SIGINT: sweep stopped after {len(outcome.results)} of {budget} trials; its running trials are "
+            f"queued again in study {shared.name!r}; MLflow run {outcome.parent_run_id} marked KILLED",
             run_id=outcome.parent_run_id,
-            hint="run the same command again: trials that finished are skipped",
+            hint="run the same command again: the study goes on from where it stands",
         ) from None
     finally:
-        close_parent(client, outcome, status)
+        shared.close()
+        if shared.others_running():  # another process's trials still run: the last one out closes the parent
+            describe_parent(client, outcome, "RUNNING")
+        else:
+            close_parent(client, outcome, status)
     return outcome
 
 
@@ -128,96 +193,136 @@ def ranking_of(
     return metric, goal
 
 
+def _sampler_of(
+    grid: Sequence[str], random: Sequence[str], tpe: Sequence[str], count: int | None
+) -> tuple[Sampler, Sequence[str]]:
+    given = [(kind, options) for kind, options in (("grid", grid), ("random", random), ("tpe", tpe)) if options]
+    if len(given) != 1:
+        raise SweepError(
+            "give --grid options, or --random or --tpe options (with --trials): one kind, not several or none"
+        )
+    kind, options = given[0]
+    if kind != "grid":
+        check_draws(options, f"--{kind}")
+        if not count or count < 1:
+            raise SweepError(f"--{kind} needs --trials N (how many draws in all)")
+    return kind, options  # type: ignore[return-value]
+
+
 def _open_parent(
-    base: ExperimentSpec, space: list[Trial], uri: str, metric: str, goal: Goal
+    base: ExperimentSpec, shared: SweepStudy, uri: str, metric: str, goal: Goal, axes: Sequence[Axis]
 ) -> tuple[Any, SweepResult]:
-    """The client and the sweep's outcome so far: its parent run, new or reopened, and no results yet."""
+    """The client and the sweep's outcome so far: the study's parent run, made by the process that made
+    the study (the others wait for it), and no results yet."""
+    existing = shared.parent_run_id or (None if shared.created else shared.wait_for_parent())
     client, parent_id, experiment_id = open_parent(
         uri,
         base.tracking.experiment or base.name,
         f"{base.name} sweep",
-        sweep_key(base.digest(), space, metric, goal),
-        len(space),
+        hashlib.sha256(f"{shared.url}\n{shared.name}".encode()).hexdigest()[:16],
+        shared.budget,
         spec_provenance(base, base.name),
+        existing=existing,
     )
-    outcome = SweepResult(parent_id, uri, metric, goal, trials=space, spec_name=base.name, experiment_id=experiment_id)
+    if parent_id != existing:
+        shared.set_parent_run_id(parent_id)
+    outcome = SweepResult(
+        parent_id,
+        uri,
+        metric,
+        goal,
+        trials=list(shared.grid),
+        axes=axes,
+        spec_name=base.name,
+        experiment_id=experiment_id,
+        total=shared.budget,
+        study=shared.name,
+    )
     return client, outcome
 
 
-def _record(
-    client: Any,
-    outcome: SweepResult,
-    base: ExperimentSpec,
-    grid: Sequence[str],
-    random: Sequence[str],
-    seed: int,
-    overrides: Sequence[str],
+def _add_done(client: Any, outcome: SweepResult, shared: SweepStudy, mine: set[int], on_trial: OnTrial | None) -> None:
+    """The study's trials that earlier runs or other processes finished (complete or pruned), as SKIPPED."""
+    known = {r.number for r in outcome.results}
+    for frozen in shared.study.get_trials(deepcopy=False):
+        if frozen.number in mine or frozen.number in known or not frozen.state.is_finished():
+            continue
+        run_id = frozen.user_attrs.get(RUN_ID_ATTR)
+        if frozen.state.name in ("COMPLETE", "PRUNED") and run_id:
+            trial = trial_of(frozen.params, shared.axes)
+            _know(outcome, trial, frozen.number)
+            result = _valued(client, outcome, TrialResult(trial, "SKIPPED", run_id, None, number=frozen.number))
+            outcome.results.append(result)
+            if on_trial:
+                on_trial(result, outcome)
+
+
+def _end_trial(
+    client: Any, outcome: SweepResult, shared: SweepStudy, claim: Claim, result: TrialResult, on_trial: OnTrial | None
 ) -> None:
-    """The sweep's space, how its trials are made and ranked, and its base spec, on the parent run."""
-    outcome.axes = space_axes(grid, random)
-    params = parent_params(
-        base,
-        outcome.axes,
-        sampler="grid" if grid else "random",
-        metric=outcome.metric,
-        goal=outcome.goal,
-        trials=len(outcome.trials),
-        seed=None if grid else seed,  # a grid draws nothing
-        overrides=overrides,
-    )
-    record_parent(client, outcome, params, base)
-
-
-def _skip_finished(client: Any, outcome: SweepResult, on_trial: OnTrial | None) -> list[Trial]:
-    """The trials still to run; those an earlier run of the sweep finished are added as SKIPPED."""
-    finished = finished_trials(client, outcome.parent_run_id)
-    for trial in outcome.trials:
-        if trial.key in finished:
-            _add(client, outcome, TrialResult(trial, "SKIPPED", finished[trial.key], None), on_trial)
-    return [trial for trial in outcome.trials if trial.key not in finished]
-
-
-def _add(client: Any, outcome: SweepResult, result: TrialResult, on_trial: OnTrial | None) -> None:
-    """`result` with its best value of the metric (read from its run's history), told to `on_trial`."""
-    if result.status in ("FINISHED", "SKIPPED") and result.run_id:
-        point = best_point(metric_history(client, result.run_id, outcome.metric), outcome.goal)
-        if point is not None:
-            result = replace(result, value=point[0], step=point[1])
+    """Tell the study and the parent how `claim` ended."""
+    if result.run_id:
+        claim.optuna_trial.set_user_attr(RUN_ID_ATTR, result.run_id)
+    if result.status == "PRUNED" and result.run_id:
+        mark_pruned(client, result.run_id, result.error or "pruned")
+    result = _valued(client, outcome, result)
+    _tell(shared, claim, result, outcome.metric)  # first: whatever happens next, the study knows
     outcome.results.append(result)
     if on_trial:
         on_trial(result, outcome)
 
 
-def _trials(grid: Sequence[str], random: Sequence[str], count: int | None, seed: int) -> list[Trial]:
-    if bool(grid) == bool(random):
-        raise SweepError("give --grid options or --random options (with --trials), not both and not neither")
-    if random:
-        if not count or count < 1:
-            raise SweepError("--random needs --trials N (how many draws)")
-        return random_trials(random, count, seed)
-    return grid_trials(grid)
+def _tell(shared: SweepStudy, claim: Claim, result: TrialResult, metric: str) -> None:
+    if result.status == "KILLED":
+        shared.requeue(claim)
+    elif result.status == "FINISHED" and result.value is not None:
+        shared.finish(claim, "complete", result.value)
+    elif result.status == "PRUNED":
+        shared.finish(claim, "pruned")
+    elif result.status == "FINISHED":
+        shared.finish(claim, "failed", final=f"it finished without a finite {metric}")
+    else:
+        shared.finish(claim, "failed")
 
 
-def _run_all(trials: list[Trial], job: dict[str, Any], workers: int) -> Any:
-    """Yield each trial's result as it ends, with `workers` trials at a time in spawned processes."""
-    if not trials:
-        return
+def _valued(client: Any, outcome: SweepResult, result: TrialResult) -> TrialResult:
+    """`result` with its best value of the metric and that value's step, read from its run's history."""
+    if result.status in ("FINISHED", "SKIPPED", "PRUNED") and result.run_id:
+        point = best_point(metric_history(client, result.run_id, outcome.metric), outcome.goal)
+        if point is not None:
+            result = replace(result, value=point[0], step=point[1])
+    return result
+
+
+def _know(outcome: SweepResult, trial: Trial, number: int) -> None:
+    """A drawn trial joins the sweep's list (in the study's order: the last tie-break); a grid's are all known."""
+    if not any(own.key == trial.key for own in outcome.trials):
+        outcome.trials = [*outcome.trials, trial]
+        outcome.numbers[trial.key] = number
+
+
+def _run_all(shared: SweepStudy, job: dict[str, Any], workers: int, outcome: SweepResult) -> Any:
+    """Yield each claimed trial and its result as it ends, with up to `workers` trials at a time in
+    spawned processes; a new trial is claimed whenever one ends, until the study needs no more."""
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     with ProcessPoolExecutor(
-        max_workers=min(workers, len(trials)),
-        mp_context=get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(threads,),
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(threads,)
     ) as pool:
-        running: set[Future[TrialResult]] = {pool.submit(_run_trial, trial, job) for trial in trials}
+        running: dict[Future[TrialResult], Claim] = {}
         try:
-            while running:
-                done, running = wait(running, return_when=FIRST_COMPLETED)
+            while True:
+                while len(running) < workers and (claim := shared.claim()) is not None:
+                    _know(outcome, claim.trial, claim.number)
+                    running[pool.submit(_run_trial, claim.trial, claim.number, job)] = claim
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    yield future.result()
-        except KeyboardInterrupt:  # the workers got the signal too: their trials stop and end KILLED
-            for future in running:
+                    yield running.pop(future), future.result()
+        except (KeyboardInterrupt, GeneratorExit):  # on Ctrl-C the workers got the signal too: their trials end KILLED
+            for future, claim in running.items():
                 future.cancel()
+                shared.requeue(claim)
             raise
 
 
@@ -228,12 +333,15 @@ def _start_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
-    """One trial, in a worker: `train()` with the trial's --sets, tagged as a child of the sweep's run."""
+def _run_trial(trial: Trial, number: int, job: dict[str, Any]) -> TrialResult:
+    """One trial, in a worker: `train()` with the trial's --sets, tagged as a child of the sweep's run
+    and a trial of its study, reporting to the study's pruner when there is one."""
     from knightctl.training.run import train  # torch: the workers train, the sweep's own process never does
 
-    tags = trial_tags(job["parent"], trial.key, trial.overrides, trial.label)
+    url, name, prune = job["study"]
+    tags = trial_tags(job["parent"], trial.key, trial.overrides, trial.label, study=name, number=number)
     try:
+        rule = pruning_rule(url, name, number, prune, job["metric"])
         result = train(
             job["spec"],
             overrides=[*job["overrides"], *trial.overrides],
@@ -243,12 +351,15 @@ def _run_trial(trial: Trial, job: dict[str, Any]) -> TrialResult:
             plugins=job["plugins"],
             skip_gradcheck=job["skip_gradcheck"],
             tags=tags,
+            stop_rule=rule,
         )
     except KnightctlError as error:
         status = "KILLED" if isinstance(error, Interrupted) else "FAILED"
         # Every line: a spec error's first line only counts its problems ("spec.yaml: 1 problem").
         why = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        return TrialResult(trial, status, getattr(error, "run_id", None), None, why)
+        return TrialResult(trial, status, getattr(error, "run_id", None), None, why, number=number)
     except KeyboardInterrupt:
-        return TrialResult(trial, "KILLED", None, None, "interrupted")
-    return TrialResult(trial, "FINISHED", result.run_id, None)  # its best value: read by the parent (`_add`)
+        return TrialResult(trial, "KILLED", None, None, "interrupted", number=number)
+    if rule is not None and rule.reason:
+        return TrialResult(trial, "PRUNED", result.run_id, None, rule.reason, number=number)
+    return TrialResult(trial, "FINISHED", result.run_id, None, number=number)  # its best value: read by `_add`

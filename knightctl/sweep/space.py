@@ -1,19 +1,18 @@
-"""A sweep's trials: a grid over spec paths, or random draws from distributions; each a list of `--set`s.
+"""A sweep's space: a grid over spec paths, or distributions to draw from; a trial is a list of `--set`s.
 
-`--grid optimizer.lr=0.1,0.01` takes the values as written; `--random optimizer.lr=loguniform:1e-4:1e-1`
-draws them (`uniform:LOW:HIGH`, `loguniform:LOW:HIGH`, `int:LOW:HIGH`, `choice:A,B,C`) from a
-generator seeded with the sweep's seed, so the same command draws the same trials. Either way a
+`--grid optimizer.lr=0.1,0.01` takes the values as written; `--random` or `--tpe
+optimizer.lr=loguniform:1e-4:1e-1` names a distribution (`uniform:LOW:HIGH`, `loguniform:LOW:HIGH`,
+`int:LOW:HIGH`, `choice:A,B,C`) that Optuna's sampler draws from (sweep/study.py). Either way a
 trial is `PATH=VALUE` strings that go through the same parser and typing as `--set`: the spec
-decides what a value means, and a bad path or value is the spec error `--set` would give.
-`space_axes` describes the same options as data (each path with its values or distribution), for
-the sweep's parent run to record and plot.
+decides what a value means, and a bad path or value is the spec error `--set` would give (for
+draws, each bound and choice is checked so). `space_axes` describes the options as data (each path
+with its values or distribution), for the study, the parent run's params and the plot.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import product
@@ -104,21 +103,17 @@ def grid_trials(grids: Sequence[str]) -> list[Trial]:
     return [Trial(tuple(combination)) for combination in product(*axes)]
 
 
-def random_trials(options: Sequence[str], count: int, seed: int) -> list[Trial]:
-    """`count` draws of every `PATH=DISTRIBUTION:ARGS` option, from a generator seeded with `seed`."""
-    draws = random.Random(seed)
-    parsed = [
-        (path, _distribution(path, text)) for path, text in (_path_and_text(option, "--random") for option in options)
-    ]
-    return [Trial(tuple(f"{path}={draw(draws)}" for path, draw in parsed)) for _ in range(count)]
+def check_draws(options: Sequence[str], flag: str = "--random") -> None:
+    """Each `PATH=DISTRIBUTION:ARGS` option read, or a SweepError naming it; one path given once."""
+    paths = [_check_distribution(*_path_and_text(option, flag), flag) for option in options]
+    if len(set(paths)) != len(paths):
+        raise SweepError(f"{flag}: a path given twice: {', '.join(sorted({p for p in paths if paths.count(p) > 1}))}")
 
 
-def sweep_key(spec_digest: str, trials: Sequence[Trial], metric: str, goal: str) -> str:
-    """Names a sweep across reruns: the same spec, the same trials and the same ranking (`metric`,
-    `goal`) give the same key. The ranking is part of it because the parent run records it as
-    params, which MLflow never lets change: ranked another way, a sweep is a new parent run."""
-    ranking = f"\n{metric}\n{goal}"
-    return hashlib.sha256((spec_digest + "".join(sorted(t.key for t in trials)) + ranking).encode()).hexdigest()[:16]
+def axis_checks(axes: Sequence[Axis]) -> list[str]:
+    """The --sets that stand for every value a drawn axis can take: each choice, each bound."""
+    values = [(axis.path, axis.values if axis.distribution == "choice" else axis.bounds) for axis in axes]
+    return [f"{path}={value}" for path, options in values for value in options]
 
 
 def _path_and_text(option: str, flag: str) -> tuple[str, str]:
@@ -146,13 +141,13 @@ def _split_option(option: str, flag: str) -> tuple[str, list[str]]:
     return path, values
 
 
-def _distribution(path: str, text: str):  # type: ignore[no-untyped-def]
-    """A function drawing one value (as --set text) from `NAME:ARGS`."""
+def _check_distribution(path: str, text: str, flag: str) -> str:
+    """`path`, once `NAME:ARGS` reads as one of the distributions, with bounds in order."""
     name, _, args = text.partition(":")
-    where = f"--random {path}={text}"
+    where = f"{flag} {path}={text}"
     if name == "choice":
-        choices = _split_option(f"{path}={args}", "--random")[1]
-        return lambda draws: draws.choice(choices)
+        _split_option(f"{path}={args}", flag)
+        return path
     if name not in _DISTRIBUTIONS:
         raise SweepError(f"{where}: unknown distribution {name!r}; use {', '.join(_DISTRIBUTIONS)}")
     low_text, _, high_text = args.partition(":")
@@ -164,8 +159,4 @@ def _distribution(path: str, text: str):  # type: ignore[no-untyped-def]
         ) from None
     if not low < high or (name == "loguniform" and low <= 0):
         raise SweepError(f"{where}: needs LOW < HIGH" + (", both above 0" if name == "loguniform" else ""))
-    if name == "int":
-        return lambda draws: str(draws.randint(low, high))
-    if name == "loguniform":
-        return lambda draws: repr(math.exp(draws.uniform(math.log(low), math.log(high))))
-    return lambda draws: repr(draws.uniform(low, high))
+    return path

@@ -23,7 +23,7 @@ _ERROR_CHARS = 120  # of a failed trial's error, in its status cell
 def sweep_outcome(outcome: SweepResult, status: str) -> str:
     """The sweep's outcome in one line: `FINISHED: best val/loss 0.0907 (trial lr=0.7, run 3f...) of 4
     trials; 1 FAILED`, `KILLED after 2 of 4 trials: best ... so far`, `FAILED: none of 4 trials finished`."""
-    total = len(outcome.trials) or len(outcome.results)
+    total = outcome.total or len(outcome.trials) or len(outcome.results)
     of = f"of {total:,} trial{'s' * (total != 1)}"
     best = outcome.best
     found = f"best {outcome.metric} {best.value:.4g} (trial {best.trial.label}, run {best.run_id})" if best else ""
@@ -89,8 +89,8 @@ def _link(experiment_id: str, run_id: str | None) -> str:
 
 
 def _status(result: TrialResult) -> str:
-    if result.status == "SKIPPED":  # its run finished in an earlier run of the sweep, and counts as such
-        return "FINISHED (earlier run)"
+    if result.status == "SKIPPED":  # an earlier run or another process finished it
+        return "FINISHED (earlier run or another process)"
     if result.status in ("FAILED", "KILLED") and result.error:
         error = result.error if len(result.error) <= _ERROR_CHARS else result.error[: _ERROR_CHARS - 1] + "…"
         return _cell(f"{result.status}: {error}")

@@ -1,7 +1,8 @@
-"""A sweep in MLflow: its parent run (made once, running again when the sweep is run again) and what
-the parent records: the space and the ranking as params, the base spec as artifacts, the trials'
-ranking as its description, a plot of them, and the best trial as tags and one metric. Also the
-trials an earlier run of the sweep finished, and each trial's history of the ranking metric."""
+"""A sweep in MLflow: its parent run (one per Optuna study, running again whenever a process works on
+the study) and what the parent records: the space, the study and the ranking as params, the base
+spec as artifacts, the trials' ranking as its description, a plot of them, and the best trial as
+tags and one metric. Also each trial's tags (its parent, study and number; pruned or not) and its
+history of the ranking metric."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ from knightctl.tracking.tags import (
     NOTE_TAG,
     OUTCOME_TAG,
     PARENT_TAG,
+    PRUNED_TAG,
     RUN_NAME_TAG,
+    STUDY_TAG,
     SWEEP_TAG,
     SWEEP_TRIALS_TAG,
+    TRIAL_NUMBER_TAG,
     TRIAL_OVERRIDES_TAG,
     TRIAL_TAG,
 )
@@ -43,17 +47,32 @@ def best_metric_name(metric: str) -> str:
 
 
 def open_parent(
-    uri: str, experiment: str, name: str, key: str, count: int, provenance: Mapping[str, str]
+    uri: str,
+    experiment: str,
+    name: str,
+    key: str,
+    count: int,
+    provenance: Mapping[str, str],
+    existing: str | None = None,
 ) -> tuple[Any, str, str]:
-    """The client, and the sweep's parent run and its experiment's id: the run an earlier run of this
-    sweep (same `key`) made, RUNNING again, or a new one with the `provenance` tags (who ran it, from
-    which spec file and commit) that a training run has."""
+    """The client, and the sweep's parent run and its experiment's id: `existing` (the study's) or the
+    run an earlier run of this sweep (same `key`) made, RUNNING again, or a new one with the
+    `provenance` tags (who ran it, from which spec file and commit) that a training run has."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     check_store(uri)
     with store_lock(uri):  # the store's tables and the experiment, made once, before any worker
         client = MlflowClient(uri)
         experiment_id = experiment_id_for(client, experiment)
+    if existing:
+        try:
+            run = client.get_run(existing)
+        except MlflowException:  # the study was tracked in another store: a new parent here
+            run = None
+        if run is not None and run.info.lifecycle_stage == "active":
+            client.update_run(existing, status="RUNNING")
+            return client, existing, run.info.experiment_id
     earlier = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{SWEEP_TAG}` = '{key}'",
@@ -77,12 +96,16 @@ def parent_params(
     goal: str,
     trials: int,
     seed: int | None,
+    study: tuple[str, str] | None = None,
     overrides: Sequence[str] = (),
 ) -> dict[str, str]:
     """The sweep as params: each swept path's values or distribution (`sweep.space.optimizer.lr`:
-    `[0.01, 0.1]`), how trials were made and ranked, and the base spec (`--set`s included) by name
-    and digest. Only what is set: the seed of random draws, the overrides when there are any."""
+    `[0.01, 0.1]`), how trials were made and ranked, the study (name and storage, its password
+    hidden) and the base spec (`--set`s included) by name and digest. Only what is set: the seed of
+    draws, the overrides when there are any."""
     params = {f"sweep.space.{axis.path}": axis.describe() for axis in axes}
+    if study is not None:
+        params |= {"sweep.study": study[0], "sweep.storage": hide_password(study[1])}
     params |= {"sweep.sampler": sampler, "sweep.trials": str(trials), "sweep.metric": metric, "sweep.goal": goal}
     if seed is not None:
         params["sweep.seed"] = str(seed)
@@ -117,29 +140,38 @@ def describe_parent(client: Any, outcome: SweepResult, status: str) -> None:
     client.log_batch(outcome.parent_run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
 
 
-def finished_trials(client: Any, parent_id: str) -> dict[str, str]:
-    """The trials an earlier run of this sweep finished: trial key -> run id."""
-    runs = client.search_runs(
-        [client.get_run(parent_id).info.experiment_id],
-        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
-        max_results=10000,
-    )
-    done: dict[str, str] = {}
-    for run in runs:
-        key = run.data.tags.get(TRIAL_TAG)
-        if key and run.info.status == "FINISHED" and key not in done:
-            done[key] = run.info.run_id
-    return done
-
-
 def metric_history(client: Any, run_id: str, metric: str) -> list[tuple[int, float]]:
     """Every (step, value) of `metric` that the run logged; empty if it never logged it."""
     return [(point.step, point.value) for point in client.get_metric_history(run_id, metric)]
 
 
-def trial_tags(parent_id: str, key: str, overrides: tuple[str, ...], label: str) -> dict[str, str]:
-    """The tags that make a training run a trial of the sweep, nested under its parent."""
-    return {PARENT_TAG: parent_id, TRIAL_TAG: key, TRIAL_OVERRIDES_TAG: "\n".join(overrides), RUN_NAME_TAG: label}
+def trial_tags(
+    parent_id: str, key: str, overrides: tuple[str, ...], label: str, *, study: str = "", number: int | None = None
+) -> dict[str, str]:
+    """The tags that make a training run a trial of the sweep, nested under its parent: its values,
+    name, and the Optuna study and trial number it is."""
+    tags = {PARENT_TAG: parent_id, TRIAL_TAG: key, TRIAL_OVERRIDES_TAG: "\n".join(overrides), RUN_NAME_TAG: label}
+    if study:
+        tags[STUDY_TAG] = study
+    if number is not None:
+        tags[TRIAL_NUMBER_TAG] = str(number)
+    return tags
+
+
+def mark_pruned(client: Any, run_id: str, reason: str) -> None:
+    """Tag a trial's run as pruned (it ended FINISHED, early, as `reason` says)."""
+    client.set_tag(run_id, PRUNED_TAG, reason)
+
+
+def hide_password(url: str) -> str:
+    """`postgresql://alice:***@host/db` for a URL with a password; any other as given."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def close_parent(client: Any, outcome: SweepResult, status: str) -> None:

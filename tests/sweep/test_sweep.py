@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from knightctl.errors import SpecError, SweepError
 from knightctl.sweep.run import sweep
-from knightctl.sweep.space import grid_trials, random_trials
+from knightctl.sweep.space import check_draws, grid_trials
 from knightctl.tracking.tags import PARENT_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,25 +29,17 @@ def test_a_grid_is_every_combination_in_order_and_keeps_bracketed_values_whole()
     assert len({t.key for t in trials}) == 4 and trials[0].label == "lr=0.1 betas=[0.9, 0.99]"
 
 
-def test_random_draws_are_in_range_and_the_same_for_the_same_seed() -> None:
-    options = [
-        "optimizer.lr=loguniform:1e-4:1e-1",
-        "train.batch_size=choice:32,64",
-        "train.epochs=int:2:5",
-        "data.noise=uniform:0:0.2",
-    ]
-    first, again = random_trials(options, 20, seed=3), random_trials(options, 20, seed=3)
-    assert first == again and first != random_trials(options, 20, seed=4)
-    for trial in first:
-        values = dict(item.split("=", 1) for item in trial.overrides)
-        assert 1e-4 <= float(values["optimizer.lr"]) <= 1e-1 and values["train.batch_size"] in ("32", "64")
-        assert 2 <= int(values["train.epochs"]) <= 5 and 0 <= float(values["data.noise"]) <= 0.2
+def test_every_distribution_reads_and_a_path_given_twice_is_refused() -> None:
+    check_draws(["optimizer.lr=loguniform:1e-4:1e-1", "train.batch_size=choice:32,64", "train.epochs=int:2:5"])
+    with pytest.raises(SweepError, match="a path given twice: optimizer.lr"):
+        check_draws(["optimizer.lr=uniform:0:1", "optimizer.lr=uniform:0:2"], "--tpe")
 
 
 @pytest.mark.parametrize(
     ("grid", "random", "message"),
     [
-        ([], [], "not both and not neither"),
+        ([], [], "one kind, not several or none"),
+        (["optimizer.lr=0.1"], ["optimizer.lr=uniform:0:1"], "one kind, not several or none"),
         ([], ["optimizer.lr=gauss:0:1"], "unknown distribution 'gauss'"),
         ([], ["optimizer.lr=loguniform:0:1"], "both above 0"),
         (["optimizer.lr"], [], "expected PATH=VALUES"),
@@ -56,7 +48,7 @@ def test_random_draws_are_in_range_and_the_same_for_the_same_seed() -> None:
 def test_a_bad_sweep_option_is_an_error_naming_it(grid: list[str], random: list[str], message: str) -> None:
     with pytest.raises(SweepError, match=message):
         sweep(ROUND_TABLE, grid=grid, random=random, trials=2, tracking_uri="sqlite:///unused.db")
-    assert not Path("unused.db").exists()
+    assert not Path("unused.db").exists() and not Path("optuna.db").exists()
 
 
 def test_a_bad_value_in_any_trial_is_the_spec_error_before_anything_runs(tmp_path: Path) -> None:
@@ -118,7 +110,7 @@ def test_four_trials_on_two_workers_store_every_trial_and_metric_and_a_rerun_ski
         "SKIPPED",
     ]  # only the failed ones ran again
     note = client.get_run(outcome.parent_run_id).data.tags["mlflow.note.content"]
-    assert note.count("| FINISHED (earlier run) | ") == 2  # the skipped trials, ranked by their runs' values
+    assert note.count("| FINISHED (earlier run or another process) | ") == 2  # ranked by their runs' values
     assert (
         len(
             client.search_runs(

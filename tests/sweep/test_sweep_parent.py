@@ -71,7 +71,10 @@ def test_the_parent_holds_the_space_the_spec_a_plot_and_the_trials_ranked_by_the
         "sweep.goal": "min",
         "sweep.base_spec.name": "round_table",
         "sweep.base_spec.overrides": "\n".join(SETS),
+        "sweep.study": params["sweep.study"],
+        "sweep.storage": f"sqlite:///{tmp_path.resolve()}/optuna.db",  # in the working folder, beside mlflow.db
     }
+    assert re.fullmatch(r"round_table-[0-9a-f]{12}", params["sweep.study"])
     assert re.fullmatch(r"[0-9a-f]{64}", params["sweep.base_spec.digest"])
     assert all(value.strip() and value != "None" for value in params.values())
 

@@ -15,7 +15,7 @@ import pytest
 from knightctl.spec.model import load_spec
 from knightctl.sweep.ranking import SweepResult, TrialResult, best_point, rank
 from knightctl.sweep.run import ranking_of
-from knightctl.sweep.space import Trial, grid_trials, random_trials, space_axes
+from knightctl.sweep.space import Trial, grid_trials, space_axes
 from knightctl.tracking.sweepnote import sweep_note, sweep_outcome
 from knightctl.tracking.sweepplots import sweep_figure
 from knightctl.tracking.sweeps import best_metric_name, parent_params
@@ -190,7 +190,7 @@ def test_the_plot_has_a_panel_per_swept_path_log_where_values_span_decades_and_t
     assert [a.get_title() for a in figure.axes] == ["optimizer.lr", "train.batch_size", "data.noise"]
     best = [t.get_text() for t in lr.get_legend().get_texts()]
     assert best == ["trial", "best: lr=0.0001 batch_size=full noise=0.1 (0.1)"]
-    drawn = random_trials(["optimizer.lr=loguniform:0.01:0.05"], 3, seed=1)  # loguniform: log, however narrow
+    drawn = [Trial((f"optimizer.lr={lr!r}",)) for lr in (0.0123, 0.0301, 0.0457)]  # loguniform: log, however narrow
     random_results = [scored(t, [(1, 0.2 + i / 10)], f"r{i}") for i, t in enumerate(drawn)]
     narrow = SweepResult(
         "p", "u", "val/loss", "min", random_results, drawn, space_axes([], ["optimizer.lr=loguniform:0.01:0.05"])
@@ -251,8 +251,8 @@ def test_a_trial_is_named_with_its_numbers_to_4_significant_digits(value: str, s
     trial = Trial((f"optimizer.lr={value}", "train.batch_size=64"))
     assert trial.label == f"lr={shown} batch_size=64"
     assert trial.values["optimizer.lr"] == value  # what it trains with, and its key, keep every digit
-    draws = random_trials(["optimizer.lr=loguniform:1e-4:1e-1"], 5, seed=0)
-    assert all(t.label == f"lr={float(t.values['optimizer.lr']):.4g}" for t in draws)
+    draws = [Trial((f"optimizer.lr={lr!r}",)) for lr in (0.00012345678, 0.0493827, 0.1)]
+    assert [t.label for t in draws] == ["lr=0.0001235", "lr=0.04938", "lr=0.1"]
 
 
 def test_each_trial_is_told_by_its_number_in_the_sweep_and_the_end_counts_ran_skipped_and_failed() -> None:
