@@ -18,10 +18,12 @@ from typing import Any
 from knightctl.errors import TrackingError
 from knightctl.plugins.events import EvaluationReport
 from knightctl.tracking.confusion import CONFUSION_ARTIFACT, CONFUSION_TABLE, confusion_figure, confusion_table
+from knightctl.tracking.datasets import dataset_input
 from knightctl.tracking.modelref import ModelReference
 from knightctl.tracking.note import evaluation_summary
 from knightctl.tracking.plots import save_png
 from knightctl.tracking.provenance import provenance_tags
+from knightctl.tracking.stores import new_run
 from knightctl.tracking.tags import EVALUATES_MODEL_TAG, EVALUATES_RUN_TAG, NOTE_TAG, OUTCOME_TAG
 
 EVALUATION = "evaluation"  # the dataset's context on the run
@@ -47,9 +49,8 @@ def log_evaluation(
 ) -> tuple[str, str]:
     """Log the evaluation as a FINISHED run; (its run id, its experiment id)."""
     import mlflow.data
-    from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
+    from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     client = MlflowClient(reference.tracking_uri)
     try:
@@ -68,14 +69,8 @@ def log_evaluation(
         }
         if reference.run_id:
             tags[EVALUATES_RUN_TAG] = reference.run_id
-        run = client.create_run(experiment_id, run_name=f"evaluate {reference.name} on {path.name}", tags=tags)
-        run_id = run.info.run_id
-        # The client takes dataset entities, and Dataset's only public way to one is the fluent
-        # mlflow.log_input, which needs this run active in this thread's fluent state.
-        client.log_inputs(
-            run_id,
-            datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, EVALUATION)])],
-        )
+        run_id = new_run(client, experiment_id, run_name=f"evaluate {reference.name} on {path.name}", tags=tags)
+        client.log_inputs(run_id, datasets=[dataset_input(dataset, EVALUATION)])
         now = int(time.time() * 1000)
         linked = {"model_id": reference.model_id} if reference.model_id else {}
         metrics = [

@@ -1,5 +1,6 @@
 """Where a run came from, as MLflow tags: the versions that made it, who ran it, the file it ran,
-and the git commit of the repository that holds that file. Training and gradcheck runs alike."""
+and the git commit, branch and remote of the repository that holds that file; over MLflow's own
+context tags for a new run. Training, sweep, evaluation and gradcheck runs alike."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import getpass
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from knightctl._version import __version__
 from knightctl.tracking.tags import (
@@ -24,28 +28,46 @@ from knightctl.tracking.tags import (
 if TYPE_CHECKING:
     from knightctl.spec.model import ExperimentSpec
 
+_GIT_TIMEOUT_S = 5  # a local git command takes milliseconds; 5 s covers a cold network file system
+
+
+@dataclass(frozen=True)
+class GitState:
+    """The repository around a folder: its commit, whether its work tree differs from it, the
+    branch checked out (None when detached) and the URL of its remote (origin first; None if none)."""
+
+    commit: str
+    dirty: bool
+    branch: str | None
+    remote: str | None
+
+
+def git_state(cwd: Path) -> GitState | None:
+    """The state of the repository around `cwd`, or None outside one (or in one without a commit)."""
+    try:
+        # One command for the commit, the branch and the changes (untracked files count).
+        status = _git(cwd, "status", "--porcelain=v2", "--branch")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    headers = dict(line[2:].split(" ", 1) for line in status.splitlines() if line.startswith("# ") and " " in line[2:])
+    commit, branch = headers.get("branch.oid", ""), headers.get("branch.head")
+    if not commit or commit == "(initial)":
+        return None
+    dirty = any(line and not line.startswith("#") for line in status.splitlines())
+    return GitState(commit, dirty, None if branch == "(detached)" else branch, _remote(cwd))
+
 
 def git_commit(cwd: Path) -> tuple[str, bool] | None:
     """(commit, dirty) of the repository around `cwd`, or None outside one."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit, bool(status.strip())
+    state = git_state(cwd)
+    return None if state is None else (state.commit, state.dirty)
 
 
 def provenance_tags(source: str, folder: Path) -> dict[str, str]:
     """knightctl, torch, mlflow and Python versions, the user, `source` (the spec file, or the command),
-    and the commit (and whether it is dirty) of the git repository around `folder`, if any."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container): MLflow shows none either
-        user = ""
+    and the commit (and whether it is dirty), branch and remote of the git repository around `folder`."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_REPO_URL
+
     tags = {
         VERSION_TAG: __version__,
         "torch.version": _version_of("torch"),
@@ -54,13 +76,43 @@ def provenance_tags(source: str, folder: Path) -> dict[str, str]:
         SOURCE_TYPE_TAG: "LOCAL",
         SOURCE_NAME_TAG: source,
     }
+    user = _user()
     if user:
         tags[USER_TAG] = user
-    repository = git_commit(folder)
+    repository = git_state(folder)
     if repository is not None:
-        tags[GIT_COMMIT_TAG], dirty = repository[0], repository[1]
-        tags["git.dirty"] = str(dirty).lower()
+        tags[GIT_COMMIT_TAG] = repository.commit
+        tags["git.dirty"] = str(repository.dirty).lower()
+        if repository.branch:
+            tags[MLFLOW_GIT_BRANCH] = repository.branch
+        if repository.remote:
+            tags[MLFLOW_GIT_REPO_URL] = repository.remote
     return tags
+
+
+def run_context_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags of a new run: MLflow's own context tags, as `mlflow.start_run` resolves them (the user,
+    the source, a Databricks job's or notebook's, those of any installed `mlflow.run_context_provider`
+    plugin), with `tags` (knightctl's provenance and the run's own) over them.
+
+    knightctl's source (the spec file, paired with its type) and git tags win: MLflow takes both
+    from `sys.argv[0]`, the knightctl script, which says nothing of the spec or its repository, so
+    MLflow's git context is left out. MLflow's user wins: it is the tracking server's user name
+    where credentials give one.
+    """
+    from mlflow.tracking.context.default_context import DefaultRunContext
+    from mlflow.tracking.context.git_context import GitRunContext
+    from mlflow.tracking.context.registry import resolve_tags
+
+    ours = dict(tags)
+    user = ours.pop(USER_TAG, None)
+    ignore = [GitRunContext]
+    if not _user():  # MLflow asks getpass too, fails the same way, and would log a warning on every run
+        ignore.append(DefaultRunContext)
+    resolved = resolve_tags(ours, ignore=ignore)
+    if user:
+        resolved.setdefault(USER_TAG, user)
+    return resolved
 
 
 def spec_provenance(spec: ExperimentSpec | None, fallback: str) -> dict[str, str]:
@@ -76,6 +128,37 @@ def model_source_tags(spec: ExperimentSpec, fallback: str) -> dict[str, str]:
     MLflow would otherwise take them from the process (`__main__.py` for `python -m knightctl`)."""
     keep = (SOURCE_TYPE_TAG, SOURCE_NAME_TAG, GIT_COMMIT_TAG, USER_TAG)
     return {key: value for key, value in spec_provenance(spec, fallback).items() if key in keep}
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=True
+    ).stdout
+
+
+def _remote(cwd: Path) -> str | None:
+    """The URL of the repository's `origin` remote, else of its first; a user name or token in an
+    http(s) URL is left out (a tag is readable by everyone who can read the run)."""
+    try:
+        listed = _git(cwd, "config", "--get-regexp", r"^remote\..*\.url$")
+    except (OSError, subprocess.SubprocessError):  # exit status 1: no remote
+        return None
+    urls = dict(line.split(" ", 1) for line in listed.splitlines() if " " in line)
+    url = urls.get("remote.origin.url") or next(iter(urls.values()), None)
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url  # scp-like `git@host:path` and ssh:// name an account, never a secret
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[1], parts.path, parts.query, parts.fragment))
+
+
+def _user() -> str:
+    """The login name of this process, or "" where the system has none for its uid (a container)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
 def _version_of(package: str) -> str:

@@ -28,6 +28,7 @@ from urllib.parse import unquote, urlparse
 
 from knightctl.errors import ResumeError, TrackingError
 from knightctl.tracking.owner import owner_alive, run_owner
+from knightctl.tracking.provenance import run_context_tags
 
 PROBE_TIMEOUT_S = 5.0  # one request to a server that answers takes milliseconds; 5 s covers a slow VPN
 _MIGRATE = "mlflow migrate-filestore --source {source} --target {target}"
@@ -160,22 +161,20 @@ def _has_run(uri: str, run_id: str) -> bool:
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock, across processes, on the sqlite store at `uri`; other URIs pass.
+    """Hold an exclusive lock, across processes and on every OS, on the sqlite store at `uri`; other
+    stores pass (a server or a database server orders its own writes).
 
     The lock file lives in the temporary folder, named after the database's absolute path, so that
     nothing is added beside the user's database.
     """
     database = sqlite_path(uri)
-    try:
-        import fcntl
-    except ImportError:  # Windows: MLflow's own lock is all there is
-        fcntl = None  # type: ignore[assignment]
-    if database is None or fcntl is None:
+    if database is None:
         yield
         return
+    from filelock import FileLock
+
     key = hashlib.sha256(str(database.resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"knightctl-store-{key}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+    with FileLock(Path(tempfile.gettempdir()) / f"knightctl-store-{key}.lock"):  # waits as long as it takes
         yield
 
 
@@ -194,14 +193,21 @@ def create_run(
         with store_lock(uri):
             client = MlflowClient(uri)
             experiment_id = experiment_id_for(client, experiment)
-        run_id = client.create_run(
-            experiment_id, start_time=start_time_ms, run_name=run_name, tags=dict(tags)
-        ).info.run_id
+        run_id = new_run(client, experiment_id, run_name=run_name, tags=tags, start_time_ms=start_time_ms)
     except TrackingError:
         raise
     except Exception as exc:  # a bad URI, a store MLflow cannot open: say which, not a traceback
         raise TrackingError(f"cannot start an MLflow run on {uri}: {type(exc).__name__}: {exc}") from None
     return client, experiment_id, run_id, notices
+
+
+def new_run(
+    client: Any, experiment_id: str, *, run_name: str, tags: Mapping[str, str], start_time_ms: int | None = None
+) -> str:
+    """Make a RUNNING run in experiment `experiment_id` with MLflow's own context tags under `tags`
+    (provenance.run_context_tags), as `mlflow.start_run` would; its id."""
+    tags = run_context_tags(tags)
+    return client.create_run(experiment_id, start_time=start_time_ms, run_name=run_name, tags=tags).info.run_id
 
 
 def experiment_id_for(client: Any, name: str) -> str:

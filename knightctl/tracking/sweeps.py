@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knightctl.tracking.plots import save_png
-from knightctl.tracking.stores import check_store, experiment_id_for, store_lock
+from knightctl.tracking.stores import check_store, experiment_id_for, new_run, store_lock
 from knightctl.tracking.sweepnote import sweep_note, sweep_outcome
 from knightctl.tracking.sweepplots import SWEEP_PLOT_ARTIFACT, sweep_figure
 from knightctl.tracking.tags import (
@@ -83,8 +83,7 @@ def open_parent(
         client.update_run(earlier[0].info.run_id, status="RUNNING")
         return client, earlier[0].info.run_id, experiment_id
     tags = {**provenance, SWEEP_TAG: key, SWEEP_TRIALS_TAG: str(count)}
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    return client, run.info.run_id, experiment_id
+    return client, new_run(client, experiment_id, run_name=name, tags=tags), experiment_id
 
 
 def parent_params(
@@ -96,17 +95,17 @@ def parent_params(
     goal: str,
     trials: int,
     seed: int | None,
-    study: tuple[str, str] | None = None,
     overrides: Sequence[str] = (),
+    study: tuple[str, str] | None = None,
 ) -> dict[str, str]:
     """The sweep as params: each swept path's values or distribution (`sweep.space.optimizer.lr`:
     `[0.01, 0.1]`), how trials were made and ranked, the study (name and storage, its password
     hidden) and the base spec (`--set`s included) by name and digest. Only what is set: the seed of
     draws, the overrides when there are any."""
     params = {f"sweep.space.{axis.path}": axis.describe() for axis in axes}
+    params |= {"sweep.sampler": sampler, "sweep.trials": str(trials), "sweep.metric": metric, "sweep.goal": goal}
     if study is not None:
         params |= {"sweep.study": study[0], "sweep.storage": hide_password(study[1])}
-    params |= {"sweep.sampler": sampler, "sweep.trials": str(trials), "sweep.metric": metric, "sweep.goal": goal}
     if seed is not None:
         params["sweep.seed"] = str(seed)
     params |= {"sweep.base_spec.name": spec.name, "sweep.base_spec.digest": spec.digest()}

@@ -22,7 +22,7 @@ from knightctl.checkpoint.files import load_checkpoint
 from knightctl.plugins.loader import load as load_plugins
 from knightctl.spec.model import load_spec
 from knightctl.tracking.run import flatten
-from knightctl.tracking.systemmetrics import next_interval
+from knightctl.tracking.systemmetrics import SystemSampler, next_interval
 from knightctl.training.build import build_components
 from knightctl.training.run import train
 from tests.conftest import best_model
@@ -165,6 +165,38 @@ def test_a_run_of_a_few_seconds_gets_ten_system_samples_from_when_training_start
     assert min(m.timestamp for m in cpu) >= first_loss - 1000  # ms: not during the set-up before the loop
     assert sorted(m.value for m in cpu)[0] > 0.0  # primed: psutil's first reading, 0%, is never published
     assert next_interval(0.0) == 0.25 and next_interval(30.0) == 3.0 and next_interval(3600.0) == 5.0
+
+
+def test_the_sampler_goes_on_from_a_resumed_run_s_steps_and_spares_a_lost_server_its_last_sample(
+    tmp_path: Path,
+) -> None:
+    """Through MLflow's own monitor: steps continue where the run's system metrics stopped; a stop
+    before the first interval still logs one sample, unless the server is away; no start, no sample."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("system")).info.run_id
+
+    def steps() -> list[int]:
+        return [m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")]
+
+    first = SystemSampler(uri, run_id)
+    first.begin()
+    deadline = time.monotonic() + 60  # s: samples come at 0.25 s, 0.5 s, ...; a loaded machine is late
+    while len(steps()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.finish()
+    logged = steps()
+    assert len(logged) >= 3 and logged == list(range(len(logged)))  # and the last, at the finish
+    resumed = SystemSampler(uri, run_id)
+    resumed.begin()
+    resumed.finish()  # before its first interval: the last sample alone
+    assert steps() == [*logged, len(logged)]
+    away = SystemSampler(uri, run_id)
+    away.begin()
+    away.finish(last_sample=False)
+    SystemSampler(uri, run_id).finish()  # never begun: training did not start
+    time.sleep(0.3)  # s: past the first interval, were anything still sampling
+    assert steps() == [*logged, len(logged)]
 
 
 def test_datasets_are_logged_with_digest_source_and_context(reviewed) -> None:

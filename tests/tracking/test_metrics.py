@@ -38,11 +38,17 @@ def test_the_first_non_finite_loss_is_named_by_its_step() -> None:
         metrics.collect()
 
 
-def test_gradient_norm_is_the_norm_of_all_gradients_together() -> None:
-    model = torch.nn.Linear(3, 2)
+def test_gradient_norm_is_the_norm_of_all_gradients_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With torch.nn.utils.get_total_norm (torch 2.6 on), and without it, as on torch 2.4 and 2.5; a
+    parameter without a gradient (frozen) counts for nothing, and no gradient at all is 0."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[1].bias.requires_grad_(False)
     model(torch.ones(4, 3)).sum().backward()
-    expected = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    expected = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm()
     assert torch.allclose(gradient_norm(model), expected)
+    monkeypatch.delattr(torch.nn.utils, "get_total_norm", raising=False)
+    assert torch.allclose(gradient_norm(model), expected)
+    assert gradient_norm(torch.nn.Linear(3, 2)).item() == 0.0
 
 
 @pytest.fixture

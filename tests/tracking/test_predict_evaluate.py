@@ -87,8 +87,11 @@ def test_predict_writes_class_names_and_probabilities_as_the_trained_model_answe
 
 
 @pytest.mark.slow
-def test_evaluate_measures_the_task_and_logs_an_evaluation_linked_to_the_model(trained) -> None:  # noqa: ANN001
+def test_evaluate_measures_the_task_and_logs_an_evaluation_linked_to_the_model(  # noqa: ANN001
+    trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder, store, result = trained
+    monkeypatch.setenv("MLFLOW_RUN_CONTEXT", '{"knightctl.test.hall": "camelot"}')  # read by MLflow's own context
     predicted = predict(str(result.run_id), folder / "held_out.csv", tracking_uri=store)
     assert predicted.text is not None
     answers = list(csv.DictReader(predicted.text.splitlines()))
@@ -109,6 +112,11 @@ def test_evaluate_measures_the_task_and_logs_an_evaluation_linked_to_the_model(t
     linked = {m.key: m for m in model.metrics if m.run_id == evaluation.run_id}
     assert linked["eval/accuracy"].dataset_name == "held_out.csv" and "eval/loss" in linked
     assert "confusion_matrix.json" in {a.path for a in client.list_artifacts(evaluation.run_id)}
+    (used,) = run.inputs.dataset_inputs  # the file, as an MLflow dataset in the evaluation's context
+    assert used.dataset.name == "held_out.csv" and used.dataset.source_type == "local"
+    assert used.dataset.digest == linked["eval/accuracy"].dataset_digest and used.tags[0].value == "evaluation"
+    assert run.data.tags["knightctl.test.hall"] == "camelot" and run.data.tags["mlflow.user"]
+    assert run.data.tags["mlflow.source.name"] == "knightctl evaluate held_out.csv"
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path:
         "--set",
         "train.log_every_n_steps=1",
         cwd=tmp_path,
+        env={"MLFLOW_RUN_CONTEXT": '{"knightctl.test.hall": "camelot"}'},  # read by MLflow's own context
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
@@ -50,6 +51,11 @@ def test_a_run_trained_against_a_server_is_complete_there(server: str, tmp_path:
     assert run.data.metrics["val/accuracy"] > 0.5 and "system/cpu_utilization_percentage" in run.data.metrics
     assert "| status | FINISHED |" in run.data.tags["mlflow.note.content"]
     assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation"}
+    assert all(i.dataset.digest and i.dataset.source_type == "code" for i in run.inputs.dataset_inputs)
+    tags = run.data.tags
+    assert tags["knightctl.test.hall"] == "camelot" and tags["mlflow.source.name"].endswith(
+        "experiments/round_table.yaml"
+    )
     artifacts = {a.path for folder in ("plots", "spec", "checkpoints") for a in client.list_artifacts(run_id, folder)}
     assert artifacts == {
         "plots/training_curves.png",

@@ -3,25 +3,32 @@
 Real processes only: an `mlflow server` (sqlite backend, proxied artifacts) killed with SIGKILL and
 started again on the same port and database; `knightctl train` subprocesses held at chosen epochs
 by tests/plugins/hold_at_epochs.py, so that the server goes away at a known point; `knightctl sync`.
-The journal itself is checked against a real sqlite store.
+The journal itself is checked against a real sqlite store, its lock against a second process, and
+the errors of a server away against a refusal's on real sockets and servers.
 """
 
 from __future__ import annotations
 
+import http.server
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
+from ports import free_port
 from processes import MlflowServer, run_knightctl, start_knightctl, wait_until
 
-from knightctl.tracking.offline.journal import Journal
+from knightctl.tracking.offline.fallback import failure_reason, is_connection_error
+from knightctl.tracking.offline.journal import LOCK_FILE, Journal
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUND_TABLE = ROOT / "experiments" / "round_table.yaml"
@@ -233,3 +240,78 @@ def test_an_entry_is_never_delivered_twice(sqlite_run: tuple[MlflowClient, str, 
     run = client.get_run(run_id)
     assert run.data.tags["stage"] == "done" and run.info.status == "FINISHED"
     assert journal.deliver(client).metrics == 0 and not journal.path.exists()
+
+
+HOLD_JOURNAL = """
+import sys, time
+from pathlib import Path
+from knightctl.tracking.offline.journal import Journal
+print("appending", flush=True)
+Journal(Path(sys.argv[1]), sys.argv[2], "sqlite:///x.db").add_tags({"by": "the other process"})
+print(time.time(), flush=True)
+"""
+
+
+def test_an_append_waits_for_the_journal_lock_another_process_holds(tmp_path: Path) -> None:
+    """The lock is a filelock on the journal folder's lock file: any process, on any OS, takes the same."""
+    root = tmp_path / "journal"
+    root.mkdir()
+    with FileLock(root / LOCK_FILE):
+        other = subprocess.Popen(
+            [sys.executable, "-c", HOLD_JOURNAL, str(root), "f" * 32], stdout=subprocess.PIPE, text=True
+        )
+        assert other.stdout is not None and other.stdout.readline() == "appending\n"
+        time.sleep(0.5)  # s: time for it to append, were the lock free
+        released = time.time()
+    appended = float(other.communicate(timeout=60)[0])
+    assert other.returncode == 0 and appended >= released
+    assert Journal(root, "f" * 32).pending().tags == 1
+
+
+class Answering(http.server.BaseHTTPRequestHandler):
+    """Answers every request with `status` and a text body, as a proxy before a busy server does."""
+
+    status = 503
+
+    def do_GET(self) -> None:
+        self.send_response(self.status)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        self.wfile.write(b"busy")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def failure_of(uri: str) -> Exception:
+    """What MlflowClient raises asking `uri` for a run that is not there."""
+    try:
+        MlflowClient(uri).get_run("0" * 32)
+    except Exception as exc:
+        return exc
+    pytest.fail(f"{uri} gave a run that does not exist")
+
+
+@pytest.mark.slow
+def test_a_lost_server_is_told_from_a_refusal_by_the_types_of_its_errors(
+    server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused, silent and 503 are a server away; the MLflow server's own 404 is a refusal."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")  # s: the silent server's wait
+    refused = failure_of(f"http://127.0.0.1:{free_port()}")
+    assert is_connection_error(refused) and failure_reason(refused) == "connection refused"
+    with socket.socket() as silent:  # takes connections (the kernel does), answers nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        timed_out = failure_of(f"http://127.0.0.1:{silent.getsockname()[1]}")
+    assert is_connection_error(timed_out) and failure_reason(timed_out).startswith("no answer within")
+    busy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answering)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
+    try:
+        unavailable = failure_of(f"http://127.0.0.1:{busy.server_address[1]}")
+    finally:
+        busy.shutdown()
+    assert is_connection_error(unavailable) and "error status" in failure_reason(unavailable)
+    refusal = failure_of(server.uri)  # RESOURCE_DOES_NOT_EXIST, a 404
+    assert not is_connection_error(refusal) and "not found" in failure_reason(refusal).lower()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,7 +17,8 @@ from ports import free_port
 from processes import run_knightctl, start_knightctl
 
 from knightctl.errors import TrackingError
-from knightctl.tracking.stores import sqlite_path
+from knightctl.tracking.provenance import git_state, provenance_tags
+from knightctl.tracking.stores import create_run, sqlite_path, store_lock
 from knightctl.training.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,3 +174,67 @@ def test_the_default_store_follows_the_working_folder_from_run_to_run(
     for folder, run_id in zip(folders, run_ids, strict=True):
         run = MlflowClient(f"sqlite:///{folder}/mlflow.db").get_run(run_id)
         assert run.info.status == "FINISHED" and "train/loss" in run.data.metrics
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_new_run_has_mlflow_s_context_tags_under_knightctl_s_provenance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's context providers tag the run (here: the tags MLFLOW_RUN_CONTEXT names, and the user its
+    credentials give); the spec file is its source, and its git tags are the spec's repository's, not
+    those of the repository around sys.argv[0] (this checkout, for pytest)."""
+    quest = tmp_path / "quest"
+    quest.mkdir()
+    git(quest, "init", "-q", "-b", "grail")
+    (quest / "round_table.yaml").write_text(ROUND_TABLE.read_text())
+    git(quest, "add", ".")
+    git(quest, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    git(quest, "remote", "add", "origin", "https://merlin:s3cret@example.com/knights/quest.git")
+    monkeypatch.setenv("MLFLOW_RUN_CONTEXT", json.dumps({"knightctl.test.hall": "camelot"}))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "arthur")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = quest / "round_table.yaml"
+    client, _, run_id, _ = create_run(uri, "quest", run_name="r", tags=provenance_tags(str(spec), quest))
+    tags = client.get_run(run_id).data.tags
+    assert tags["knightctl.test.hall"] == "camelot" and tags["mlflow.user"] == "arthur"  # MLflow's
+    assert tags["mlflow.source.name"] == str(spec) and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == git(quest, "rev-parse", "HEAD") and tags["git.dirty"] == "false"
+    assert tags["mlflow.source.git.branch"] == "grail"
+    assert tags["mlflow.source.git.repoURL"] == "https://example.com/knights/quest.git"  # the token left out
+    assert tags["mlflow.runName"] == "r"
+
+
+def test_a_spec_outside_any_repository_has_no_git_tags_at_all(tmp_path: Path) -> None:
+    """Not even MLflow's, which would name the repository of sys.argv[0] (this checkout, for pytest)."""
+    if git_state(tmp_path) is not None:
+        pytest.skip("the temporary folder is inside a git repository here")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client, _, run_id, _ = create_run(uri, "loose", run_name="r", tags=provenance_tags("loose.yaml", tmp_path))
+    tags = client.get_run(run_id).data.tags
+    assert tags["mlflow.source.name"] == "loose.yaml"
+    assert not [key for key in tags if key.startswith(("mlflow.source.git", "git."))]
+
+
+HOLD_LOCK = """
+import sys, time
+from knightctl.tracking.stores import store_lock
+print("waiting", flush=True)
+with store_lock(sys.argv[1]):
+    print(time.time(), flush=True)
+"""
+
+
+def test_the_store_lock_holds_a_second_process_until_the_first_lets_go(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with store_lock(uri):
+        other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, uri], stdout=subprocess.PIPE, text=True)
+        assert other.stdout is not None and other.stdout.readline() == "waiting\n"
+        time.sleep(0.5)  # s: time for it to take the lock, were it free
+        released = time.time()
+    acquired = float(other.communicate(timeout=60)[0])
+    assert other.returncode == 0 and acquired >= released
+    with store_lock(f"sqlite:///{tmp_path}/other.db"), store_lock("http://127.0.0.1:1"):
+        pass  # another database has a lock of its own; a server none

@@ -12,8 +12,10 @@ skipped (a packed model cannot be journaled cheaply, and best.pt and the final c
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,27 +40,41 @@ def is_http(uri: str) -> bool:
 def is_connection_error(exc: BaseException) -> bool:
     """Whether `exc` means the server is away (no connection, no answer in time, 5xx, 429), not a refusal.
 
-    MLflow wraps a `requests` error in an MlflowException without `from`, so the chain is walked
-    through `__context__` too. A refusal (a deleted run, a bad value) is a 4xx; a local file error
-    is not about the server either.
+    Told by the exception types that MLflow, requests and the standard library document, never by
+    module names or message text. MLflow raises `MlflowException` for every failed request: with
+    the server's error code when it answered (`get_http_status_code()`), and around the `requests`
+    error when it did not, without `from` but for timeouts, so the chain is walked through
+    `__context__` too. A refusal (a deleted run, a bad value) is a 4xx; a bad URL, a certificate
+    the client does not trust and a local file error are not about the server being there either.
     """
-    for error in _chain(exc):
+    from mlflow.exceptions import InvalidUrlException, MlflowException
+
+    chain = _chain(exc)
+    if any(isinstance(error, (InvalidUrlException, ssl.SSLCertVerificationError)) for error in chain):
+        return False
+    for error in chain:
         if _is_network(error):
             return True
-        status = getattr(error, "get_http_status_code", None)
-        if callable(status) and (status() >= 500 or status() == _RETRYABLE_STATUS):
-            return True
+        if isinstance(error, MlflowException):
+            status = error.get_http_status_code()
+            if status >= 500 or status == _RETRYABLE_STATUS:
+                return True
     return False
 
 
 def failure_reason(exc: BaseException) -> str:
     """A few words on why a call failed, for a one-line message."""
+    import requests
+
     chain = _chain(exc)
-    text = " ".join(str(error) for error in chain)
-    if "Connection refused" in text:
+    if any(isinstance(error, ConnectionRefusedError) for error in chain):
         return "connection refused"
-    if "timed out" in text or "Timeout" in text:
+    if any(isinstance(error, (TimeoutError, requests.exceptions.Timeout)) for error in chain):
         return f"no answer within {FAIL_FAST_ENV['MLFLOW_HTTP_REQUEST_TIMEOUT']} s"
+    if any(isinstance(error, socket.gaierror) for error in chain):
+        return "its host name does not resolve"
+    if any(isinstance(error, requests.exceptions.RetryError) for error in chain):
+        return "it answered with an error status (429 or 5xx)"  # urllib3's retries ran out on it
     if any(_is_network(error) for error in chain):
         return "the connection was lost"
     first = first_line(exc) or type(exc).__name__
@@ -66,11 +82,23 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def _is_network(error: BaseException) -> bool:
-    """A failure of the connection itself: refused, reset, timed out, unknown host; in `requests`,
-    `urllib3` or the standard library."""
-    if isinstance(error, (ConnectionError, TimeoutError, socket.gaierror)):
-        return True
-    return type(error).__module__.split(".")[0] in ("requests", "urllib3", "http")
+    """A failure of the connection itself, as `requests` or the standard library raise it: refused,
+    reset, timed out, an unknown host, a response cut short, or retries spent on 429 and 5xx answers."""
+    import requests
+
+    return isinstance(
+        error,
+        (
+            ConnectionError,  # the standard library's: refused, reset, aborted, a broken pipe
+            TimeoutError,
+            socket.gaierror,
+            http.client.HTTPException,  # a response cut short, a status line that is not one
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.RetryError,
+        ),
+    )
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from knightctl.tracking.sqlitemetrics import MetricTuple
+MetricTuple = tuple[str, float, int, int]  # key, value, timestamp (ms), step: a metric as journaled and sent
 
 JOURNAL_DIR = Path(".knightctl") / "journal"
+LOCK_FILE = ".lock"  # in the journal folder: a dot name, so that no run's journal is ever taken for it
 _BATCH_LIMIT = 1000  # metrics per log_batch call: MLflow's own limit
 
 
@@ -235,13 +236,9 @@ def _last_byte(path: Path) -> bytes:
 
 @contextmanager
 def _locked(root: Path) -> Iterator[None]:
-    """Hold the journal folder's lock (blocking); on systems without fcntl, go on unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: one process at a time is the user's care
-        yield
-        return
+    """Hold the journal folder's lock, waiting for it as long as it takes, on every OS."""
+    from filelock import FileLock
+
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+    with FileLock(root / LOCK_FILE):
         yield

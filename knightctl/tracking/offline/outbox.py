@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from knightctl.tracking.offline.fallback import failure_reason, is_connection_error, is_http, shown_path
-from knightctl.tracking.offline.journal import Journal
-from knightctl.tracking.sqlitemetrics import MetricTuple
+from knightctl.tracking.offline.journal import Journal, MetricTuple
 
 FIRST_RETRY_S = 2.0  # a restarting server is often back within seconds
 MAX_RETRY_S = 30.0  # a server away for long is still found within half a minute of its return
