@@ -167,7 +167,30 @@ def _version_of(package: str) -> str:
     module = sys.modules.get(package)
     if module is not None and hasattr(module, "__version__"):
         return str(module.__version__)
+    if built := _built_version(package):
+        return built
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return ""
+
+
+def _built_version(package: str) -> str | None:
+    """The `__version__` a package's `version.py` holds, read without importing the package: torch's
+    there carries its build (`2.5.1+cu124`), which the metadata of a wheel from a registry lacks
+    (`2.5.1`), so a sweep's parent names the same torch as its trials, which import it."""
+    import importlib.util
+    import re
+
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    try:
+        text = (Path(next(iter(found.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+    return match.group(1) if match else None

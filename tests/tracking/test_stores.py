@@ -238,3 +238,17 @@ def test_the_store_lock_holds_a_second_process_until_the_first_lets_go(tmp_path:
     assert other.returncode == 0 and acquired >= released
     with store_lock(f"sqlite:///{tmp_path}/other.db"), store_lock("http://127.0.0.1:1"):
         pass  # another database has a lock of its own; a server none
+
+
+def test_a_process_that_never_imports_torch_names_the_same_torch_build_as_one_that_does() -> None:
+    """A sweep's parent reads torch's version from its version.py: a wheel's metadata can lack the
+    build (`2.5.1` for `2.5.1+cu124`), and the trials, which import torch, give torch.__version__."""
+    import subprocess
+    import sys
+
+    import torch
+
+    code = "import sys; from knightctl.tracking.provenance import provenance_tags as p; "
+    code += "from pathlib import Path; print(p('x', Path('.'))['torch.version'], 'torch' in sys.modules)"
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert printed == [torch.__version__, "False"]
