@@ -6,6 +6,7 @@ error, never a silent fallback.
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import secrets
@@ -109,7 +110,10 @@ def set_deterministic(enabled: bool) -> None:
         # Importing torch's own test utilities (as a plugin that defines OpInfo entries does)
         # freezes attribute assignment to the cudnn flags. set_flags is the function torch's
         # `cudnn.flags()` context uses; it takes None for the flags to leave alone.
-        torch.backends.cudnn.set_flags(_benchmark=False, _deterministic=enabled, _fp32_precision=None)
+        flags: dict[str, object] = {"_benchmark": False, "_deterministic": enabled}
+        if "_fp32_precision" in inspect.signature(torch.backends.cudnn.set_flags).parameters:
+            flags["_fp32_precision"] = None  # torch 2.9+: its default would reset the precision
+        torch.backends.cudnn.set_flags(**flags)
     else:
         torch.backends.cudnn.deterministic = enabled
         torch.backends.cudnn.benchmark = False

@@ -73,7 +73,8 @@ def _complete(shell: str, line: str, cwd: Path, **env: str | None) -> list[str]:
 def test_the_completion_command_prints_clicks_script_for_each_shell(shell: str) -> None:
     printed, _ = _knightctl("completion", shell)
     sourced, _ = _knightctl(env={"_KNIGHTCTL_COMPLETE": f"{shell}_source"})
-    assert printed == sourced and MARKERS[shell] in printed
+    # click < 8.2 echoes its source script with one more newline at the end
+    assert printed.rstrip("\n") == sourced.rstrip("\n") and MARKERS[shell] in printed
     assert "_KNIGHTCTL_COMPLETE=" in printed.replace("%(complete_var)s", "")
 
 

@@ -25,7 +25,8 @@ opinfo_core = pytest.importorskip(
     "torch.testing._internal.opinfo.core", reason="torch's OpInfo needs expecttest (pip install -e '.[test]')"
 )
 OpInfo, SampleInput = opinfo_core.OpInfo, opinfo_core.SampleInput
-
+# torch < 2.5's OpInfo takes only its own tuple subclass as dtypes
+from torch.testing._internal.common_dtype import _dispatch_dtypes  # noqa: E402
 
 FORMS = import_plugin_file(Path(__file__).resolve().parents[1] / "plugins" / "gradcheck_forms.py")
 
@@ -102,7 +103,9 @@ def only_the_square(op_info, device, dtype, requires_grad, **kwargs):
 
 
 def entry(name: str, op, samples=one_input, **flags) -> OpInfo:
-    return OpInfo(name, op=op, dtypes=(torch.float32, torch.float64), sample_inputs_func=samples, **flags)
+    return OpInfo(
+        name, op=op, dtypes=_dispatch_dtypes((torch.float32, torch.float64)), sample_inputs_func=samples, **flags
+    )
 
 
 def test_a_correct_entry_passes_every_check_it_claims() -> None:
@@ -173,7 +176,7 @@ def test_a_gradcheck_wrapper_of_its_own_is_applied_and_the_default_is_not() -> N
 
 def test_an_entry_without_autograd_is_n_a_and_one_without_float64_is_refused() -> None:
     assert check_op(OpDef.from_opinfo(entry("cube", _Cube.apply, supports_autograd=False))).verdict == "n/a"
-    single = OpInfo("cube32", op=_Cube.apply, dtypes=(torch.float32,), sample_inputs_func=one_input)
+    single = OpInfo("cube32", op=_Cube.apply, dtypes=_dispatch_dtypes((torch.float32,)), sample_inputs_func=one_input)
     with pytest.raises(PluginError, match=r"OpInfo 'cube32' does not list torch.float64"):
         OpDef.from_opinfo(single)
 
@@ -186,6 +189,7 @@ PLUGIN = textwrap.dedent(
 
     import torch
     from torch.testing import make_tensor
+    from torch.testing._internal.common_dtype import _dispatch_dtypes
     from torch.testing._internal.opinfo.core import OpInfo, SampleInput
 
     from knightctl import hookimpl
@@ -196,9 +200,9 @@ PLUGIN = textwrap.dedent(
         yield SampleInput(make_tensor(3, 2, device=device, dtype=dtype, requires_grad=requires_grad, low=0.5, high=2.0))
 
     op_db = [
-        OpInfo("{ns}::twice", op=torch.ops.{ns}.twice, dtypes=(torch.float64,), sample_inputs_func=samples, \
-supports_forward_ad=True),
-        OpInfo("{bad_name}", op=torch.sin, dtypes=(torch.float32,), sample_inputs_func=samples),
+        OpInfo("{ns}::twice", op=torch.ops.{ns}.twice, dtypes=_dispatch_dtypes((torch.float64,)), \
+sample_inputs_func=samples, supports_forward_ad=True),
+        OpInfo("{bad_name}", op=torch.sin, dtypes=_dispatch_dtypes((torch.float32,)), sample_inputs_func=samples),
     ]
 
 
