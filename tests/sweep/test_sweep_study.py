@@ -83,7 +83,9 @@ def test_a_study_stopped_by_ctrl_c_goes_on_where_it_stood_and_prunes_a_trial_tha
     statuses = {result.trial.label: result.status for result in outcome.results}
     assert statuses == {"lr=0.1": "SKIPPED", "lr=0.05": "FINISHED", "lr=0.0001": "PRUNED"}
     assert len(_children(client, parent.info.run_id)) == 3
-    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    reopened = client.get_run(parent.info.run_id)
+    assert reopened.info.status == "FINISHED"
+    assert "| FINISHED (earlier run or another process) |" in reopened.data.tags["mlflow.note.content"]
     pruned = next(result for result in outcome.results if result.status == "PRUNED")
     run = client.get_run(pruned.run_id)
     assert run.info.status == "FINISHED"  # pruned is no failure
