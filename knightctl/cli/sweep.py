@@ -73,6 +73,14 @@ from knightctl.cli.completion import complete_spec
     "at that step (after two completed); it ends FINISHED, tagged pruned.",
 )
 @click.option(
+    "--prune-warmup",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    metavar="STEPS",
+    help="No trial is pruned before this step (a slow start is not a bad trial).",
+)
+@click.option(
     "--workers",
     type=click.IntRange(1, 256),
     default=1,
@@ -110,6 +118,7 @@ def sweep(
     study: str | None,
     storage: str | None,
     prune: str,
+    prune_warmup: int,
     workers: int,
     metric: str | None,
     goal: str,
@@ -143,6 +152,7 @@ def sweep(
             study=study,
             storage=storage,
             prune=prune,  # type: ignore[arg-type]
+            prune_warmup=prune_warmup,
             workers=workers,
             metric=metric,
             goal=goal,

@@ -79,6 +79,7 @@ def sweep(
     study: str | None = None,
     storage: str | None = None,
     prune: Literal["none", "median"] = "none",
+    prune_warmup: int = 0,
     overrides: Sequence[str] = (),
     device: str | None = None,
     threads: int | str | None = None,
@@ -90,7 +91,8 @@ def sweep(
     """Run this process's share of the sweep over `spec`: a grid (`grid`), or `trials` draws of
     distributions by Optuna's random sampler (`random`) or TPE (`tpe`), `workers` at a time, in the
     study `study` of `storage` (default: one named after the spec and the sweep, in optuna.db), which
-    other processes may share; each trial with `threads` torch threads (None: its spec's train.threads)."""
+    other processes may share; pruned by `prune` after each trial's first `prune_warmup` steps; each
+    trial with `threads` torch threads (None: its spec's train.threads)."""
     check_threads(threads)
     sampler, options = _sampler_of(grid, random, tpe, trials)
     axes = space_axes(options, ()) if sampler == "grid" else space_axes((), options)
@@ -127,7 +129,7 @@ def sweep(
         "overrides": [*overrides, f"train.monitor={metric}", f"train.monitor_mode={goal}"],
         "uri": uri,
         "parent": outcome.parent_run_id,
-        "study": (shared.url, shared.name, prune),
+        "study": (shared.url, shared.name, prune, prune_warmup),
         "metric": metric,
         "device": device,
         "threads": threads,
@@ -338,10 +340,10 @@ def _run_trial(trial: Trial, number: int, job: dict[str, Any]) -> TrialResult:
     and a trial of its study, reporting to the study's pruner when there is one."""
     from knightctl.training.run import train  # torch: the workers train, the sweep's own process never does
 
-    url, name, prune = job["study"]
+    url, name, prune, warmup = job["study"]
     tags = trial_tags(job["parent"], trial.key, trial.overrides, trial.label, study=name, number=number)
     try:
-        rule = pruning_rule(url, name, number, prune, job["metric"])
+        rule = pruning_rule(url, name, number, prune, job["metric"], warmup)
         result = train(
             job["spec"],
             overrides=[*job["overrides"], *trial.overrides],

@@ -283,11 +283,12 @@ def open_study(
     return SweepStudy(study, storage, url, name, axes, sampler, seed, budget, grid, created)
 
 
-def make_pruner(kind: str) -> optuna.pruners.BasePruner:
+def make_pruner(kind: str, warmup_steps: int = 0) -> optuna.pruners.BasePruner:
     """`median`: a trial stops at an evaluation where its value is worse than the median of the
-    completed trials' at the same step, once two trials completed; `none`: never."""
+    completed trials' at the same step, once two trials completed and past its first `warmup_steps`
+    steps; `none`: never."""
     if kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup_steps)
     return optuna.pruners.NopPruner()
 
 
@@ -332,10 +333,13 @@ class Pruning:
     """For a worker: the `train(stop_rule=...)` that reports `metric` at each evaluation to its trial of
     the study and ends training when the study's pruner says so; `reason` tells why, once it has."""
 
-    def __init__(self, url: str, name: str, number: int, pruner: str, metric: str) -> None:
+    def __init__(self, url: str, name: str, number: int, pruner: str, metric: str, warmup_steps: int = 0) -> None:
         storage = optuna.storages.RDBStorage(absolute_storage(url), engine_kwargs=_engine_kwargs(url))
         study = optuna.load_study(
-            study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(pruner)
+            study_name=name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),
+            pruner=make_pruner(pruner, warmup_steps),
         )
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), number)
         # Optuna's documented Trial(study, trial_id): the trial the sweep's own process asked for, so
@@ -357,9 +361,9 @@ class Pruning:
         return self.reason
 
 
-def pruning_rule(url: str, name: str, number: int, pruner: str, metric: str) -> Pruning | None:
-    """The trial's `Pruning`, or None when the sweep prunes nothing."""
-    return None if pruner == "none" else Pruning(url, name, number, pruner, metric)
+def pruning_rule(url: str, name: str, number: int, pruner: str, metric: str, warmup_steps: int = 0) -> Pruning | None:
+    """The trial's `Pruning` (never before step `warmup_steps`), or None when the sweep prunes nothing."""
+    return None if pruner == "none" else Pruning(url, name, number, pruner, metric, warmup_steps)
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
