@@ -11,12 +11,15 @@ The tracked time is the training loop plus the wait, after it, until every queue
 (`loop_seconds + store_wait_seconds`): what logging adds to training. The untracked time is the
 same loop under --no-track. Run set-up (creating the run, starting the writer process) and model
 logging are left out on both sides: they cost the same whatever the run's length. Runs alternate
-in A-B-B-A order and the figure is the median of the pairs' ratios.
+in A-B-B-A order and the figure is the median of the pairs' ratios; "wait" is the median time
+after the loop until the last metric was stored (part of the tracked time).
 
 For contrast, `--mlflow-direct` also times MLflow's own `log_metric` called at every step on the
 chapter's model (synchronous, and with `synchronous=False`).
 
-    python benchmarks/logging_overhead.py [--pairs 5] [--mlflow-direct]
+    python benchmarks/logging_overhead.py [--pairs 5] [--only TEXT] [--mlflow-direct]
+
+`--only every` runs the cases whose label contains "every" (the two logged at every step).
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ RATES = {"every step": ["train.log_every_n_steps=1"], "default": []}
 CHECKPOINTS = tempfile.TemporaryDirectory(prefix="knightctl-benchmark-")  # the runs' checkpoints, removed at exit
 
 
-def training_seconds(spec: Path, overrides: list[str], uri: str | None) -> tuple[float, int]:
-    """(seconds of training until its metrics are stored, steps) for one run."""
+def training_seconds(spec: Path, overrides: list[str], uri: str | None) -> tuple[float, int, float]:
+    """(seconds of training until its metrics are stored, steps, seconds of that after the loop) for one run."""
     result = train(
         spec,
         overrides=[*overrides, "tracking.log_model=false"],
@@ -55,23 +58,24 @@ def training_seconds(spec: Path, overrides: list[str], uri: str | None) -> tuple
         skip_gradcheck=True,
         checkpoint_dir=CHECKPOINTS.name,
     )
-    return result.loop_seconds + result.store_wait_seconds, result.steps
+    return result.loop_seconds + result.store_wait_seconds, result.steps, result.store_wait_seconds
 
 
 def measure(label: str, spec: Path, overrides: list[str], pairs: int, uri: str) -> None:
     training_seconds(spec, [*overrides, "train.epochs=1"], uri)  # warm-up: imports, tables, caches
-    ratios, tracked_times, plain_times = [], [], []
+    ratios, tracked_times, plain_times, waits = [], [], [], []
     for pair in range(pairs):
         order = (None, uri) if pair % 2 == 0 else (uri, None)
         times = {}
         for target in order:
-            times[target], steps = training_seconds(spec, overrides, target)
+            times[target], steps, wait = training_seconds(spec, overrides, target)
+        waits.append(wait)  # the tracked run's: an untracked run has nothing to wait for
         tracked_times.append(times[uri])
         plain_times.append(times[None])
         ratios.append(times[uri] / times[None])
     print(
         f"{label:<46} {steps:>5} steps  untracked {statistics.median(plain_times):6.2f} s  "
-        f"tracked {statistics.median(tracked_times):6.2f} s  "
+        f"tracked {statistics.median(tracked_times):6.2f} s (wait {statistics.median(waits):4.2f} s)  "
         f"ratio {statistics.median(ratios):.3f}x (pairs: {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 
@@ -113,6 +117,7 @@ def mlflow_direct(uri: str, synchronous: bool, epochs: int = 30) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--only", default="", help="run only the cases whose label contains this text")
     parser.add_argument("--mlflow-direct", action="store_true", help="also time MLflow's own per-step log_metric")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -120,6 +125,8 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; store {uri}")
         for case, (spec, overrides) in CASES.items():
             for rate, rate_overrides in RATES.items():
+                if args.only not in f"{case}, {rate}":
+                    continue
                 measure(f"{case}, {rate}", spec, [*overrides, *rate_overrides], args.pairs, uri)
         if args.mlflow_direct:
             for synchronous in (True, False):

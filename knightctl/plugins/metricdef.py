@@ -17,6 +17,12 @@ from knightctl.errors import PluginError
 TargetKind = Literal["binary", "class", "real"]
 Goal = Literal["min", "max"]
 TARGETS: tuple[TargetKind, ...] = ("binary", "class", "real")
+# Characters in a metric's name. MLflow refuses a metric key over 250 characters; the longest key
+# knightctl makes of a name is a sweep parent's `sweep/best_val_<name>_<class>` (tracking/sweeps.py):
+# 16 characters around the name and a class key of at most 60, plus `_N` for a repeated class
+# (training/taskmetrics.py), so 128 leaves room. Every other MLflow rule the registry's names
+# already keep: letters, digits, '_', '.', '-' only ('::' is logged as '.'), never a path such as '..'.
+MAX_NAME_LENGTH = 128
 
 
 class _NoOptions(BaseModel):
@@ -63,7 +69,14 @@ def metric_key(name: str) -> str:
 
 
 def check_metric(definition: MetricDef, what: str) -> None:
-    """Refuse a metric whose `fn`, `goal` or `targets` is not what the run will need (`what` names it)."""
+    """Refuse a metric whose name is too long for MLflow's keys, or whose `fn`, `goal` or `targets` is not
+    what the run will need (`what` names it)."""
+    if len(definition.name) > MAX_NAME_LENGTH:
+        raise PluginError(
+            f"{what}: the name has {len(definition.name)} characters; a metric's name may have at most "
+            f"{MAX_NAME_LENGTH}, so that every key it is logged under (val/<name>/<class>, eval/..., sweep/...) "
+            "is one MLflow takes (250 characters at most)"
+        )
     if not callable(definition.fn):
         raise PluginError(f"{what}: fn is not callable")
     if definition.goal not in ("min", "max"):

@@ -1,9 +1,9 @@
 """MLflow: a run's lifecycle (`run`), checking a store first (`stores`), metrics written off the
-training process (`metricwriter`, `sqlitemetrics`), what a run records (`record`, `note`,
-`datasets`, `plots`, `plugintags`), the tag names (`tags`), who owns a running run (`owner`), a
-distributed job's failure (`failures`), a sweep's parent run (`sweeps`), a run's checkpoints
-(`checkpoints`), reading runs back (`runlist`) and serving the UI (`ui`). `offline` keeps what a
-lost server could not take. Only this package (and gradcheck's own logging) imports mlflow.
+training process (`metricwriter`), what a run records (`record`, `note`, `datasets`, `plots`,
+`plugintags`), the tag names (`tags`), who owns a running run (`owner`), a distributed job's
+failure (`failures`), a sweep's parent run (`sweeps`), a run's checkpoints (`checkpoints`),
+reading runs back (`runlist`) and serving the UI (`ui`). `offline` keeps what a lost server could
+not take. Only this package (and gradcheck's own logging) imports mlflow.
 """
 
 from knightctl._lazy import lazy_exports
@@ -13,13 +13,11 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "BOUNDARY_ARTIFACT": "plots",
         "CURVES_ARTIFACT": "plots",
-        "InactiveRun": "sqlitemetrics",
         "MetricWriter": "metricwriter",
         "MlflowRun": "run",
         "NOTE_TAG": "run",
         "RunComparison": "runlist",
         "RunSummary": "runlist",
-        "SqliteMetricSink": "sqlitemetrics",
         "absolute_uri": "stores",
         "amend_note": "note",
         "check_servable": "ui",

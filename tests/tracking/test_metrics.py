@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,7 +66,7 @@ def test_the_writer_process_stores_every_metric(store_run: tuple[MlflowClient, s
     client, uri, run_id = store_run
     writer = MetricWriter(uri, run_id)
     writer.wait_ready()
-    for step in range(1, 2501):  # more than one log_batch call (1000 metrics each)
+    for step in range(1, 2501):  # more than one log_batch call (MLflow takes 1000 metrics a call)
         writer.add(step, {"a": step / 10})
         if step % 700 == 0:
             writer.flush()
@@ -88,55 +90,49 @@ def test_metrics_the_store_refuses_fail_loudly_at_close(store_run: tuple[MlflowC
     writer.wait_ready()
     client.delete_run(run_id)  # MLflow refuses metrics for a deleted run
     writer.add(1, {"a": 1.0})
-    with pytest.raises(TrackingError, match=f"metrics of run {run_id} were not all written"):
+    with pytest.raises(
+        TrackingError, match=f"metrics of run {run_id} were not all written: MLflow did not take 1 metric"
+    ):
         writer.close()
 
 
-def test_the_sqlite_bulk_insert_stores_what_log_batch_stores(store_run: tuple[MlflowClient, str, str]) -> None:
-    """Same rows, same latest values, NaN and inf and repeats included, as MLflow's own log_batch."""
-    from mlflow.entities import Metric
-
-    from knightctl.tracking.sqlitemetrics import SqliteMetricSink
-
-    client, uri, bulk_run = store_run
-    reference_run = client.create_run(client.get_experiment_by_name("writer").experiment_id).info.run_id
-    batches = [
-        [
-            ("loss", 0.5, 1000, 1),
-            ("loss", float("nan"), 1001, 2),
-            ("acc", float("inf"), 1001, 2),
-            ("acc", -float("inf"), 1002, 3),
-        ],
-        [
-            ("loss", 0.25, 1003, 3),
-            ("loss", 0.25, 1003, 3),
-            ("loss", 0.75, 900, 0),
-        ],  # a repeat; an older step arriving late
-        [("loss", 0.5, 1000, 1), ("acc", 0.5, 1004, 3)],  # a repeat of a stored row; a later timestamp at the same step
-    ]
-    sink = SqliteMetricSink(uri, bulk_run)
-    for batch in batches:
-        sink.write(batch)
-        client.log_batch(reference_run, metrics=[Metric(*entry) for entry in batch], synchronous=True)
-    sink.close()
-
-    def rows(run_id: str, key: str) -> list[tuple[int, int, float]]:
-        return sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, key))
-
-    for key in ("loss", "acc"):
-        assert str(rows(bulk_run, key)) == str(rows(reference_run, key))  # str: nan == nan
-    assert str(client.get_run(bulk_run).data.metrics) == str(client.get_run(reference_run).data.metrics)
-    assert len(rows(bulk_run, "loss")) == 4
-
-
-def test_the_bulk_insert_refuses_a_deleted_run_as_log_batch_does(store_run: tuple[MlflowClient, str, str]) -> None:
-    from knightctl.tracking.sqlitemetrics import InactiveRun, SqliteMetricSink
-
+def test_nan_and_infinite_values_are_stored_as_mlflow_stores_them(store_run: tuple[MlflowClient, str, str]) -> None:
+    """The point a run fails at (a NaN train/loss, training/loop.py) is on its curve, at its step."""
     client, uri, run_id = store_run
-    client.delete_run(run_id)
-    with pytest.raises(InactiveRun, match="deleted"):
-        SqliteMetricSink(uri, run_id).write([("loss", 1.0, 1, 1)])
-    assert client.get_metric_history(run_id, "loss") == []
+    writer = MetricWriter(uri, run_id)
+    writer.wait_ready()
+    writer.add(1, {"train/loss": 0.5, "big": math.inf})
+    writer.add(2, {"train/loss": math.nan, "big": -math.inf})
+    writer.close()
+    losses = client.get_metric_history(run_id, "train/loss")
+    assert [m.step for m in losses] == [1, 2] and losses[0].value == 0.5 and math.isnan(losses[1].value)
+    assert math.isnan(client.get_run(run_id).data.metrics["train/loss"])  # the latest value, NaN included
+    # SQL has no infinity: MLflow stores +-inf as the largest finite float of that sign.
+    assert [m.value for m in client.get_metric_history(run_id, "big")] == [sys.float_info.max, -sys.float_info.max]
+
+
+def test_a_key_mlflow_refuses_stops_the_writer_and_the_next_flush_names_it(
+    store_run: tuple[MlflowClient, str, str], capfd: pytest.CaptureFixture[str]
+) -> None:
+    client, uri, run_id = store_run
+    writer = MetricWriter(uri, run_id)
+    writer.wait_ready()
+    writer.add(1, {"train/loss": 0.5, "../x": 1.0})  # a path out of the run's folder: MLflow refuses it
+    deadline = time.monotonic() + 60  # s: the writer writes within 0.2 s, slower on a loaded machine
+    with pytest.raises(TrackingError) as caught:
+        while time.monotonic() < deadline:
+            writer.flush()  # raises once the writer has said it stopped
+            time.sleep(0.05)
+    message = str(caught.value)
+    assert message.startswith(f"metrics of run {run_id} were not all written: MLflow did not take 2 metrics at step 1")
+    assert "'../x'" in message and "\n" not in message
+    assert writer.closed and not writer._process.is_alive()
+    writer.close()  # closed already: nothing more to say
+    writer.add(2, {"train/loss": 0.4})
+    writer.flush()  # nothing takes them any more, and the error was raised already
+    assert client.get_metric_history(run_id, "train/loss") == []  # MLflow refuses the whole batch
+    err = capfd.readouterr().err  # the writer's standard error is the terminal's
+    assert "Traceback" not in err and "Fatal Python error" not in err
 
 
 def test_a_writer_started_before_its_run_can_be_abandoned_without_touching_the_store(tmp_path: Path) -> None:
