@@ -35,7 +35,9 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 def test_pyproject_stays_right_for_cuda_and_mps_users() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     torch_requirement = next(r for r in project["dependencies"] if r.startswith("torch"))
-    assert torch_requirement == "torch>=2.4"
+    # A floor only (the one the suite was run on): no pin, no local build tag such as +cpu, so pip
+    # takes the CUDA, MPS or CPU build that fits the user's machine.
+    assert re.fullmatch(r"torch>=2\.\d+", torch_requirement), torch_requirement
     assert project["scripts"]["knightctl"] == "knightctl.cli:main"
     assert "pytest" in " ".join(project["optional-dependencies"]["test"])
 
