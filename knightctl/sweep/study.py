@@ -258,6 +258,27 @@ def open_study(
     """The study `name` in `url`, made now (with `identity` as its user attributes) or opened, in which
     case it must have been made for the same sweep (a SweepError names what differs)."""
     url = absolute_storage(url)
+    # Optuna makes its tables when a storage first opens and the study when it is created: two
+    # processes started together on a new sqlite file raced there (one failed on a table the other
+    # had just made), so on one machine they take turns, under a lock named after the URL.
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"knightctl-optuna-{digest}.lock")):
+        return _open_study(url, name, axes, sampler, seed, budget, grid, identity, goal, pruner)
+
+
+def _open_study(
+    url: str,
+    name: str,
+    axes: Sequence[Axis],
+    sampler: str,
+    seed: int,
+    budget: int,
+    grid: Sequence[Trial],
+    identity: Mapping[str, str],
+    goal: str,
+    pruner: str,
+) -> SweepStudy:
+    """`open_study`'s work, under its lock."""
     try:
         with warnings.catch_warnings():  # heartbeats are an experimental Optuna feature, and the one that fits
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
